@@ -1,0 +1,158 @@
+"""`roundhouse` command line: run (the operator), render (offline), agent, demo."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from roundhouse.graph import ClusterState, ProxyGraph, issued_secret_name
+from roundhouse.model import SpecError, parse_loadbalancer
+from roundhouse.model.cluster import (
+    TLSSecret,
+    parse_endpoint_slice,
+    parse_service,
+    parse_tls_secret,
+)
+from roundhouse.pipeline import desired_for_loadbalancer
+from roundhouse.render.haproxy import RenderOptions
+
+
+def _load_documents(paths: Sequence[str]) -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = []
+    for path in paths:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+        for doc in yaml.safe_load_all(text):
+            if isinstance(doc, dict) and doc.get("kind"):
+                docs.append(doc)
+    return docs
+
+
+def _cluster_state(docs: list[dict[str, Any]], namespace: str) -> ClusterState:
+    def in_namespace(d: dict[str, Any]) -> bool:
+        return bool((d.get("metadata") or {}).get("namespace", namespace) == namespace)
+
+    services = {s.name: s for s in (parse_service(d) for d in docs
+                                    if d["kind"] == "Service" and in_namespace(d))}
+    slices = [s for s in (parse_endpoint_slice(d) for d in docs
+                          if d["kind"] == "EndpointSlice" and in_namespace(d)) if s]
+    secrets = {s.name: s for s in (parse_tls_secret(d) for d in docs
+                                   if d["kind"] == "Secret" and in_namespace(d))}
+    return ClusterState(services, slices, secrets)
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    docs = _load_documents([args.file, *args.services])
+    balancers = [d for d in docs if d["kind"] == "LoadBalancer"]
+    if not balancers:
+        print(f"error: no LoadBalancer found in {args.file}", file=sys.stderr)
+        return 2
+    out: list[dict[str, Any]] = []
+    status = 0
+    for doc in balancers:
+        doc.setdefault("metadata", {}).setdefault("namespace", args.namespace)
+        doc["metadata"].setdefault("uid", "00000000-0000-0000-0000-000000000000")
+        try:
+            lb = parse_loadbalancer(doc)
+        except SpecError as err:
+            name = doc["metadata"].get("name", "?")
+            print(f"error: LoadBalancer {name!r} is invalid:", file=sys.stderr)
+            for e in err.errors:
+                print(f"  {e}", file=sys.stderr)
+            status = 2
+            continue
+        cluster = _cluster_state(docs, lb.namespace)
+        issued = issued_secret_name("LoadBalancer", lb.name)
+        if any(li.tls and li.tls.issued for li in lb.listeners) and issued not in cluster.secrets:
+            # Offline there is no operator to issue it: render as if it had.
+            cluster = ClusterState(cluster.services, cluster.slices,
+                                   {**cluster.secrets, issued: TLSSecret(issued, True, True,
+                                                                         "issued-at-runtime")})
+        desired = desired_for_loadbalancer(lb, cluster, options=RenderOptions(
+            cert_dir=args.cert_dir) if args.cert_dir else None)
+        for p in desired.graph.problems:
+            print(f"warning: {lb.name}: {p.condition}=False {p.reason}: {p.message}",
+                  file=sys.stderr)
+        if args.check and not _haproxy_check(desired.rendered.config, desired.graph):
+            status = 1
+        if args.haproxy_cfg:
+            sys.stdout.write(desired.rendered.config)
+            continue
+        out.extend(desired.children)
+    if not args.haproxy_cfg:
+        yaml.safe_dump_all(out, sys.stdout, sort_keys=False, width=1000)
+    return status
+
+
+def _haproxy_check(config: str, graph: ProxyGraph) -> bool:
+    """Run the real `haproxy -c` on the rendered config, with throwaway certificates."""
+    haproxy = shutil.which("haproxy")
+    if haproxy is None:
+        print("error: --check needs the haproxy binary on PATH", file=sys.stderr)
+        return False
+    from roundhouse.testing import write_placeholder_certificates
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_placeholder_certificates(Path(tmp), [c.file for c in graph.certificates])
+        cfg = Path(tmp) / "haproxy.cfg"
+        cfg.write_text(config.replace("crt-base /var/run/roundhouse/certs", f"crt-base {tmp}"))
+        result = subprocess.run([haproxy, "-c", "-f", str(cfg)], capture_output=True, text=True,
+                                check=False)
+    if result.returncode != 0:
+        print(f"error: haproxy -c rejected the config:\n{result.stdout}{result.stderr}",
+              file=sys.stderr)
+        return False
+    print(f"haproxy -c: {graph.kind} {graph.name}: configuration is valid", file=sys.stderr)
+    return True
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from roundhouse.main import run_operator
+
+    return run_operator(
+        namespaces=args.namespace,
+        liveness=args.liveness,
+        leader_election_namespace=args.leader_election_namespace,
+        metrics_port=args.metrics_port,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="roundhouse", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    render = sub.add_parser("render", help="render a LoadBalancer's children offline, as YAML")
+    render.add_argument("-f", "--file", required=True, help="YAML with LoadBalancer(s); - = stdin")
+    render.add_argument("--services", action="append", default=[], metavar="FILE",
+                        help="YAML with Services, EndpointSlices, Secrets to resolve backends")
+    render.add_argument("-n", "--namespace", default="default")
+    render.add_argument("--haproxy-cfg", action="store_true", help="print only haproxy.cfg")
+    render.add_argument("--check", action="store_true", help="validate with the real haproxy -c")
+    render.add_argument("--cert-dir", help="crt-base to render (default /var/run/roundhouse/certs)")
+    render.set_defaults(func=cmd_render)
+
+    run = sub.add_parser("run", help="run the operator (kopf) against the current cluster")
+    run.add_argument("-n", "--namespace", action="append", default=[],
+                     help="watch only these namespaces (default: all)")
+    run.add_argument("--liveness", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument("--leader-election-namespace",
+                     help="run as one of several replicas: only the Lease holder reconciles")
+    run.add_argument("--metrics-port", type=int, default=9100)
+    run.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

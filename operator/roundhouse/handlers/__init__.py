@@ -1,0 +1,5 @@
+"""Thin kopf handlers. Importing this package registers them with kopf."""
+
+from roundhouse.handlers import dependencies, indexes, loadbalancer
+
+__all__ = ["dependencies", "indexes", "loadbalancer"]

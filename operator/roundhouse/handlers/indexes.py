@@ -1,0 +1,86 @@
+"""kopf indexes: the in-memory view every reconcile reads instead of extra GETs.
+
+kopf fills all indexes before any resource handler runs, so a restarted operator
+never renders a config from a half-known cluster (which would drop backends).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import kopf
+
+from roundhouse.model.cluster import parse_endpoint_slice, parse_service, parse_tls_secret
+
+MANAGED = {"app.kubernetes.io/managed-by": "roundhouse"}
+
+
+@kopf.index("services")
+def rh_services(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
+    return {(namespace, name): parse_service(dict(body))}
+
+
+@kopf.index("discovery.k8s.io", "v1", "endpointslices")
+def rh_slices(namespace: str, body: kopf.Body, **_: Any) -> Any:
+    parsed = parse_endpoint_slice(dict(body))
+    return {(namespace, parsed.service): parsed} if parsed else None
+
+
+def _is_tls_secret(body: kopf.Body, **_: Any) -> bool:
+    return body.get("type") == "kubernetes.io/tls" or "tls.crt" in (body.get("data") or {})
+
+
+@kopf.index("secrets", when=_is_tls_secret)
+def rh_secrets(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
+    """Only what decisions need: usability, a fingerprint, and the public certificates."""
+    data = body.get("data") or {}
+    public = {key: base64.b64decode(data[key]).decode(errors="replace")
+              for key in ("tls.crt", "ca.crt") if data.get(key)}
+    return {(namespace, name): (parse_tls_secret(dict(body)), public)}
+
+
+@kopf.index("configmaps", labels=MANAGED)
+def rh_configmaps(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
+    """Our own ConfigMaps: the previous slot assignment, and the agents' reports."""
+    data = body.get("data") or {}
+    slots: dict[str, dict[str, str]] = {}
+    if "servers.json" in data:
+        try:
+            state = json.loads(data["servers.json"])
+            slots = {pool: {s["slot"]: s.get("endpoint") or "" for s in servers}
+                     for pool, servers in state.get("pools", {}).items()}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            slots = {}
+    return {(namespace, name): {"slots": slots, "data": dict(data)}}
+
+
+@kopf.index("pods", labels=MANAGED)
+def rh_proxy_pods(namespace: str, name: str, labels: kopf.Labels, status: kopf.Status,
+                  meta: kopf.Meta, **_: Any) -> Any:
+    instance = labels.get("app.kubernetes.io/instance")
+    if not instance or meta.get("deletionTimestamp"):
+        return None
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                for c in status.get("conditions") or [])
+    return {(namespace, instance): (name, ready)}
+
+
+@kopf.index("roundhouse.dev", "v1alpha1", "loadbalancers")
+def rh_loadbalancers(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
+    return {(namespace, name): dict(body)}
+
+
+@kopf.index("roundhouse.dev", "v1alpha1", "loadbalancers")
+def rh_lb_refs(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> Any:
+    """Which LoadBalancers refer to which Service / Secret, for level-based re-reconciles."""
+    refs: dict[tuple[str, str, str], str] = {}
+    for backend in spec.get("backends") or []:
+        if isinstance(backend, dict) and backend.get("service"):
+            refs[("Service", namespace, str(backend["service"]))] = name
+    for listener in spec.get("listeners") or []:
+        secret = ((listener or {}).get("tls") or {}).get("secretName")
+        if secret:
+            refs[("Secret", namespace, str(secret))] = name
+    return refs or None

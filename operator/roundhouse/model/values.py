@@ -1,0 +1,28 @@
+"""Small value parsers shared by the model: durations, ports, names."""
+
+from __future__ import annotations
+
+import re
+
+DURATION_RE = re.compile(r"^([0-9]{1,7})(ms|s|m|h)$")
+DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+DNS_NAME_RE = re.compile(
+    r"^(\*\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
+)
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
+
+
+def parse_duration_ms(value: str) -> int | None:
+    """'5s' -> 5000. None when the text is not a duration (the caller reports the field)."""
+    match = DURATION_RE.match(value.strip()) if isinstance(value, str) else None
+    if not match:
+        return None
+    return int(match.group(1)) * _UNIT_MS[match.group(2)]
+
+
+def format_duration_ms(ms: int) -> str:
+    """5000 -> '5s': the shortest exact HAProxy time literal."""
+    for unit, factor in (("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms % factor == 0 and ms >= factor:
+            return f"{ms // factor}{unit}"
+    return f"{ms}ms"

@@ -1,0 +1,1 @@
+"""Pure renderers: ProxyGraph -> haproxy.cfg, the server-state document and Kubernetes objects."""

@@ -1,0 +1,17 @@
+"""Helpers shared by `render --check` and the tests: throwaway certificates for haproxy -c."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from pathlib import Path
+
+from roundhouse import tls
+
+
+def write_placeholder_certificates(directory: Path, files: Iterable[str]) -> None:
+    now = dt.datetime.now(dt.UTC)
+    ca = tls.issue_ca("roundhouse-check", now)
+    pair = tls.issue_serving(ca, ("check.invalid",), now, dt.timedelta(days=1))
+    for name in files:
+        (directory / name).write_text(pair.cert_pem + pair.key_pem)

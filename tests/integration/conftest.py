@@ -1,0 +1,122 @@
+"""Fixtures for integration tests against a real local control plane.
+
+One ControlPlane (etcd, kube-apiserver, controller-manager, scheduler, kwok with
+3 fake nodes; see e2e/cluster/controlplane.py) is started per session. Nothing
+is skipped: if the binaries cannot be built or the cluster does not come up,
+every test that needs it fails with the reason.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+import pytest
+from kubernetes import client, config
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from e2e.cluster.controlplane import ControlPlane  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # This hook sees every collected item, so only mark the ones under this directory.
+    for item in items:
+        if Path(item.path).resolve().is_relative_to(HERE):
+            item.add_marker(pytest.mark.integration)
+
+
+def _terminal_line(request: pytest.FixtureRequest, message: str) -> None:
+    """Write straight to the terminal (past output capture) so startup progress is visible."""
+    capman = request.config.pluginmanager.getplugin("capturemanager")
+    reporter = request.config.pluginmanager.getplugin("terminalreporter")
+    if capman is None or reporter is None:
+        print(message)
+        return
+    with capman.global_and_fixture_disabled():
+        reporter.write_line(f"[control-plane] {message}")
+
+
+def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
+    # pytest tears fixtures down on KeyboardInterrupt, so a SIGTERM'd run stops its cluster.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@pytest.fixture(scope="session")
+def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
+    cp = ControlPlane(controllers=True, nodes=3, log=lambda m: _terminal_line(request, m))
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    try:
+        cp.start()
+    except Exception as err:  # BinariesError, ControlPlaneError, NetworkGuardError, ...
+        signal.signal(signal.SIGTERM, previous)
+        pytest.fail(
+            f"local control plane did not start ({type(err).__name__}): {err}", pytrace=False
+        )
+    version = cp.version.get("gitVersion", "?")
+    _terminal_line(
+        request, f"API server {version} at {cp.server}, ready in {cp.startup_seconds:.1f}s"
+    )
+    print(f"control plane: kube-apiserver {version} at {cp.server}")
+    try:
+        yield cp
+    finally:
+        cp.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.fixture(scope="session")
+def kube(control_plane: ControlPlane) -> Iterator[client.ApiClient]:
+    """Admin (system:masters) ApiClient for the session's control plane."""
+    api = config.new_client_from_config(config_file=str(control_plane.admin_kubeconfig))
+    try:
+        yield api
+    finally:
+        api.close()
+
+
+def _namespace_name(node_name: str) -> str:
+    base = re.sub(r"[^a-z0-9-]+", "-", node_name.lower()).strip("-")[:40].strip("-")
+    return f"it-{base}-{uuid.uuid4().hex[:6]}"
+
+
+def _wait_default_service_account(core: client.CoreV1Api, namespace: str) -> None:
+    # Pod admission needs the namespace's "default" SA, which the controller-manager adds.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            core.read_namespaced_service_account("default", namespace)
+            return
+        except client.ApiException as err:
+            if err.status != 404 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@pytest.fixture
+def namespace(kube: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for one test, deleted (not awaited) afterwards."""
+    core = client.CoreV1Api(kube)
+    name = _namespace_name(request.node.name)
+    core.create_namespace(
+        {"metadata": {"name": name, "labels": {"roundhouse.dev/test": "integration"}}}
+    )
+    _wait_default_service_account(core, name)
+    try:
+        yield name
+    finally:
+        try:
+            core.delete_namespace(name)
+        except client.ApiException as err:
+            if err.status != 404:
+                raise

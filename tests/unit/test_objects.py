@@ -1,0 +1,127 @@
+"""render/objects.py: the children's shape, ownership and security defaults."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from roundhouse.graph import issued_secret_name
+from roundhouse.model import parse_loadbalancer
+from roundhouse.model.cluster import TLSSecret
+from roundhouse.pipeline import desired_for_loadbalancer
+from tests.unit.cluster_fixtures import state
+from tests.unit.conftest import lb_object
+
+
+def children(**spec: Any) -> dict[str, dict[str, Any]]:
+    name = issued_secret_name("LoadBalancer", "web")
+    cluster = state(3, secrets={name: TLSSecret(name, True, True, "f"),
+                                "mine": TLSSecret("mine", True, True, "g")})
+    desired = desired_for_loadbalancer(parse_loadbalancer(lb_object(**spec)), cluster)
+    return {f"{o['kind']}/{o['metadata']['name']}": o for o in desired.children}
+
+
+def test_every_child_is_owned_by_the_loadbalancer() -> None:
+    objs = children()
+    assert set(objs) == {"ServiceAccount/web-lb", "Role/web-lb", "RoleBinding/web-lb",
+                         "ConfigMap/web-lb", "ConfigMap/web-lb-agents", "Deployment/web-lb",
+                         "PodDisruptionBudget/web-lb", "Service/web-lb"}
+    for obj in objs.values():
+        (ref,) = obj["metadata"]["ownerReferences"]
+        assert ref == {"apiVersion": "roundhouse.dev/v1alpha1", "kind": "LoadBalancer",
+                       "name": "web", "uid": "uid-1", "controller": True,
+                       "blockOwnerDeletion": True}
+        assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "roundhouse"
+
+
+def test_deployment_is_hardened_and_highly_available() -> None:
+    dep = children()["Deployment/web-lb"]
+    spec = dep["spec"]
+    pod = spec["template"]["spec"]
+    assert spec["replicas"] == 2
+    assert spec["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for c in pod["containers"] + pod["initContainers"]:
+        sc = c["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+    anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert {t["topologyKey"] for t in pod["topologySpreadConstraints"]} == {
+        "topology.kubernetes.io/zone", "kubernetes.io/hostname"}
+    haproxy = pod["containers"][0]
+    assert haproxy["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": 8404}
+    assert "-W" in haproxy["args"] and "-S" in haproxy["args"]
+    # The shared runtime socket directory is in both containers.
+    mounts = {c["name"]: {m["mountPath"] for m in c["volumeMounts"]} for c in pod["containers"]}
+    assert "/var/run/roundhouse" in mounts["haproxy"] & mounts["agent"]
+
+
+def test_config_hash_is_not_in_the_pod_template() -> None:
+    """A config change must never roll the proxy Pods: the agent reloads hitlessly."""
+    a = children()["Deployment/web-lb"]
+    b = children(timeouts={"server": "7s"})["Deployment/web-lb"]
+    assert a["spec"]["template"] == b["spec"]["template"]
+    assert a["metadata"]["annotations"] != b["metadata"]["annotations"]
+
+
+def test_pdb_never_allows_losing_more_than_one() -> None:
+    pdb = children()["PodDisruptionBudget/web-lb"]
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == \
+        children()["Deployment/web-lb"]["spec"]["selector"]["matchLabels"]
+
+
+@pytest.mark.parametrize(("spec", "secrets"), [
+    ({}, None),
+    ({"listeners": [{"name": "https", "port": 443, "protocol": "HTTPS"}]}, ["web-lb-tls"]),
+    ({"listeners": [{"name": "https", "port": 443, "protocol": "HTTPS",
+                     "tls": {"secretName": "mine"}}]}, ["mine"]),
+])
+def test_agent_role_is_least_privilege(spec: dict[str, Any], secrets: list[str] | None) -> None:
+    rules = children(**spec)["Role/web-lb"]["rules"]
+    for rule in rules:
+        assert rule.get("resourceNames"), f"an unnamed rule grants too much: {rule}"
+        assert "*" not in rule["verbs"] and rule["resources"] != ["*"]
+    secret_rules = [r for r in rules if r["resources"] == ["secrets"]]
+    if secrets is None:
+        assert secret_rules == []
+    else:
+        assert secret_rules[0]["resourceNames"] == secrets
+        assert set(secret_rules[0]["verbs"]) <= {"get", "list", "watch"}
+
+
+def test_service_exposes_each_listener() -> None:
+    svc = children(listeners=[{"name": "http", "port": 80, "protocol": "HTTP"},
+                              {"name": "pg", "port": 5432, "protocol": "TCP"}],
+                   proxy={"serviceType": "NodePort"})["Service/web-lb"]
+    assert [(p["name"], p["port"]) for p in svc["spec"]["ports"]] == [("http", 80), ("pg", 5432)]
+    assert svc["spec"]["type"] == "NodePort"
+    assert svc["spec"]["externalTrafficPolicy"] == "Cluster"
+
+
+def test_source_ip_persistence_keeps_client_addresses() -> None:
+    svc = children(sessionPersistence={"type": "SourceIP"})["Service/web-lb"]
+    assert svc["spec"]["externalTrafficPolicy"] == "Local"
+
+
+def test_user_settings_reach_the_pods() -> None:
+    pod = children(proxy={"replicas": 4, "nodeSelector": {"role": "edge"},
+                          "tolerations": [{"key": "edge", "operator": "Exists"}],
+                          "resources": {"limits": {"cpu": "2"}}})["Deployment/web-lb"]
+    assert pod["spec"]["replicas"] == 4
+    tpl = pod["spec"]["template"]["spec"]
+    assert tpl["nodeSelector"] == {"role": "edge"}
+    assert tpl["tolerations"] == [{"key": "edge", "operator": "Exists"}]
+    assert tpl["containers"][0]["resources"] == {"limits": {"cpu": "2"}}
+
+
+def test_configmap_carries_config_and_server_state() -> None:
+    cm = children()["ConfigMap/web-lb"]
+    assert cm["data"]["haproxy.cfg"].startswith("# Rendered by Roundhouse")
+    assert '"configHash"' in cm["data"]["servers.json"]
+    ann = cm["metadata"]["annotations"]
+    assert set(ann) == {"roundhouse.dev/config-hash", "roundhouse.dev/structure-hash"}

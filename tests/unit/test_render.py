@@ -1,0 +1,170 @@
+"""render/haproxy.py: golden files, the real `haproxy -c`, hashes and determinism."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from roundhouse.graph import ClusterState, build_loadbalancer_graph, issued_secret_name
+from roundhouse.model import parse_loadbalancer
+from roundhouse.model.cluster import TLSSecret, parse_endpoint_slice, parse_service
+from roundhouse.render.haproxy import render_haproxy, server_line, status_port
+from tests.unit.cluster_fixtures import endpoint, endpoint_slice, service, state
+from tests.unit.conftest import EXAMPLES, HaproxyCheck, lb_object
+
+GOLDEN = Path(__file__).parent / "golden"
+EXAMPLE_FILES = sorted(p for p in EXAMPLES.glob("*.yaml")
+                       if any(d and d.get("kind") == "LoadBalancer"
+                              for d in yaml.safe_load_all(p.read_text())))
+
+
+def offline_cluster(lb_name: str) -> ClusterState:
+    docs = list(yaml.safe_load_all((EXAMPLES / "offline-cluster.yaml").read_text()))
+    services = {s.name: s for s in (parse_service(d) for d in docs if d["kind"] == "Service")}
+    slices = [s for s in (parse_endpoint_slice(d) for d in docs
+                          if d["kind"] == "EndpointSlice") if s]
+    name = issued_secret_name("LoadBalancer", lb_name)
+    return ClusterState(services, slices, {name: TLSSecret(name, True, True, "golden")})
+
+
+def example_graph(path: Path):  # type: ignore[no-untyped-def]
+    (doc,) = [d for d in yaml.safe_load_all(path.read_text()) if d["kind"] == "LoadBalancer"]
+    doc["metadata"]["uid"] = "golden-uid"
+    lb = parse_loadbalancer(doc)
+    return build_loadbalancer_graph(lb, offline_cluster(lb.name))
+
+
+def test_there_are_examples() -> None:
+    assert len(EXAMPLE_FILES) >= 4
+
+
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.stem)
+def test_example_matches_golden_file(path: Path) -> None:
+    config = render_haproxy(example_graph(path)).config
+    golden = GOLDEN / f"{path.stem}.cfg"
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        golden.write_text(config)
+    assert golden.exists(), f"missing golden file {golden}: create it with UPDATE_GOLDEN=1"
+    assert config == golden.read_text(), f"regenerate with UPDATE_GOLDEN=1 if intended: {golden}"
+
+
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.stem)
+def test_example_passes_haproxy_check(path: Path, haproxy_check: HaproxyCheck) -> None:
+    result = haproxy_check(example_graph(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("spec", [
+    {"algorithm": a} for a in ("roundrobin", "leastconn", "source", "random")
+] + [
+    {"algorithm": "first", "limits": {"maxConnectionsPerServer": 10}},
+    {"sessionPersistence": {"type": "Cookie", "cookieName": "X", "maxAge": "10m"}},
+    {"sessionPersistence": {"type": "SourceIP"}},
+    {"healthCheck": {"type": "HTTP", "path": "/ready", "host": "svc.local", "expectStatus": 204}},
+    {"healthCheck": {"type": "TCP", "interval": "500ms", "rise": 1, "fall": 1}},
+    {"listeners": [{"name": "tls", "port": 443, "protocol": "TLSPassthrough"}],
+     "healthCheck": {"type": "HTTP", "path": "/"}},
+    {"listeners": [{"name": "pg", "port": 8404, "protocol": "TCP"}]},
+    {"listeners": [{"name": "https", "port": 443, "protocol": "HTTPS",
+                    "tls": {"minVersion": "1.3"}},
+                   {"name": "http", "port": 80, "protocol": "HTTP", "redirectToHTTPS": True}]},
+    {"listeners": [{"name": "https", "port": 8443, "protocol": "HTTPS"},
+                   {"name": "http", "port": 8080, "protocol": "HTTP", "redirectToHTTPS": True}]},
+])
+def test_feature_table_passes_haproxy_check(spec: dict[str, object],
+                                            haproxy_check: HaproxyCheck) -> None:
+    name = issued_secret_name("LoadBalancer", "web")
+    cluster = state(3, extra=[endpoint("t", "10.244.0.9", ready=False, serving=True,
+                                       terminating=True)],
+                    secrets={name: TLSSecret(name, True, True, "f")})
+    graph = build_loadbalancer_graph(parse_loadbalancer(lb_object(**spec)), cluster)
+    result = haproxy_check(graph)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def render_for(n: int, ready: bool = True, weight_spec: int = 1) -> tuple[str, str]:
+    eps = [endpoint(f"web-{i}", f"10.244.0.{i}", ready=ready) for i in range(1, n + 1)]
+    graph = build_loadbalancer_graph(
+        parse_loadbalancer(lb_object(backends=[{"service": "web", "port": 80,
+                                                "weight": weight_spec}])),
+        ClusterState({"web": service()}, [endpoint_slice("web", eps)]))
+    r = render_haproxy(graph)
+    return r.config_hash, r.structure_hash
+
+
+def test_endpoint_changes_keep_the_structure_hash() -> None:
+    """Scaling 3 -> 5 and readiness flips are runtime changes: no reload."""
+    three, five, unready = render_for(3), render_for(5), render_for(3, ready=False)
+    assert three[1] == five[1] == unready[1]
+    assert len({three[0], five[0], unready[0]}) == 3
+
+
+def test_structural_change_changes_the_structure_hash() -> None:
+    a = render_haproxy(build_loadbalancer_graph(parse_loadbalancer(lb_object()), state(3)))
+    b = render_haproxy(build_loadbalancer_graph(
+        parse_loadbalancer(lb_object(timeouts={"server": "10s"})), state(3)))
+    assert a.structure_hash != b.structure_hash
+
+
+def test_rendering_is_deterministic() -> None:
+    def once() -> str:
+        return render_haproxy(build_loadbalancer_graph(
+            parse_loadbalancer(lb_object()), state(5))).config
+    assert once() == once()
+
+
+def test_endpoint_order_in_slices_does_not_matter() -> None:
+    eps = [endpoint(f"web-{i}", f"10.244.0.{i}") for i in range(1, 6)]
+    lb = parse_loadbalancer(lb_object())
+    a = build_loadbalancer_graph(lb, ClusterState({"web": service()}, [endpoint_slice("web", eps)]))
+    b = build_loadbalancer_graph(lb, ClusterState({"web": service()},
+                                                  [endpoint_slice("web", eps[::-1])]))
+    assert render_haproxy(a).config == render_haproxy(b).config
+
+
+@pytest.mark.parametrize(("state_name", "expected"), [
+    ("ready", "server srv1 10.0.0.1:80 weight 7"),
+    ("drain", "server srv1 10.0.0.1:80 weight 0"),
+    ("maint", "server srv1 10.0.0.1:80 weight 7 disabled"),
+])
+def test_server_line_states(state_name: str, expected: str) -> None:
+    from roundhouse.graph import Server
+
+    assert server_line(Server("srv1", "web/p:80", "10.0.0.1", 80, 7, state_name)) == expected
+
+
+def test_ipv6_server_addresses_are_bracketed() -> None:
+    from roundhouse.graph import Server
+
+    line = server_line(Server("srv1", "web/p:80", "fd00::1", 80, 1, "ready"))
+    assert line == "server srv1 [fd00::1]:80 weight 1"
+
+
+def test_status_port_moves_out_of_the_way_of_listeners() -> None:
+    graph = build_loadbalancer_graph(parse_loadbalancer(lb_object(listeners=[
+        {"name": "a", "port": 8404, "protocol": "HTTP"},
+        {"name": "b", "port": 8405, "protocol": "HTTP"}])), state(1))
+    assert status_port(graph) == 8406
+    assert "bind :8406" in render_haproxy(graph).config
+
+
+def test_server_state_document_lists_every_slot() -> None:
+    r = render_haproxy(build_loadbalancer_graph(parse_loadbalancer(lb_object()), state(3)))
+    pool = r.server_state["pools"]["be_http"]
+    assert len(pool) == 8
+    assert sum(1 for s in pool if s["endpoint"]) == 3
+    assert r.server_state["configHash"] == r.config_hash
+
+
+def test_security_defaults_in_the_config() -> None:
+    cfg = render_haproxy(build_loadbalancer_graph(parse_loadbalancer(lb_object()), state(1))).config
+    assert "ssl-min-ver TLSv1.2" in cfg and "no-tls-tickets" in cfg
+    assert "expose-fd listeners" in cfg and "master-worker" in cfg
+    ciphers = next(line.split()[1] for line in cfg.splitlines()
+                   if line.strip().startswith("ssl-default-bind-ciphers "))
+    # Only forward-secret AEAD suites (Mozilla "intermediate").
+    assert all(c.startswith("ECDHE-") and ("GCM" in c or "CHACHA20" in c)
+               for c in ciphers.split(":"))
