@@ -690,10 +690,11 @@ def route() -> Schema:
             "retries": obj("Retries of failed requests to another server.", {
                 "attempts": integer("How many times to retry, 1-10. Defaults to 3.",
                                     minimum=1, maximum=10, default=3),
-                "on": array("The failures to retry on (HAProxy retry-on keywords); "
-                            "absent: connect-failure.",
-                            string("A retry-on keyword.", enum=RETRY_ON),
-                            max_items=len(RETRY_ON), list_type="set"),
+                # Not "on": YAML 1.1 (PyYAML, kubectl) reads an unquoted key on as true.
+                "retryOn": array("The failures to retry on (HAProxy retry-on keywords); "
+                                 "absent: connect-failure.",
+                                 string("A retry-on keyword.", enum=RETRY_ON),
+                                 max_items=len(RETRY_ON), list_type="set"),
             }),
             "requestHeaders": header_changes("request"),
             "responseHeaders": header_changes("response"),

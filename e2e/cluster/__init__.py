@@ -1,5 +1,11 @@
 """Local Kubernetes control plane for Roundhouse integration and e2e tests."""
 
-from .controlplane import BinariesError, ControlPlane, ControlPlaneError, locate_binaries
+from .controlplane import (
+    BinariesError,
+    ControlPlane,
+    ControlPlaneError,
+    KubectlError,
+    locate_binaries,
+)
 
-__all__ = ["BinariesError", "ControlPlane", "ControlPlaneError", "locate_binaries"]
+__all__ = ["BinariesError", "ControlPlane", "ControlPlaneError", "KubectlError", "locate_binaries"]

@@ -99,7 +99,10 @@ def cmd_up(args: argparse.Namespace) -> int:
             say(f"recorded cluster is broken ({', '.join(dead)} not running); cleaning it up")
             stop_recorded(recorded)
         cp = ControlPlane(
-            controllers=args.controllers, nodes=args.nodes, log=say, detached=True,
+            controllers=args.controllers,
+            nodes=args.nodes,
+            log=say,
+            detached=True,
             startup_timeout=args.timeout,
         )
         try:
@@ -108,8 +111,10 @@ def cmd_up(args: argparse.Namespace) -> int:
             say(f"FAILED: {type(err).__name__}: {err}")
             return 1
         state_file().write_text(json.dumps(cp.to_state(), indent=2))
-        say(f"up in {cp.startup_seconds:.1f}s, kube-apiserver {cp.version.get('gitVersion')}; "
-            f"state in {state_file()}")
+        say(
+            f"up in {cp.startup_seconds:.1f}s, kube-apiserver {cp.version.get('gitVersion')}; "
+            f"state in {state_file()}"
+        )
         print_usage_hint(cp)
         return 0
 
@@ -157,15 +162,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="cli.py", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start a detached cluster (controllers + 3 fake nodes)")
-    up.add_argument("--controllers", action=argparse.BooleanOptionalAction, default=True,
-                    help="also run controller-manager, scheduler and kwok (default: on)")
+    up.add_argument(
+        "--controllers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run controller-manager, scheduler and kwok (default: on)",
+    )
     up.add_argument("--nodes", type=int, default=3, help="fake kwok nodes (default: 3)")
     up.add_argument("--timeout", type=float, default=120.0, help="per-step startup timeout")
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop the recorded cluster").set_defaults(func=cmd_down)
     sub.add_parser("status", help="show the recorded cluster").set_defaults(func=cmd_status)
     sub.add_parser("kubeconfig", help="print the admin kubeconfig path").set_defaults(
-        func=cmd_kubeconfig)
+        func=cmd_kubeconfig
+    )
     return parser.parse_args(argv)
 
 

@@ -61,10 +61,18 @@ HERE = Path(__file__).resolve().parent
 BUILD_SCRIPT = HERE / "build-binaries.sh"
 KWOK_STAGES = HERE / "kwok-stages.yaml"
 REQUIRED_BINARIES = (
-    "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok",
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubectl",
+    "kwok",
 )
 APISERVER_SANS = (
-    "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+    "localhost",
+    "kubernetes",
+    "kubernetes.default",
+    "kubernetes.default.svc",
     "kubernetes.default.svc.cluster.local",
 )
 
@@ -77,6 +85,13 @@ class ControlPlaneError(RuntimeError):
 
 class BinariesError(ControlPlaneError):
     """The Kubernetes binaries could not be located or built."""
+
+
+class KubectlError(subprocess.CalledProcessError):
+    """A failed `ControlPlane.kubectl` call; unlike its base class, str() shows stderr."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}\nstderr: {(self.stderr or '').strip()}"
 
 
 def _default_log(message: str) -> None:
@@ -110,7 +125,10 @@ def locate_binaries(log: Logger = _default_log) -> Path:
     with open(cache_dir() / "build-binaries.lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         proc = subprocess.Popen(
-            [str(BUILD_SCRIPT)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [str(BUILD_SCRIPT)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         assert proc.stderr is not None and proc.stdout is not None
         stderr_lines = []
@@ -141,7 +159,10 @@ def _b64(data: bytes) -> str:
 
 
 def kubeconfig_dict(
-    server: str, ca_pem: bytes, user: str, credentials: Mapping[str, str],
+    server: str,
+    ca_pem: bytes,
+    user: str,
+    credentials: Mapping[str, str],
     namespace: str | None = None,
 ) -> dict[str, Any]:
     """A single-context kubeconfig; credentials are kubeconfig `user` fields."""
@@ -151,8 +172,12 @@ def kubeconfig_dict(
     return {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "roundhouse", "cluster": {
-            "server": server, "certificate-authority-data": _b64(ca_pem)}}],
+        "clusters": [
+            {
+                "name": "roundhouse",
+                "cluster": {"server": server, "certificate-authority-data": _b64(ca_pem)},
+            }
+        ],
         "users": [{"name": user, "user": dict(credentials)}],
         "contexts": [{"name": "roundhouse", "context": context}],
         "current-context": "roundhouse",
@@ -181,8 +206,12 @@ class RestClient:
         )
 
     def request(
-        self, method: str, path: str, body: Any = None,
-        content_type: str = "application/json", timeout: float = 10.0,
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: float = 10.0,
     ) -> tuple[int, bytes]:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.server + path, data=data, method=method)
@@ -243,14 +272,16 @@ def node_manifest(index: int) -> dict[str, Any]:
 
 def node_status_patch(index: int) -> dict[str, Any]:
     resources = {"cpu": "16", "memory": "64Gi", "pods": "110"}
-    return {"status": {
-        "addresses": [
-            {"type": "InternalIP", "address": f"{NODE_IP_PREFIX}{index + 1}"},
-            {"type": "Hostname", "address": f"kwok-node-{index}"},
-        ],
-        "capacity": resources,
-        "allocatable": resources,
-    }}
+    return {
+        "status": {
+            "addresses": [
+                {"type": "InternalIP", "address": f"{NODE_IP_PREFIX}{index + 1}"},
+                {"type": "Hostname", "address": f"kwok-node-{index}"},
+            ],
+            "capacity": resources,
+            "allocatable": resources,
+        }
+    }
 
 
 def _node_ready(node: Mapping[str, Any]) -> bool:
@@ -356,8 +387,10 @@ class ControlPlane:
     def rest(self) -> RestClient:
         if self._rest is None:
             self._rest = RestClient(
-                self.server, self.ca_file,
-                self.pki_dir / "admin.crt", self.pki_dir / "admin.key",
+                self.server,
+                self.ca_file,
+                self.pki_dir / "admin.crt",
+                self.pki_dir / "admin.key",
             )
         return self._rest
 
@@ -380,7 +413,9 @@ class ControlPlane:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.stop()
@@ -396,8 +431,10 @@ class ControlPlane:
             self.stop()
             raise
         self.startup_seconds = time.monotonic() - began
-        self.log(f"control plane ready in {self.startup_seconds:.1f}s: {self.server} "
-                 f"(kubeconfig {self.admin_kubeconfig})")
+        self.log(
+            f"control plane ready in {self.startup_seconds:.1f}s: {self.server} "
+            f"(kubeconfig {self.admin_kubeconfig})"
+        )
         return self
 
     def _start(self) -> None:
@@ -415,7 +452,10 @@ class ControlPlane:
         self._start_etcd()
         self._start_apiserver()
         self.version = self.server_version()
-        self.log(f"kube-apiserver version: {self.version.get('gitVersion')}")
+        git_version = self.version.get("gitVersion")
+        self.log(f"kube-apiserver version: {git_version}")
+        if git_version != K8S_VERSION:
+            self.log(f"WARNING: expected kube-apiserver {K8S_VERSION}, got {git_version}")
         if self.controllers:
             self._start_controllers()
 
@@ -467,8 +507,11 @@ class ControlPlane:
     def from_state(cls, state: Mapping[str, Any], log: Logger = _default_log) -> ControlPlane:
         """Re-attach to a cluster started by another process so it can be used or stopped."""
         cp = cls(
-            controllers=bool(state["controllers"]), nodes=int(state["nodes"]),
-            bin_dir=Path(state["bin_dir"]), log=log, keep_workdir=bool(state["keep_workdir"]),
+            controllers=bool(state["controllers"]),
+            nodes=int(state["nodes"]),
+            bin_dir=Path(state["bin_dir"]),
+            log=log,
+            keep_workdir=bool(state["keep_workdir"]),
             detached=True,
         )
         cp.workdir = Path(state["workdir"])
@@ -489,8 +532,10 @@ class ControlPlane:
         pki = self.pki_dir
         ca.cert_key.write(pki, "ca")
         ca.issue(
-            "kube-apiserver", dns_names=APISERVER_SANS,
-            ip_addresses=(LOOPBACK, FIRST_SERVICE_IP), server=True,
+            "kube-apiserver",
+            dns_names=APISERVER_SANS,
+            ip_addresses=(LOOPBACK, FIRST_SERVICE_IP),
+            server=True,
         ).write(pki, "apiserver")
         sa_key, sa_pub = service_account_keypair()
         (pki / "sa.key").touch(mode=0o600)
@@ -508,7 +553,10 @@ class ControlPlane:
             self._write_kubeconfig(f"{stem}.kubeconfig", user, cert_credentials(cert))
 
     def _write_kubeconfig(
-        self, filename: str, user: str, credentials: Mapping[str, str],
+        self,
+        filename: str,
+        user: str,
+        credentials: Mapping[str, str],
         namespace: str | None = None,
     ) -> Path:
         config = kubeconfig_dict(
@@ -559,13 +607,19 @@ class ControlPlane:
         return self.rest.json("GET", "/version")
 
     def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run the matching kubectl against this cluster as admin."""
+        """Run the matching kubectl as admin; with `check`, failures raise KubectlError."""
         argv = [
-            self.binary("kubectl"), "--kubeconfig", str(self.admin_kubeconfig),
+            self.binary("kubectl"),
+            "--kubeconfig",
+            str(self.admin_kubeconfig),
             # Keep the discovery cache out of ~/.kube (one dir per random port otherwise).
-            f"--cache-dir={self._dir() / 'kubectl-cache'}", *args,
+            f"--cache-dir={self._dir() / 'kubectl-cache'}",
+            *args,
         ]
-        return subprocess.run(argv, capture_output=True, text=True, check=check, env=clean_env())
+        res = subprocess.run(argv, capture_output=True, text=True, check=False, env=clean_env())
+        if check and res.returncode != 0:
+            raise KubectlError(res.returncode, argv, res.stdout, res.stderr)
+        return res
 
     def log_tail(self, component: str, lines: int = 40) -> str:
         """Last lines of a component's log, e.g. `cp.log_tail("kube-apiserver")`."""
@@ -583,7 +637,10 @@ class ControlPlane:
         return proc
 
     def _wait(
-        self, what: str, probe: Callable[[], bool], procs: Sequence[ManagedProcess],
+        self,
+        what: str,
+        probe: Callable[[], bool],
+        procs: Sequence[ManagedProcess],
         timeout: float | None = None,
     ) -> None:
         """Poll `probe` until true; fail fast with log tails if a component dies."""
@@ -612,52 +669,56 @@ class ControlPlane:
 
     @staticmethod
     def _tails(procs: Sequence[ManagedProcess]) -> str:
-        return "".join(
-            f"\n--- last lines of {p.log_path} ---\n{p.log_tail()}" for p in procs
-        )
+        return "".join(f"\n--- last lines of {p.log_path} ---\n{p.log_tail()}" for p in procs)
 
     def _start_etcd(self) -> None:
         client = f"http://{LOOPBACK}:{self.ports.etcd_client}"
         peer = f"http://{LOOPBACK}:{self.ports.etcd_peer}"
-        proc = self._spawn("etcd", [
-            self.binary("etcd"),
-            "--name=roundhouse",
-            f"--data-dir={self._dir() / 'etcd'}",
-            f"--listen-client-urls={client}",
-            f"--advertise-client-urls={client}",
-            f"--listen-peer-urls={peer}",
-            f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster=roundhouse={peer}",
-            "--initial-cluster-state=new",
-            "--unsafe-no-fsync=true",  # throw-away data; fsync only slows tests down
-            "--quota-backend-bytes=2147483648",
-            "--log-level=warn",
-        ])
+        proc = self._spawn(
+            "etcd",
+            [
+                self.binary("etcd"),
+                "--name=roundhouse",
+                f"--data-dir={self._dir() / 'etcd'}",
+                f"--listen-client-urls={client}",
+                f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=roundhouse={peer}",
+                "--initial-cluster-state=new",
+                "--unsafe-no-fsync=true",  # throw-away data; fsync only slows tests down
+                "--quota-backend-bytes=2147483648",
+                "--log-level=warn",
+            ],
+        )
         self._wait("etcd /health", lambda: _http_ok(f"{client}/health"), [proc])
 
     def _start_apiserver(self) -> None:
         pki = self.pki_dir
-        proc = self._spawn("kube-apiserver", [
-            self.binary("kube-apiserver"),
-            f"--etcd-servers=http://{LOOPBACK}:{self.ports.etcd_client}",
-            f"--bind-address={LOOPBACK}",
-            f"--advertise-address={LOOPBACK}",
-            # Endpoints validation rejects loopback IPs, so the default lease reconciler
-            # would fail every sync writing 127.0.0.1 for Service default/kubernetes.
-            "--endpoint-reconciler-type=none",
-            f"--secure-port={self.ports.apiserver}",
-            f"--cert-dir={pki}",
-            f"--tls-cert-file={pki / 'apiserver.crt'}",
-            f"--tls-private-key-file={pki / 'apiserver.key'}",
-            f"--client-ca-file={pki / 'ca.crt'}",
-            "--authorization-mode=Node,RBAC",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
-            f"--service-account-key-file={pki / 'sa.pub'}",
-            f"--service-account-signing-key-file={pki / 'sa.key'}",
-            "--allow-privileged=true",
-            "--profiling=false",
-        ])
+        proc = self._spawn(
+            "kube-apiserver",
+            [
+                self.binary("kube-apiserver"),
+                f"--etcd-servers=http://{LOOPBACK}:{self.ports.etcd_client}",
+                f"--bind-address={LOOPBACK}",
+                f"--advertise-address={LOOPBACK}",
+                # Endpoints validation rejects loopback IPs, so the default lease reconciler
+                # would fail every sync writing 127.0.0.1 for Service default/kubernetes.
+                "--endpoint-reconciler-type=none",
+                f"--secure-port={self.ports.apiserver}",
+                f"--cert-dir={pki}",
+                f"--tls-cert-file={pki / 'apiserver.crt'}",
+                f"--tls-private-key-file={pki / 'apiserver.key'}",
+                f"--client-ca-file={pki / 'ca.crt'}",
+                "--authorization-mode=Node,RBAC",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+                f"--service-account-key-file={pki / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki / 'sa.key'}",
+                "--allow-privileged=true",
+                "--profiling=false",
+            ],
+        )
         self._wait("kube-apiserver /readyz", lambda: self.readyz() == "ok", [proc])
 
     def _start_controllers(self) -> None:
@@ -666,17 +727,30 @@ class ControlPlane:
         scheduler = self._start_scheduler()
         kwok = self._start_kwok()
         procs = [kcm, scheduler, kwok]
-        self._wait("kube-controller-manager /healthz", lambda: _http_ok(
-            f"https://{LOOPBACK}:{self.ports.controller_manager}/healthz"), procs)
-        self._wait("kube-scheduler /healthz", lambda: _http_ok(
-            f"https://{LOOPBACK}:{self.ports.scheduler}/healthz"), procs)
-        self._wait("kwok /healthz", lambda: _http_ok(
-            f"http://{LOOPBACK}:{self.ports.kwok}/healthz"), procs)
+        self._wait(
+            "kube-controller-manager /healthz",
+            lambda: _http_ok(f"https://{LOOPBACK}:{self.ports.controller_manager}/healthz"),
+            procs,
+        )
+        self._wait(
+            "kube-scheduler /healthz",
+            lambda: _http_ok(f"https://{LOOPBACK}:{self.ports.scheduler}/healthz"),
+            procs,
+        )
+        self._wait(
+            "kwok /healthz", lambda: _http_ok(f"http://{LOOPBACK}:{self.ports.kwok}/healthz"), procs
+        )
         self.log(f"waiting for {self.node_count} fake nodes to become Ready")
         self._wait(f"{self.node_count} Ready nodes", self._nodes_ready, procs)
         # Pods need their namespace's ServiceAccount (created by the KCM) to be admitted.
-        self._wait("ServiceAccount default/default", lambda: self.rest.request(
-            "GET", "/api/v1/namespaces/default/serviceaccounts/default")[0] == 200, procs)
+        self._wait(
+            "ServiceAccount default/default",
+            lambda: (
+                self.rest.request("GET", "/api/v1/namespaces/default/serviceaccounts/default")[0]
+                == 200
+            ),
+            procs,
+        )
 
     def _create_nodes(self) -> None:
         self.log(f"creating {self.node_count} fake nodes")
@@ -685,8 +759,10 @@ class ControlPlane:
             self.rest.json("POST", "/api/v1/nodes", node)
             # Status is a subresource: addresses must be set there, before kwok sees the node.
             self.rest.json(
-                "PATCH", f"/api/v1/nodes/{node['metadata']['name']}/status",
-                node_status_patch(i), content_type="application/merge-patch+json",
+                "PATCH",
+                f"/api/v1/nodes/{node['metadata']['name']}/status",
+                node_status_patch(i),
+                content_type="application/merge-patch+json",
             )
 
     def _nodes_ready(self) -> bool:
@@ -695,36 +771,42 @@ class ControlPlane:
 
     def _start_controller_manager(self) -> ManagedProcess:
         pki = self.pki_dir
-        return self._spawn("kube-controller-manager", [
-            self.binary("kube-controller-manager"),
-            f"--kubeconfig={self.kubeconfig_dir / 'kube-controller-manager.kubeconfig'}",
-            f"--bind-address={LOOPBACK}",
-            f"--secure-port={self.ports.controller_manager}",
-            f"--cert-dir={self._dir() / 'kcm-serving'}",
-            "--leader-elect=false",
-            "--use-service-account-credentials=true",
-            f"--root-ca-file={pki / 'ca.crt'}",
-            f"--service-account-private-key-file={pki / 'sa.key'}",
-            f"--cluster-signing-cert-file={pki / 'ca.crt'}",
-            f"--cluster-signing-key-file={pki / 'ca.key'}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            f"--cluster-cidr={POD_CIDR}",
-            "--allocate-node-cidrs=false",  # nodes get their pod /24 at creation
-            # Default is /usr/libexec/...; keep every file the cluster writes in the work dir.
-            f"--flex-volume-plugin-dir={self._dir() / 'flexvolume'}",
-            "--profiling=false",
-        ])
+        return self._spawn(
+            "kube-controller-manager",
+            [
+                self.binary("kube-controller-manager"),
+                f"--kubeconfig={self.kubeconfig_dir / 'kube-controller-manager.kubeconfig'}",
+                f"--bind-address={LOOPBACK}",
+                f"--secure-port={self.ports.controller_manager}",
+                f"--cert-dir={self._dir() / 'kcm-serving'}",
+                "--leader-elect=false",
+                "--use-service-account-credentials=true",
+                f"--root-ca-file={pki / 'ca.crt'}",
+                f"--service-account-private-key-file={pki / 'sa.key'}",
+                f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+                f"--cluster-signing-key-file={pki / 'ca.key'}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--cluster-cidr={POD_CIDR}",
+                "--allocate-node-cidrs=false",  # nodes get their pod /24 at creation
+                # Default is /usr/libexec/...; keep every file the cluster writes in the work dir.
+                f"--flex-volume-plugin-dir={self._dir() / 'flexvolume'}",
+                "--profiling=false",
+            ],
+        )
 
     def _start_scheduler(self) -> ManagedProcess:
-        return self._spawn("kube-scheduler", [
-            self.binary("kube-scheduler"),
-            f"--kubeconfig={self.kubeconfig_dir / 'kube-scheduler.kubeconfig'}",
-            f"--bind-address={LOOPBACK}",
-            f"--secure-port={self.ports.scheduler}",
-            f"--cert-dir={self._dir() / 'scheduler-serving'}",
-            "--leader-elect=false",
-            "--profiling=false",
-        ])
+        return self._spawn(
+            "kube-scheduler",
+            [
+                self.binary("kube-scheduler"),
+                f"--kubeconfig={self.kubeconfig_dir / 'kube-scheduler.kubeconfig'}",
+                f"--bind-address={LOOPBACK}",
+                f"--secure-port={self.ports.scheduler}",
+                f"--cert-dir={self._dir() / 'scheduler-serving'}",
+                "--leader-elect=false",
+                "--profiling=false",
+            ],
+        )
 
     def _start_kwok(self) -> ManagedProcess:
         config = {
@@ -748,9 +830,11 @@ class ControlPlane:
         }
         path = self._dir() / "kwok.yaml"
         path.write_text(json.dumps(config) + "\n---\n" + KWOK_STAGES.read_text())
-        return self._spawn("kwok", [
-            self.binary("kwok"),
-            f"--kubeconfig={self.kubeconfig_dir / 'kwok.kubeconfig'}",
-            f"--config={path}",
-        ])
-
+        return self._spawn(
+            "kwok",
+            [
+                self.binary("kwok"),
+                f"--kubeconfig={self.kubeconfig_dir / 'kwok.kubeconfig'}",
+                f"--config={path}",
+            ],
+        )

@@ -102,7 +102,9 @@ def acquire(owner: str, cidrs: Sequence[str] = GUARDED_CIDRS) -> list[str]:
             if not unreachable_route_present(cidr):
                 res = _ip("route", "add", "unreachable", cidr)
                 if res.returncode != 0:
-                    raise NetworkGuardError(f"ip route add unreachable {cidr}: {res.stderr.strip()}")
+                    raise NetworkGuardError(
+                        f"ip route add unreachable {cidr}: {res.stderr.strip()}"
+                    )
             registry[cidr] = [*owners, owner]
             registered.append(cidr)
     return registered

@@ -8,6 +8,7 @@ spawn guards against killing an unrelated process that reused the PID.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -59,22 +60,30 @@ class ManagedProcess:
 
     def to_state(self) -> dict[str, Any]:
         return {
-            "name": self.name, "pid": self.pid, "start_ticks": self.start_ticks,
-            "log_path": str(self.log_path), "argv": self.argv,
+            "name": self.name,
+            "pid": self.pid,
+            "start_ticks": self.start_ticks,
+            "log_path": str(self.log_path),
+            "argv": self.argv,
         }
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> ManagedProcess:
         return cls(
-            name=state["name"], pid=int(state["pid"]), start_ticks=int(state["start_ticks"]),
-            log_path=Path(state["log_path"]), argv=list(state.get("argv", [])),
+            name=state["name"],
+            pid=int(state["pid"]),
+            start_ticks=int(state["start_ticks"]),
+            log_path=Path(state["log_path"]),
+            argv=list(state.get("argv", [])),
         )
 
     def leader_alive(self) -> bool:
         if self.popen is not None:
             return self.popen.poll() is None
         fields = _proc_stat(self.pid)
-        return bool(fields) and fields[0] != "Z" and _start_ticks(self.pid) == self.start_ticks
+        if fields is None or fields[0] == "Z":
+            return False
+        return int(fields[19]) == self.start_ticks
 
     def alive(self) -> bool:
         """True while the leader or anything else in its session still runs."""
@@ -90,10 +99,8 @@ class ManagedProcess:
     def _signal(self, sig: signal.Signals) -> None:
         if not self.alive():
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def stop(self, grace_seconds: float = 10.0) -> None:
         """SIGTERM the process group, then SIGKILL whatever is left after the grace period."""
@@ -146,8 +153,13 @@ def spawn(
         log.write(f"$ {' '.join(argv)}\n".encode())
         log.flush()
         popen = subprocess.Popen(
-            list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            cwd=cwd, env=dict(env) if env is not None else None, start_new_session=True,
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            start_new_session=True,
             preexec_fn=None if detached else _die_with_parent,
         )
     ticks = _start_ticks(popen.pid) or 0

@@ -39,10 +39,15 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
                              serialization.NoEncryption()).decode()
 
 
+def _common_name(text: str) -> str:
+    """X.509 caps a CN at 64 characters; the SANs carry the full names anyway."""
+    return text[:64]
+
+
 def issue_ca(common_name: str, now: dt.datetime) -> KeyPair:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Roundhouse"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+                      x509.NameAttribute(NameOID.COMMON_NAME, _common_name(common_name))])
     cert = (
         x509.CertificateBuilder()
         .subject_name(name).issuer_name(name).public_key(key.public_key())
@@ -74,7 +79,8 @@ def issue_serving(ca: KeyPair, dns_names: tuple[str, ...], now: dt.datetime,
             sans.append(x509.DNSName(name))
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])]))
+        .subject_name(x509.Name([x509.NameAttribute(
+            NameOID.COMMON_NAME, _common_name(min(dns_names, key=len)))]))
         .issuer_name(ca.certificate.subject).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))

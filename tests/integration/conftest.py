@@ -24,24 +24,48 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from e2e.cluster.controlplane import ControlPlane  # noqa: E402
+from e2e.cluster.controlplane import ControlPlane, locate_binaries  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
 
+# Where the binaries are, or why they could not be built (see pytest_collection_finish).
+_BINARIES = pytest.StashKey["Path | Exception"]()
+
+
+def _ours(item: pytest.Item) -> bool:
+    return Path(item.path).resolve().is_relative_to(HERE)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselection looks at the marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # This hook sees every collected item, so only mark the ones under this directory.
     for item in items:
-        if Path(item.path).resolve().is_relative_to(HERE):
+        if _ours(item):
             item.add_marker(pytest.mark.integration)
 
 
-def _terminal_line(request: pytest.FixtureRequest, message: str) -> None:
-    """Write straight to the terminal (past output capture) so startup progress is visible."""
-    capman = request.config.pluginmanager.getplugin("capturemanager")
-    reporter = request.config.pluginmanager.getplugin("terminalreporter")
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Locate (or build) the binaries once, outside any test.
+
+    A cold build takes tens of minutes; inside the fixture it would count against
+    the first test's pytest-timeout. Only runs when integration tests are selected.
+    """
+    config = session.config
+    if config.option.collectonly or not any(_ours(i) for i in session.items):
+        return
+    try:
+        config.stash[_BINARIES] = locate_binaries(lambda m: _write_terminal(config, m))
+    except Exception as err:  # reported by the control_plane fixture as a test failure
+        config.stash[_BINARIES] = err
+
+
+def _write_terminal(config: pytest.Config, message: str) -> None:
+    """Write straight to the terminal (past output capture) so progress is visible."""
+    capman = config.pluginmanager.getplugin("capturemanager")
+    reporter = config.pluginmanager.getplugin("terminalreporter")
     if capman is None or reporter is None:
-        print(message)
+        print(f"[control-plane] {message}")
         return
     with capman.global_and_fixture_disabled():
         reporter.write_line(f"[control-plane] {message}")
@@ -54,7 +78,17 @@ def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
 
 @pytest.fixture(scope="session")
 def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
-    cp = ControlPlane(controllers=True, nodes=3, log=lambda m: _terminal_line(request, m))
+    found = request.config.stash.get(_BINARIES, None)
+    if isinstance(found, Exception):
+        pytest.fail(
+            f"Kubernetes binaries unavailable ({type(found).__name__}): {found}", pytrace=False
+        )
+    cp = ControlPlane(
+        controllers=True,
+        nodes=3,
+        bin_dir=found,  # None: ControlPlane locates them itself
+        log=lambda m: _write_terminal(request.config, m),
+    )
     previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         cp.start()
@@ -64,8 +98,8 @@ def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
             f"local control plane did not start ({type(err).__name__}): {err}", pytrace=False
         )
     version = cp.version.get("gitVersion", "?")
-    _terminal_line(
-        request, f"API server {version} at {cp.server}, ready in {cp.startup_seconds:.1f}s"
+    _write_terminal(
+        request.config, f"API server {version} at {cp.server}, ready in {cp.startup_seconds:.1f}s"
     )
     print(f"control plane: kube-apiserver {version} at {cp.server}")
     try:

@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pytest
-from kubernetes import client, config
-
 from e2e.cluster.controlplane import ControlPlane
+from kubernetes import client, config
 
 T = TypeVar("T")
 
@@ -53,7 +52,10 @@ def endpoint_readiness(kube: client.ApiClient, namespace: str, service: str) -> 
 
 
 def wait_endpoints(
-    kube: client.ApiClient, namespace: str, service: str, what: str,
+    kube: client.ApiClient,
+    namespace: str,
+    service: str,
+    what: str,
     predicate: Callable[[dict[str, bool]], bool],
 ) -> dict[str, bool]:
     def probe() -> dict[str, bool] | None:
@@ -73,9 +75,11 @@ class WebApp:
 def deployment(name: str, replicas: int) -> dict[str, Any]:
     labels = {"app": name}
     # Required anti-affinity: three replicas only fit if they land on three distinct nodes.
-    anti_affinity = {"requiredDuringSchedulingIgnoredDuringExecution": [
-        {"labelSelector": {"matchLabels": labels}, "topologyKey": "kubernetes.io/hostname"}
-    ]}
+    anti_affinity = {
+        "requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": labels}, "topologyKey": "kubernetes.io/hostname"}
+        ]
+    }
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -88,8 +92,13 @@ def deployment(name: str, replicas: int) -> dict[str, Any]:
                 "spec": {
                     "affinity": {"podAntiAffinity": anti_affinity},
                     # kwok never pulls images; the name only has to be valid.
-                    "containers": [{"name": "web", "image": "registry.invalid/roundhouse/web:1",
-                                    "ports": [{"containerPort": 8080}]}],
+                    "containers": [
+                        {
+                            "name": "web",
+                            "image": "registry.invalid/roundhouse/web:1",
+                            "ports": [{"containerPort": 8080}],
+                        }
+                    ],
                 },
             },
         },
@@ -100,10 +109,13 @@ def deployment(name: str, replicas: int) -> dict[str, Any]:
 def web_app(kube: client.ApiClient, namespace: str) -> WebApp:
     """A 3-replica Deployment plus Service `web`, returned once all Pods are Ready."""
     client.AppsV1Api(kube).create_namespaced_deployment(namespace, deployment("web", 3))
-    client.CoreV1Api(kube).create_namespaced_service(namespace, {
-        "metadata": {"name": "web"},
-        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
-    })
+    client.CoreV1Api(kube).create_namespaced_service(
+        namespace,
+        {
+            "metadata": {"name": "web"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+        },
+    )
 
     def ready_pods() -> list[client.V1Pod] | None:
         pods = client.CoreV1Api(kube).list_namespaced_pod(namespace, label_selector="app=web")
@@ -173,10 +185,14 @@ def test_custom_status_pod_not_ready_is_reflected_and_kept(
     wait_endpoints(kube, ns, "web", "3 ready endpoints", lambda e: sum(e.values()) == 3)
 
     # The annotation tells kwok this Pod's status belongs to the test.
-    core.patch_namespaced_pod(name, ns, {"metadata": {"annotations": CUSTOM_STATUS}},
-                              _content_type=MERGE)
-    not_ready = {"status": {"conditions": [
-        {"type": "Ready", "status": "False", "reason": "TestForcedNotReady"}]}}
+    core.patch_namespaced_pod(
+        name, ns, {"metadata": {"annotations": CUSTOM_STATUS}}, _content_type=MERGE
+    )
+    not_ready = {
+        "status": {
+            "conditions": [{"type": "Ready", "status": "False", "reason": "TestForcedNotReady"}]
+        }
+    }
     core.patch_namespaced_pod_status(name, ns, not_ready, _content_type=STRATEGIC)
 
     endpoints = wait_endpoints(
@@ -191,11 +207,22 @@ def test_custom_status_pod_not_ready_is_reflected_and_kept(
 def test_garbage_collector_deletes_dependents(kube: client.ApiClient, namespace: str) -> None:
     core = client.CoreV1Api(kube)
     owner = core.create_namespaced_config_map(namespace, {"metadata": {"name": "owner"}})
-    core.create_namespaced_config_map(namespace, {"metadata": {
-        "name": "dependent",
-        "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap",
-                             "name": "owner", "uid": owner.metadata.uid}],
-    }})
+    core.create_namespaced_config_map(
+        namespace,
+        {
+            "metadata": {
+                "name": "dependent",
+                "ownerReferences": [
+                    {
+                        "apiVersion": "v1",
+                        "kind": "ConfigMap",
+                        "name": "owner",
+                        "uid": owner.metadata.uid,
+                    }
+                ],
+            }
+        },
+    )
     core.delete_namespaced_config_map("owner", namespace)
 
     def dependent_gone() -> bool:
@@ -222,16 +249,25 @@ def test_rbac_enforced_for_service_account(
 
         # Same identity, now bound: proves the 403 came from RBAC, not a broken kubeconfig.
         rbac = client.RbacAuthorizationV1Api(kube)
-        rbac.create_namespaced_role(namespace, {
-            "metadata": {"name": "read-secrets"},
-            "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["list"]}],
-        })
-        rbac.create_namespaced_role_binding(namespace, {
-            "metadata": {"name": "read-secrets"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                        "name": "read-secrets"},
-            "subjects": [{"kind": "ServiceAccount", "name": "probe", "namespace": namespace}],
-        })
+        rbac.create_namespaced_role(
+            namespace,
+            {
+                "metadata": {"name": "read-secrets"},
+                "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["list"]}],
+            },
+        )
+        rbac.create_namespaced_role_binding(
+            namespace,
+            {
+                "metadata": {"name": "read-secrets"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": "read-secrets",
+                },
+                "subjects": [{"kind": "ServiceAccount", "name": "probe", "namespace": namespace}],
+            },
+        )
 
         def allowed() -> bool:
             try:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -123,15 +123,13 @@ def _body(kind: str, value: Any = OMIT, detail: str = "") -> str:
     return text
 
 
-def render_path(elems: Iterable[str | int], *, keys_as_index: bool = False,
-                map_keys: Sequence[bool] = ()) -> str:
-    """spec.listeners[0].port. Map keys print as .key in schema errors (kube-openapi)
-    and as [key] in CEL and list-type errors (field.Path.Key)."""
+def render_path(elems: Iterable[str | int]) -> str:
+    """spec.listeners[0].port, as kube-openapi names a field (a map key prints as .key)."""
     out = ""
-    for i, elem in enumerate(elems):
-        if isinstance(elem, int):
-            out += f"[{elem}]"
-        elif keys_as_index and i < len(map_keys) and map_keys[i]:
+    for elem in elems:
+        if isinstance(elem, bool):  # a YAML 1.1 key such as `on:`, as JSON has it
+            out += f".{str(elem).lower()}" if out else str(elem).lower()
+        elif isinstance(elem, int):
             out += f"[{elem}]"
         else:
             out += f".{elem}" if out else elem
@@ -384,7 +382,7 @@ def compile_rule(expr: str) -> None:
 def _evaluate(expr: str, self_value: Any) -> Any:
     try:
         result = _program(expr).evaluate({"self": celpy.json_to_cel(self_value)})
-    except Exception as exc:  # noqa: BLE001 - every evaluation failure is reported
+    except Exception as exc:  # every evaluation failure is reported, as cel-go's
         return exc
     return result
 
@@ -489,14 +487,18 @@ class SchemaValidator:
         apply_defaults(out, self.schema)
         return out
 
-    def validate(self, obj: dict[str, Any], *, strict: bool = True) -> list[Violation]:
+    def validate(self, obj: dict[str, Any], *, strict: bool = True,
+                 defaults: bool = True) -> list[Violation]:
         """Every error the API server reports for creating obj; [] when it accepts it.
 
         strict: report undeclared fields, as kubectl's default strict field validation
-        does (the API server otherwise drops them silently)."""
-        return [Violation(e.path, e.message) for e in self._errors(obj, strict=strict)]
+        does (the API server otherwise drops them silently).
+        defaults: apply the schema's defaults first, as for a request; False checks a
+        value as written, as the API server checks a CRD's own default values."""
+        errors = self._errors(obj, strict=strict, defaults=defaults)
+        return [Violation(e.path, e.message) for e in errors]
 
-    def _errors(self, obj: dict[str, Any], *, strict: bool) -> list[_Error]:
+    def _errors(self, obj: dict[str, Any], *, strict: bool, defaults: bool) -> list[_Error]:
         if obj.get("apiVersion") != self.api_version or obj.get("kind") != self.kind:
             return [_Error(INVALID, "apiVersion", _body(
                 INVALID, f"{obj.get('apiVersion')}, Kind={obj.get('kind')}",
@@ -505,7 +507,8 @@ class SchemaValidator:
         unknown = prune(work, self.schema)
         if strict and unknown:
             return [_Error(UNKNOWN_FIELD, p, f'unknown field "{p}"') for p in unknown]
-        apply_defaults(work, self.schema)
+        if defaults:
+            apply_defaults(work, self.schema)
         errors = _metadata_errors(work.get("metadata"))
         errors += _schema_errors(self._validator, work)
         errors += _list_type_errors(work, self.schema, ())

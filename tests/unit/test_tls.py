@@ -68,3 +68,11 @@ def test_changed_names_or_foreign_issuer_need_a_new_certificate(ca: tls.KeyPair)
     assert "not issued by" in (tls.renewal_reason(pair, other, ("a",), NOW) or "")
     assert tls.renewal_reason(None, ca, ("a",), NOW) == "no certificate yet"
     assert tls.renewal_reason(tls.KeyPair("garbage", ""), ca, ("a",), NOW) is not None
+
+
+def test_long_names_fit_in_the_common_name() -> None:
+    long_ns = "n" * 63
+    ca = tls.issue_ca(f"roundhouse {long_ns}/some-loadbalancer", NOW)
+    pair = tls.issue_serving(ca, (f"web-lb.{long_ns}.svc.cluster.local", f"web-lb.{long_ns}"), NOW)
+    assert tls.renewal_reason(pair, ca, (f"web-lb.{long_ns}.svc.cluster.local",
+                                         f"web-lb.{long_ns}"), NOW) is None

@@ -1,0 +1,110 @@
+"""Run `roundhouse run` as a real process, with the identity install.yaml grants it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+REPO = Path(__file__).resolve().parents[2]
+INSTALL = REPO / "manifests" / "install.yaml"
+OPERATOR_NAMESPACE = "roundhouse-system"
+OPERATOR_SA = "roundhouse"
+GROUP, VERSION, PLURAL = "roundhouse.dev", "v1alpha1", "loadbalancers"
+
+
+def install(cp: Any) -> None:
+    """What a user does: server-side apply manifests/install.yaml (CRDs, RBAC, namespace)."""
+    cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(INSTALL))
+    cp.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/loadbalancers.roundhouse.dev",
+        "crd/reverseproxies.roundhouse.dev",
+    )
+
+
+class OperatorProcess:
+    def __init__(self, cp: Any, log_path: Path, *extra: str) -> None:
+        self.kubeconfig = cp.kubeconfig_for_service_account(OPERATOR_NAMESPACE, OPERATOR_SA)
+        self.log_path = log_path
+        self.args = [sys.executable, "-m", "roundhouse.cli", "run", "--metrics-port", "0", *extra]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OperatorProcess:
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self.args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO
+        )
+        return self
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        if kill:
+            self.proc.kill()
+        else:
+            self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def forbidden_errors(self) -> list[str]:
+        """RBAC denials only ('User "..." cannot ...'), not e.g. a terminating namespace."""
+        return [line for line in self.log().splitlines()
+                if "is forbidden: User" in line and "cannot" in line]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except client.ApiException as err:
+            if err.status != 404:
+                raise
+            last = None
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def custom(kube: client.ApiClient) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(kube)
+
+
+def get_lb(kube: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    obj: dict[str, Any] = custom(kube).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name
+    )
+    return obj
+
+
+def create_lb(kube: client.ApiClient, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    body = {**body, "metadata": {**body["metadata"], "namespace": namespace}}
+    obj: dict[str, Any] = custom(kube).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, body
+    )
+    return obj
+
+
+def condition(lb: dict[str, Any], kind: str) -> dict[str, Any]:
+    for c in (lb.get("status") or {}).get("conditions") or []:
+        if c.get("type") == kind:
+            return dict(c)
+    return {}

@@ -1,0 +1,269 @@
+"""The operator against a real kube-apiserver, controllers and kwok nodes.
+
+It runs as a real process with the ServiceAccount and RBAC from manifests/install.yaml
+(not as admin), so any permission the manifests forgot fails these tests.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from tests.integration.operator_process import (
+    OPERATOR_NAMESPACE,
+    OperatorProcess,
+    condition,
+    create_lb,
+    custom,
+    get_lb,
+    install,
+    wait_for,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+CHILD_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Deployment",
+               "PodDisruptionBudget", "Service")
+
+
+@pytest.fixture(scope="module")
+def operator(control_plane: Any, tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[OperatorProcess]:
+    install(control_plane)
+    proc = OperatorProcess(control_plane, tmp_path_factory.mktemp("op") / "operator.log",
+                           "--leader-election-namespace", OPERATOR_NAMESPACE).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        print("---- operator log (tail) ----\n" + "\n".join(proc.log().splitlines()[-60:]))
+    assert not proc.forbidden_errors(), "the operator hit RBAC denials:\n" + "\n".join(
+        proc.forbidden_errors()[:10])
+
+
+def sample_app(kube: client.ApiClient, namespace: str, name: str = "web", replicas: int = 3,
+               port_name: str = "http") -> None:
+    labels = {"app": name}
+    client.AppsV1Api(kube).create_namespaced_deployment(namespace, {
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
+                 "template": {"metadata": {"labels": labels}, "spec": {"containers": [
+                     {"name": "web", "image": "example.invalid/web:1",
+                      "ports": [{"name": port_name, "containerPort": 8080}]}]}}},
+    })
+    client.CoreV1Api(kube).create_namespaced_service(namespace, {
+        "metadata": {"name": name},
+        "spec": {"selector": labels,
+                 "ports": [{"name": port_name, "port": 80, "targetPort": port_name}]},
+    })
+
+
+def lb_body(name: str = "web", **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": "roundhouse.dev/v1alpha1", "kind": "LoadBalancer",
+        "metadata": {"name": name},
+        "spec": {"listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}],
+                 "backends": [{"service": "web", "port": "http"}]},
+    }
+    body["spec"].update(spec)
+    return body
+
+
+def children(kube: client.ApiClient, namespace: str, owner: str) -> dict[str, dict[str, Any]]:
+    selector = f"roundhouse.dev/owner-name={owner}"
+    core, apps = client.CoreV1Api(kube), client.AppsV1Api(kube)
+    rbac, policy = client.RbacAuthorizationV1Api(kube), client.PolicyV1Api(kube)
+    found: dict[str, dict[str, Any]] = {}
+    for kind, lister in (
+        ("ServiceAccount", core.list_namespaced_service_account),
+        ("ConfigMap", core.list_namespaced_config_map),
+        ("Service", core.list_namespaced_service),
+        ("Secret", core.list_namespaced_secret),
+        ("Deployment", apps.list_namespaced_deployment),
+        ("Role", rbac.list_namespaced_role),
+        ("RoleBinding", rbac.list_namespaced_role_binding),
+        ("PodDisruptionBudget", policy.list_namespaced_pod_disruption_budget),
+    ):
+        for item in lister(namespace, label_selector=selector).items:
+            found[f"{kind}/{item.metadata.name}"] = kube.sanitize_for_serialization(item)
+    return found
+
+
+def server_states(kube: client.ApiClient, namespace: str, name: str) -> dict[str, str]:
+    cm = client.CoreV1Api(kube).read_namespaced_config_map(f"{name}-lb", namespace)
+    state = json.loads(cm.data["servers.json"])
+    return {s["endpoint"]: s["state"] for s in state["pools"]["be_http"] if s["endpoint"]}
+
+
+def report_as_agents(kube: client.ApiClient, namespace: str, name: str) -> None:
+    """Stand in for the proxies' agents (real ones run in the e2e tier): report the
+    ConfigMap's current config hash for every proxy Pod."""
+    core = client.CoreV1Api(kube)
+    cm = core.read_namespaced_config_map(f"{name}-lb", namespace)
+    digest = cm.metadata.annotations["roundhouse.dev/config-hash"]
+    pods = core.list_namespaced_pod(namespace,
+                                    label_selector=f"app.kubernetes.io/instance={name}-lb").items
+    data = {p.metadata.name: json.dumps({"configHash": digest, "error": None}) for p in pods}
+    core.patch_namespaced_config_map(f"{name}-lb-agents", namespace, {"data": data})
+
+
+def test_every_example_reconciles_into_owned_children(
+        operator: OperatorProcess, kube: client.ApiClient, namespace: str) -> None:
+    examples = sorted((REPO / "examples").glob("*.yaml"))
+    lbs = [d for p in examples for d in yaml.safe_load_all(p.read_text())
+           if d and d.get("kind") == "LoadBalancer"]
+    assert len(lbs) >= 4
+    for body in lbs:
+        created = create_lb(kube, namespace, body)
+        name, uid = created["metadata"]["name"], created["metadata"]["uid"]
+        found = wait_for(lambda n=name: (c := children(kube, namespace, n)) and len(c) >= 8 and c,
+                         60, f"children of {name}")
+        kinds = {key.split("/")[0] for key in found}
+        assert set(CHILD_KINDS) <= kinds, kinds
+        for obj in found.values():
+            (ref,) = obj["metadata"]["ownerReferences"]
+            assert (ref["kind"], ref["name"], ref["uid"], ref["controller"]) == (
+                "LoadBalancer", name, uid, True)
+        lb = wait_for(lambda n=name: condition(get_lb(kube, namespace, n), "Accepted"), 30,
+                      f"{name} status")
+        assert lb["status"] == "True"
+        if any(li.get("protocol") == "HTTPS" and not (li.get("tls") or {}).get("secretName")
+               for li in body["spec"]["listeners"]):
+            assert f"Secret/{name}-lb-tls" in found and f"Secret/{name}-lb-ca" in found
+
+
+def test_spec_update_updates_children_and_delete_collects_them(
+        operator: OperatorProcess, kube: client.ApiClient, namespace: str) -> None:
+    sample_app(kube, namespace)
+    create_lb(kube, namespace, lb_body())
+    apps, core = client.AppsV1Api(kube), client.CoreV1Api(kube)
+    wait_for(lambda: apps.read_namespaced_deployment("web-lb", namespace), 60, "proxy Deployment")
+    before = core.read_namespaced_config_map("web-lb", namespace).data["haproxy.cfg"]
+    custom(kube).patch_namespaced_custom_object(
+        "roundhouse.dev", "v1alpha1", namespace, "loadbalancers", "web",
+        {"spec": {"proxy": {"replicas": 3}, "timeouts": {"server": "7s"}}})
+    wait_for(lambda: apps.read_namespaced_deployment("web-lb", namespace).spec.replicas == 3,
+             30, "replicas 3")
+    after = wait_for(lambda: (d := core.read_namespaced_config_map(
+        "web-lb", namespace).data["haproxy.cfg"]) != before and d, 30, "new haproxy.cfg")
+    assert "timeout server 7s" in after
+    lb = wait_for(lambda: (o := get_lb(kube, namespace, "web")).get("status", {}).get(
+        "observedGeneration") == 2 and o, 30, "observedGeneration 2")
+    assert condition(lb, "Accepted")["observedGeneration"] == 2
+    custom(kube).delete_namespaced_custom_object("roundhouse.dev", "v1alpha1", namespace,
+                                                 "loadbalancers", "web")
+    wait_for(lambda: not children(kube, namespace, "web"), 90,
+             "garbage collection of every child")
+
+
+def test_readiness_drives_server_state_and_status(
+        operator: OperatorProcess, kube: client.ApiClient, namespace: str) -> None:
+    sample_app(kube, namespace, replicas=3)
+    create_lb(kube, namespace, lb_body())
+    lb = wait_for(lambda: (o := get_lb(kube, namespace, "web")).get("status", {}).get(
+        "backends") == {"ready": 3, "total": 3} and o, 90, "backends 3/3")
+    assert lb["status"]["backendSummary"] == "3/3"
+    assert lb["status"]["address"].startswith("10.96.")
+    assert condition(lb, "Programmed")["status"] == "False"  # no agent has reported yet
+    wait_for(lambda: client.AppsV1Api(kube).read_namespaced_deployment(
+        "web-lb", namespace).status.ready_replicas == 2, 60, "2 ready proxy replicas")
+    report_as_agents(kube, namespace, "web")
+    lb = wait_for(lambda: (o := get_lb(kube, namespace, "web")) and condition(
+        o, "Ready").get("status") == "True" and o, 30, "Ready=True")
+    assert condition(lb, "Programmed")["reason"] == "Programmed"
+
+    core = client.CoreV1Api(kube)
+    pod = core.list_namespaced_pod(namespace, label_selector="app=web").items[0]
+    core.patch_namespaced_pod(pod.metadata.name, namespace,
+                              {"metadata": {"annotations": {"kwok.x-k8s.io/status": "custom"}}})
+    core.patch_namespaced_pod_status(pod.metadata.name, namespace, {"status": {"conditions": [
+        {"type": "Ready", "status": "False"}]}})
+    wait_for(lambda: get_lb(kube, namespace, "web")["status"]["backends"] == {
+        "ready": 2, "total": 3}, 30, "backends 2/3")
+    states = server_states(kube, namespace, "web")
+    assert states[f"web/{pod.metadata.name}:8080"] == "maint"
+    assert sorted(states.values()) == ["maint", "ready", "ready"]
+    # A new config hash is waiting for the agents: Programmed goes back to Pending.
+    lb = get_lb(kube, namespace, "web")
+    assert condition(lb, "Programmed")["reason"] == "Pending"
+
+
+def test_missing_service_is_reported_and_recovers_on_its_own(
+        operator: OperatorProcess, kube: client.ApiClient, namespace: str) -> None:
+    create_lb(kube, namespace, lb_body())
+    bad = wait_for(lambda: (c := condition(get_lb(kube, namespace, "web"), "BackendsHealthy"))
+                   .get("status") == "False" and c, 60, "BackendsHealthy=False")
+    assert bad["reason"] == "BackendNotFound"
+    assert "Service 'web' not found" in bad["message"] and "spec.backends[0]" in bad["message"]
+    events = client.CoreV1Api(kube).list_namespaced_event(
+        namespace, field_selector="involvedObject.name=web").items
+    assert any(e.reason == "BackendNotFound" and e.type == "Warning" for e in events)
+    sample_app(kube, namespace)
+    wait_for(lambda: condition(get_lb(kube, namespace, "web"), "BackendsHealthy").get(
+        "status") == "True", 60, "recovery once the Service exists")
+
+
+def test_unresolvable_port_name_is_a_clear_condition(
+        operator: OperatorProcess, kube: client.ApiClient, namespace: str) -> None:
+    sample_app(kube, namespace)
+    create_lb(kube, namespace, lb_body(backends=[{"service": "web", "port": "grpc"}]))
+    bad = wait_for(lambda: (c := condition(get_lb(kube, namespace, "web"), "BackendsHealthy"))
+                   .get("reason") == "PortNotFound" and c, 60, "PortNotFound")
+    assert "has no port 'grpc'" in bad["message"] and "http=80" in bad["message"]
+
+
+def test_missing_user_secret_is_reported_and_recovers(
+        operator: OperatorProcess, kube: client.ApiClient, namespace: str,
+        tmp_path: Path) -> None:
+    sample_app(kube, namespace)
+    listeners = [{"name": "http", "port": 80, "protocol": "HTTP"},
+                 {"name": "https", "port": 443, "protocol": "HTTPS",
+                  "tls": {"secretName": "my-cert"}}]
+    create_lb(kube, namespace, lb_body(listeners=listeners))
+    bad = wait_for(lambda: (c := condition(get_lb(kube, namespace, "web"), "TLSReady"))
+                   .get("status") == "False" and c, 60, "TLSReady=False")
+    assert bad["reason"] == "SecretNotFound" and "'my-cert'" in bad["message"]
+    # The HTTP listener keeps working meanwhile: only the HTTPS one is left out.
+    cfg = client.CoreV1Api(kube).read_namespaced_config_map("web-lb", namespace).data[
+        "haproxy.cfg"]
+    assert "frontend fe_http" in cfg and "frontend fe_https" not in cfg
+
+    import base64
+    import datetime as dt
+
+    from roundhouse import tls
+    now = dt.datetime.now(dt.UTC)
+    pair = tls.issue_serving(tls.issue_ca("user-ca", now), ("web.example.test",), now)
+    client.CoreV1Api(kube).create_namespaced_secret(namespace, {
+        "metadata": {"name": "my-cert"}, "type": "kubernetes.io/tls",
+        "data": {"tls.crt": base64.b64encode(pair.cert_pem.encode()).decode(),
+                 "tls.key": base64.b64encode(pair.key_pem.encode()).decode()}})
+    good = wait_for(lambda: (c := condition(get_lb(kube, namespace, "web"), "TLSReady"))
+                    .get("status") == "True" and c, 60, "TLSReady=True after the Secret appears")
+    assert "my-cert" in good["message"]
+    cfg = client.CoreV1Api(kube).read_namespaced_config_map("web-lb", namespace).data[
+        "haproxy.cfg"]
+    assert "frontend fe_https" in cfg and "crt my-cert.pem" in cfg
+    role = client.RbacAuthorizationV1Api(kube).read_namespaced_role("web-lb", namespace)
+    assert any(r.resources == ["secrets"] and r.resource_names == ["my-cert"] for r in role.rules)
+
+
+def test_invalid_spec_is_rejected_by_the_api_server_before_the_operator(
+        operator: OperatorProcess, kube: client.ApiClient, namespace: str) -> None:
+    with pytest.raises(client.ApiException) as err:
+        create_lb(kube, namespace, lb_body(algorithm="fastest"))
+    assert err.value.status == 422
+    assert "spec.algorithm" in err.value.body and "Unsupported value" in err.value.body
+
+
+def test_operator_holds_the_leader_lease(operator: OperatorProcess,
+                                         kube: client.ApiClient) -> None:
+    lease = wait_for(lambda: client.CoordinationV1Api(kube).read_namespaced_lease(
+        "roundhouse-operator", OPERATOR_NAMESPACE), 30, "leader Lease")
+    assert lease.spec.holder_identity
+    assert lease.spec.lease_duration_seconds == 15

@@ -1,0 +1,227 @@
+"""Hypothesis strategies for valid Roundhouse resources.
+
+`valid_loadbalancers()` draws whole LoadBalancer objects (apiVersion, kind, metadata,
+spec) that both the CRD (crds/loadbalancers.yaml, as the API server applies it) and
+`roundhouse.model.parse_loadbalancer` accept: every field in range, every cross-field
+rule kept, optional fields sometimes left out so that defaults come into play.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import strategies as st
+
+API_VERSION = "roundhouse.dev/v1alpha1"
+PROTOCOLS = ("TCP", "HTTP", "HTTPS", "TLSPassthrough")
+ALGORITHMS = ("roundrobin", "leastconn", "source", "random", "first")
+SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
+DAY_MS = 86_400_000
+# The largest number of each unit within a limit, given at most 7 digits.
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
+
+Obj = dict[str, Any]
+
+
+def dns_labels(max_length: int = 63) -> st.SearchStrategy[str]:
+    """Lowercase RFC 1123 labels: what Service, listener and port names must be."""
+    inner = max(0, min(max_length, 63) - 2)
+    return st.from_regex(rf"\A[a-z0-9]([-a-z0-9]{{0,{inner}}}[a-z0-9])?\Z", fullmatch=True)
+
+
+def short_labels() -> st.SearchStrategy[str]:
+    """Mostly short labels, now and then a long one."""
+    return st.one_of(dns_labels(12), dns_labels(12), dns_labels(63))
+
+
+def dns_subdomains() -> st.SearchStrategy[str]:
+    return st.lists(dns_labels(20), min_size=1, max_size=4).map(".".join)
+
+
+def dns_names() -> st.SearchStrategy[str]:
+    """DNS names that may start with '*.' (certificate names)."""
+    return st.tuples(st.booleans(), dns_subdomains()).map(
+        lambda t: f"*.{t[1]}" if t[0] else t[1])
+
+
+def durations(max_ms: int = DAY_MS) -> st.SearchStrategy[str]:
+    """'500ms', '5s', '2m', '1h': more than 0 and at most max_ms, at most 7 digits."""
+    def for_unit(unit: str) -> st.SearchStrategy[str]:
+        top = min(9_999_999, max_ms // _UNIT_MS[unit])
+        return st.integers(1, top).map(lambda n: f"{n}{unit}")
+    return st.one_of(*(for_unit(u) for u in _UNIT_MS))
+
+
+def quantities() -> st.SearchStrategy[str | int]:
+    return st.one_of(
+        st.integers(0, 64),
+        st.integers(1, 4000).map(lambda n: f"{n}m"),
+        st.sampled_from(["0.5", "1", "2", "1.5"]),
+        st.tuples(st.integers(1, 4096), st.sampled_from(["Ki", "Mi", "Gi", "M", "G"])).map(
+            lambda t: f"{t[0]}{t[1]}"),
+    )
+
+
+def _maybe(draw: st.DrawFn, obj: Obj, key: str, strategy: st.SearchStrategy[Any]) -> None:
+    """Set obj[key] from strategy, or leave it out (the default applies)."""
+    if draw(st.booleans()):
+        obj[key] = draw(strategy)
+
+
+@st.composite
+def listener_tls(draw: st.DrawFn) -> Obj:
+    tls: Obj = {}
+    _maybe(draw, tls, "secretName", dns_subdomains())
+    _maybe(draw, tls, "dnsNames", st.lists(dns_names(), max_size=4))
+    _maybe(draw, tls, "minVersion", st.sampled_from(["1.2", "1.3"]))
+    return tls
+
+
+@st.composite
+def listeners(draw: st.DrawFn) -> list[Obj]:
+    count = draw(st.one_of(st.integers(1, 4), st.integers(1, 16)))
+    names = draw(st.lists(short_labels(), min_size=count, max_size=count, unique=True))
+    ports = draw(st.lists(st.integers(1, 65535), min_size=count, max_size=count,
+                          unique=True))
+    protocols = draw(st.lists(st.sampled_from(PROTOCOLS), min_size=count, max_size=count))
+    has_https = "HTTPS" in protocols
+    out = []
+    for name, port, protocol in zip(names, ports, protocols, strict=True):
+        listener: Obj = {"name": name, "port": port}
+        if protocol != "HTTP" or draw(st.booleans()):
+            listener["protocol"] = protocol
+        if protocol == "HTTP" and has_https:
+            _maybe(draw, listener, "redirectToHTTPS", st.booleans())
+        elif draw(st.integers(0, 3)) == 0:
+            listener["redirectToHTTPS"] = False
+        if protocol == "HTTPS":
+            _maybe(draw, listener, "tls", listener_tls())
+        out.append(listener)
+    return out
+
+
+@st.composite
+def backends(draw: st.DrawFn) -> list[Obj]:
+    ports = st.one_of(st.integers(1, 65535), short_labels())
+    pairs = draw(st.lists(st.tuples(short_labels(), ports), min_size=1, max_size=32,
+                          unique=True))
+    out = []
+    for service, port in pairs:
+        backend: Obj = {"service": service, "port": port}
+        _maybe(draw, backend, "weight", st.integers(0, 256))
+        out.append(backend)
+    if all(b.get("weight", 1) == 0 for b in out):
+        out[0]["weight"] = draw(st.integers(1, 256))
+    return out
+
+
+@st.composite
+def session_persistence(draw: st.DrawFn, cookie_allowed: bool) -> Obj:
+    kind = draw(st.sampled_from(["Cookie", "SourceIP"] if cookie_allowed else ["SourceIP"]))
+    sp: Obj = {}
+    if kind == "SourceIP" or draw(st.booleans()):
+        sp["type"] = kind
+    if kind == "Cookie":
+        _maybe(draw, sp, "cookieName",
+               st.from_regex(r"\A[A-Za-z0-9_-]{1,64}\Z", fullmatch=True))
+    _maybe(draw, sp, "maxAge", durations(30 * DAY_MS))
+    return sp
+
+
+@st.composite
+def health_check(draw: st.DrawFn) -> Obj:
+    kind = draw(st.sampled_from(["TCP", "HTTP"]))
+    hc: Obj = {}
+    if kind == "HTTP" or draw(st.booleans()):
+        hc["type"] = kind
+    if kind == "HTTP":
+        _maybe(draw, hc, "path", st.from_regex(r"\A/[A-Za-z0-9._~!&()*+,;=:@%/?-]{0,40}\Z",
+                                               fullmatch=True))
+        _maybe(draw, hc, "host", dns_subdomains())
+        _maybe(draw, hc, "expectStatus", st.integers(100, 599))
+    _maybe(draw, hc, "interval", durations())
+    _maybe(draw, hc, "timeout", durations())
+    _maybe(draw, hc, "rise", st.integers(1, 100))
+    _maybe(draw, hc, "fall", st.integers(1, 100))
+    return hc
+
+
+@st.composite
+def timeouts(draw: st.DrawFn) -> Obj:
+    out: Obj = {}
+    for key in ("connect", "client", "server", "queue", "tunnel"):
+        _maybe(draw, out, key, durations())
+    return out
+
+
+@st.composite
+def limits(draw: st.DrawFn, algorithm: str) -> Obj:
+    out: Obj = {}
+    _maybe(draw, out, "maxConnections", st.integers(1, 1_000_000))
+    total = out.get("maxConnections", 10_000)
+    low = 1 if algorithm == "first" else 0
+    if low or draw(st.booleans()):
+        out["maxConnectionsPerServer"] = draw(st.integers(low, min(100_000, total)))
+    return out
+
+
+@st.composite
+def tolerations(draw: st.DrawFn) -> Obj:
+    operator = draw(st.sampled_from(["Exists", "Equal"]))
+    toleration: Obj = {"operator": operator}
+    _maybe(draw, toleration, "key", dns_subdomains())
+    if operator == "Equal":
+        _maybe(draw, toleration, "value", dns_labels(20))
+    _maybe(draw, toleration, "effect",
+           st.sampled_from(["", "NoSchedule", "PreferNoSchedule", "NoExecute"]))
+    if toleration.get("effect") == "NoExecute":
+        _maybe(draw, toleration, "tolerationSeconds", st.integers(0, 86_400))
+    return toleration
+
+
+@st.composite
+def proxy(draw: st.DrawFn) -> Obj:
+    out: Obj = {}
+    _maybe(draw, out, "replicas", st.integers(1, 50))
+    _maybe(draw, out, "serviceType", st.sampled_from(SERVICE_TYPES))
+    resource = st.dictionaries(st.sampled_from(["cpu", "memory"]), quantities(), max_size=2)
+    _maybe(draw, out, "resources", st.fixed_dictionaries(
+        {}, optional={"requests": resource, "limits": resource}))
+    _maybe(draw, out, "nodeSelector", st.dictionaries(
+        st.sampled_from(["kubernetes.io/os", "topology.kubernetes.io/zone", "pool"]),
+        dns_labels(20), max_size=3))
+    _maybe(draw, out, "tolerations", st.lists(tolerations(), max_size=3))
+    return out
+
+
+@st.composite
+def loadbalancer_specs(draw: st.DrawFn) -> Obj:
+    """A valid LoadBalancer spec."""
+    spec: Obj = {"listeners": draw(listeners()), "backends": draw(backends())}
+    algorithm = draw(st.sampled_from(ALGORITHMS))
+    if algorithm != "roundrobin" or draw(st.booleans()):
+        spec["algorithm"] = algorithm
+    cookie_allowed = any(li.get("protocol", "HTTP") in ("HTTP", "HTTPS")
+                         for li in spec["listeners"])
+    _maybe(draw, spec, "sessionPersistence", session_persistence(cookie_allowed))
+    _maybe(draw, spec, "healthCheck", health_check())
+    _maybe(draw, spec, "timeouts", timeouts())
+    if algorithm == "first" or draw(st.booleans()):
+        spec["limits"] = draw(limits(algorithm))
+    _maybe(draw, spec, "proxy", proxy())
+    return spec
+
+
+def valid_loadbalancers() -> st.SearchStrategy[Obj]:
+    """Whole LoadBalancer objects that the CRD and parse_loadbalancer both accept."""
+    return st.builds(
+        lambda name, namespace, spec: {
+            "apiVersion": API_VERSION,
+            "kind": "LoadBalancer",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+        },
+        dns_labels(50),
+        st.sampled_from(["default", "apps", "team-a"]),
+        loadbalancer_specs(),
+    )
