@@ -115,10 +115,13 @@ def string(description: str, *, max_length: int | None = None, pattern: str | No
 
 
 def integer(description: str, *, minimum: int | None = None, maximum: int | None = None,
-            default: int | None = None, fmt: str = "int32", enum: list[int] | None = None,
+            default: int | None = None, enum: list[int] | None = None,
             rules: list[Schema] | None = None) -> Schema:
+    # No `format: int32/int64`: with a format, kube-openapi reports a boolean or an
+    # object given for an integer as "must be of type int32: \"\"" instead of naming
+    # the type, and a float as two errors.
     return _node("integer", description, {
-        "format": fmt, "enum": enum, "minimum": minimum, "maximum": maximum}, rules, default)
+        "enum": enum, "minimum": minimum, "maximum": maximum}, rules, default)
 
 
 def boolean(description: str, *, default: bool | None = None) -> Schema:
@@ -397,7 +400,7 @@ def proxy() -> Schema:
                                            "NoExecute"]),
                     "tolerationSeconds": integer(
                         "How long a NoExecute taint is tolerated before eviction; absent: "
-                        "forever.", fmt="int64"),
+                        "forever."),
                 }),
                 max_items=32),
         },
@@ -424,8 +427,7 @@ def status() -> Schema:
     return obj(
         "The observed state, written by the operator.",
         {
-            "observedGeneration": integer("The metadata.generation the status describes.",
-                                          fmt="int64"),
+            "observedGeneration": integer("The metadata.generation the status describes."),
             "conditions": array(
                 "The latest observations: Ready, and the conditions that explain it.",
                 obj("One condition, as metav1.Condition.", {
@@ -436,7 +438,7 @@ def status() -> Schema:
                                      max_length=1024),
                     "message": string("A human-readable explanation.", max_length=32768),
                     "observedGeneration": integer(
-                        "The metadata.generation the condition describes.", fmt="int64"),
+                        "The metadata.generation the condition describes."),
                     "lastTransitionTime": string(
                         "When the status last changed (RFC 3339).", max_length=64,
                         fmt="date-time"),

@@ -125,6 +125,8 @@ def cmd_down(args: argparse.Namespace) -> int:
         if recorded is None:
             say(f"no cluster recorded in {state_file()}; nothing to do")
             return 0
+        if os.environ.get("KEEP_CLUSTER_LOGS") == "1":
+            recorded.keep_workdir = True
         rc = stop_recorded(recorded)
         say("down" if rc == 0 else "down, but some processes did not exit")
         return rc
@@ -135,9 +137,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     if recorded is None:
         say("down (no cluster recorded)")
         return 1
+    dead = [p.name for p in recorded.processes if not p.alive()]
     for proc in recorded.processes:
-        state = "running" if proc.alive() else "NOT RUNNING"
+        state = "NOT RUNNING" if proc.name in dead else "running"
         print(f"  {proc.name:<24} pid {proc.pid:<8} {state}  log {proc.log_path}")
+    if dead:
+        say(f"degraded: {', '.join(dead)} not running; `cli.py up` will replace the cluster")
+        return 1
     try:
         ready = recorded.readyz()
         version = recorded.server_version().get("gitVersion")

@@ -18,7 +18,8 @@ from pathlib import Path
 from types import FrameType
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client
+from kubernetes import config as kube_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
@@ -112,7 +113,7 @@ def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
 @pytest.fixture(scope="session")
 def kube(control_plane: ControlPlane) -> Iterator[client.ApiClient]:
     """Admin (system:masters) ApiClient for the session's control plane."""
-    api = config.new_client_from_config(config_file=str(control_plane.admin_kubeconfig))
+    api = kube_config.new_client_from_config(config_file=str(control_plane.admin_kubeconfig))
     try:
         yield api
     finally:

@@ -345,7 +345,12 @@ def _list_type_errors(value: Any, schema: Schema, path: tuple[str, ...]) -> list
                 errors += _list_type_errors(sub, extra, (*path, f"[{key}]"))
     elif isinstance(value, list):
         list_type = schema.get("x-kubernetes-list-type")
-        if list_type in ("set", "map"):
+        not_object = next((i for i, item in enumerate(value)
+                           if item is not None and not isinstance(item, dict)), None)
+        if list_type == "map" and not_object is not None:
+            errors.append(_Error(INVALID, "".join(path) + f"[{not_object}]", _body(
+                INVALID, value[not_object], "must be an object for an array of list-type map")))
+        elif list_type in ("set", "map"):
             keys = schema.get("x-kubernetes-list-map-keys") or []
             seen: dict[str, int] = {}
             for i, item in enumerate(value):
@@ -440,7 +445,8 @@ def _cel_errors(value: Any, schema: Schema, path: str) -> list[_Error]:
 
 
 def iter_rules(schema: Schema, path: str = "") -> Iterator[tuple[str, Schema]]:
-    """Every x-kubernetes-validations rule with the schema path of its node."""
+    """Every x-kubernetes-validations rule with the schema path of its node
+    (spec.listeners[] for list items, spec.proxy.nodeSelector[*] for map values)."""
     for rule in schema.get("x-kubernetes-validations") or []:
         yield path, rule
     for key, sub in _props(schema).items():
@@ -449,7 +455,7 @@ def iter_rules(schema: Schema, path: str = "") -> Iterator[tuple[str, Schema]]:
     if extra is not None:
         yield from iter_rules(extra, f"{path}[*]")
     if isinstance(schema.get("items"), dict):
-        yield from iter_rules(schema["items"], f"{path}[*]")
+        yield from iter_rules(schema["items"], f"{path}[]")
 
 
 # --------------------------------------------------------------------- validator

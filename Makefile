@@ -1,0 +1,62 @@
+# Roundhouse developer entry points. `make help` lists them.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+PYTEST := $(PY) -m pytest -p no:cacheprovider
+EXAMPLES := $(filter-out examples/sample-app.yaml examples/offline-cluster.yaml,$(wildcard examples/*.yaml))
+
+.PHONY: help venv binaries test test-unit test-integration lint render manifests manifests-check \
+        cluster-up cluster-down clean
+
+help:  ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python >= 3.11 is required)"; exit 1; }
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)  ## create .venv with the package and test tools
+
+binaries:  ## build (or reuse) kube-apiserver, etcd, controllers, kwok, helm from Go modules
+	@e2e/cluster/build-binaries.sh >/dev/null
+
+render: $(STAMP)  ## render every example offline and validate it with the real haproxy -c
+	@for f in $(EXAMPLES); do \
+	  echo "== roundhouse render -f $$f --services examples/offline-cluster.yaml --check"; \
+	  $(VENV)/bin/roundhouse render -f $$f --services examples/offline-cluster.yaml --check > /dev/null; \
+	done
+	@echo; echo "== haproxy.cfg of examples/https-issued-cookie.yaml:"; \
+	$(VENV)/bin/roundhouse render -f examples/https-issued-cookie.yaml --services examples/offline-cluster.yaml --haproxy-cfg
+
+test-unit: $(STAMP)  ## unit tier: model, graph, render, tls, schema, agent (no cluster)
+	$(PYTEST) tests/unit -q
+
+test-integration: $(STAMP) binaries  ## integration tier: real kube-apiserver, etcd, controllers, kwok
+	$(PYTEST) tests/integration -q -o testpaths=tests/integration
+
+test: test-unit test-integration  ## every tier that runs on this machine
+
+lint: $(STAMP)  ## ruff + mypy (strict) on the package
+	$(VENV)/bin/ruff check operator tests e2e
+	$(VENV)/bin/mypy
+
+manifests: binaries  ## sync CRDs into the chart and render manifests/install.yaml
+	manifests/render.sh
+
+manifests-check: binaries  ## fail if manifests/install.yaml is stale
+	manifests/render.sh --check
+
+cluster-up: $(STAMP) binaries  ## start a local control plane (loopback only) and print its kubeconfig
+	$(PY) e2e/cluster/cli.py up
+
+cluster-down: $(STAMP)  ## stop the local control plane and remove its files
+	$(PY) e2e/cluster/cli.py down
+
+clean:  ## remove the venv and caches (not the cached Kubernetes binaries)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis operator/*.egg-info
