@@ -390,8 +390,8 @@ def proxy() -> Schema:
                 obj("A toleration, as in a Pod's tolerations.", {
                     "key": string("The taint key to tolerate; empty with operator Exists "
                                   "matches every taint.", max_length=317),
-                    "operator": string("Exists or Equal. Kubernetes treats absent as Equal.",
-                                       enum=["Exists", "Equal"]),
+                    "operator": string("Exists or Equal. Kubernetes treats absent or empty "
+                                       "as Equal.", enum=["Exists", "Equal", ""]),
                     "value": string("The taint value to match with operator Equal.",
                                     max_length=63),
                     "effect": string("The taint effect to tolerate; empty matches every "

@@ -127,9 +127,7 @@ def render_path(elems: Iterable[str | int]) -> str:
     """spec.listeners[0].port, as kube-openapi names a field (a map key prints as .key)."""
     out = ""
     for elem in elems:
-        if isinstance(elem, bool):  # a YAML 1.1 key such as `on:`, as JSON has it
-            out += f".{str(elem).lower()}" if out else str(elem).lower()
-        elif isinstance(elem, int):
+        if isinstance(elem, int):
             out += f"[{elem}]"
         else:
             out += f".{elem}" if out else elem
@@ -293,9 +291,16 @@ def _convert(err: ValidationError, keyword: str, path: str) -> list[_Error]:
     if keyword == "type":
         expected = ",".join(limit) if isinstance(limit, list) else str(limit)
         actual = _json_type(value)
-        return [_Error(TYPE_INVALID, path, _body(TYPE_INVALID, actual,
-                                                 f"{where} must be of type {expected}: "
-                                                 f"{json.dumps(actual)}"))]
+        errors = [_Error(TYPE_INVALID, path, _body(TYPE_INVALID, actual,
+                                                   f"{where} must be of type {expected}: "
+                                                   f"{json.dumps(actual)}"))]
+        if expected == "integer" and isinstance(value, float):
+            # kube-openapi's numberValidator also checks the value's range, and says so
+            # with a plain error that apiextensions reports without a path.
+            errors.append(_Error(INVALID, "<nil>", _body(
+                INVALID, "", f"Checked value must be of type integer (default format) in "
+                f"{path}")))
+        return errors
     if keyword == "required":
         return [_Error(REQUIRED, f"{path}.{name}" if path else name, _body(REQUIRED))
                 for name in limit if isinstance(value, dict) and name not in value]
@@ -488,7 +493,7 @@ class SchemaValidator:
 
     def default(self, obj: dict[str, Any]) -> dict[str, Any]:
         """The object as stored: a pruned, defaulted copy."""
-        out = copy.deepcopy(obj)
+        out = as_json(obj)
         prune(out, self.schema)
         apply_defaults(out, self.schema)
         return out
@@ -509,7 +514,7 @@ class SchemaValidator:
             return [_Error(INVALID, "apiVersion", _body(
                 INVALID, f"{obj.get('apiVersion')}, Kind={obj.get('kind')}",
                 f"must be {self.api_version}, Kind={self.kind}"))]
-        work = copy.deepcopy(obj)
+        work = as_json(obj)
         unknown = prune(work, self.schema)
         if strict and unknown:
             return [_Error(UNKNOWN_FIELD, p, f'unknown field "{p}"') for p in unknown]
@@ -541,6 +546,12 @@ def _metadata_errors(meta: Any) -> list[_Error]:
         errors.append(_Error(INVALID, "metadata.name",
                              _body(INVALID, name, DNS1123_SUBDOMAIN_MESSAGE)))
     return errors
+
+
+def as_json(obj: Any) -> Any:
+    """A copy as the API server receives it: YAML keys such as 80 or on (true) become the
+    strings JSON has ("80", "true"), as kubectl converts them."""
+    return json.loads(json.dumps(obj))
 
 
 def load_crd(path: str | Path) -> dict[str, Any]:
