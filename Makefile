@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 EXAMPLES := $(filter-out examples/sample-app.yaml examples/offline-cluster.yaml,$(wildcard examples/*.yaml))
 
-.PHONY: help venv binaries test test-unit test-integration lint render manifests manifests-check \
+.PHONY: help venv system-deps binaries test test-unit test-integration lint render manifests manifests-check \
         cluster-up cluster-down clean
 
 help:  ## list the targets
@@ -23,10 +23,15 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)  ## create .venv with the package and test tools
 
+system-deps:  ## Debian's haproxy (the tests' `haproxy -c`) and iproute2, if missing
+	@command -v haproxy >/dev/null && command -v ip >/dev/null || { \
+	  echo "installing Debian packages: haproxy iproute2"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy iproute2 >/dev/null; }
+
 binaries:  ## build (or reuse) kube-apiserver, etcd, controllers, kwok, helm from Go modules
 	@e2e/cluster/build-binaries.sh >/dev/null
 
-render: $(STAMP)  ## render every example offline and validate it with the real haproxy -c
+render: $(STAMP) system-deps  ## render every example offline and validate it with the real haproxy -c
 	@for f in $(EXAMPLES); do \
 	  echo "== roundhouse render -f $$f --services examples/offline-cluster.yaml --check"; \
 	  $(VENV)/bin/roundhouse render -f $$f --services examples/offline-cluster.yaml --check > /dev/null; \
@@ -34,7 +39,7 @@ render: $(STAMP)  ## render every example offline and validate it with the real 
 	@echo; echo "== haproxy.cfg of examples/https-issued-cookie.yaml:"; \
 	$(VENV)/bin/roundhouse render -f examples/https-issued-cookie.yaml --services examples/offline-cluster.yaml --haproxy-cfg
 
-test-unit: $(STAMP)  ## unit tier: model, graph, render, tls, schema, agent (no cluster)
+test-unit: $(STAMP) system-deps  ## unit tier: model, graph, render, tls, schema, agent (no cluster)
 	$(PYTEST) tests/unit -q
 
 test-integration: $(STAMP) binaries  ## integration tier: real kube-apiserver, etcd, controllers, kwok

@@ -171,21 +171,23 @@ def _is_root_meta(path: PathElems) -> bool:
     return path in (("metadata",), ("apiVersion",), ("kind",))
 
 
-def prune(value: Any, schema: Schema, path: PathElems = ()) -> list[str]:
+def prune(value: Any, schema: Schema | None, path: PathElems = ()) -> list[str]:
     """Drop undeclared fields and non-nullable nulls without a default, in place.
 
-    Returns the paths of the undeclared fields (strict field validation reports them)."""
+    Returns the paths of the undeclared fields (strict field validation reports them).
+    Like the API server, it looks into a value of the wrong type too: the keys of an
+    object where the schema has no properties are all undeclared."""
     unknown: list[str] = []
+    node: Schema = schema or {}
     if isinstance(value, dict):
-        props, extra = _props(schema), _additional(schema)
+        props, extra = _props(node), _additional(node)
         for key in list(value):
             sub = props.get(key, extra)
             child = (*path, key)
             if not path and key in ("apiVersion", "kind", "metadata"):
                 continue  # TypeMeta and ObjectMeta are the API server's own
             if sub is None:
-                if not _preserves(schema) and extra is None \
-                        and schema.get("additionalProperties") is not True:
+                if not _preserves(node) and node.get("additionalProperties") is not True:
                     unknown.append(render_path(child))
                     del value[key]
                 continue
@@ -193,9 +195,10 @@ def prune(value: Any, schema: Schema, path: PathElems = ()) -> list[str]:
                 del value[key]
                 continue
             unknown += prune(value[key], sub, child)
-    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+    elif isinstance(value, list):
+        items = node.get("items")
         for i, item in enumerate(value):
-            unknown += prune(item, schema["items"], (*path, i))
+            unknown += prune(item, items if isinstance(items, dict) else None, (*path, i))
     return unknown
 
 

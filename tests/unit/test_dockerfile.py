@@ -306,7 +306,10 @@ def test_oci_labels() -> None:
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     version_arg = next(a.args for a in final_stage().all("ARG") if a.args.startswith("VERSION"))
     assert version_arg == f"VERSION={pyproject['project']['version']}"
-    assert labels["org.opencontainers.image.licenses"] == pyproject["project"]["license"]["text"]
+    license_ = pyproject["project"]["license"]  # PEP 639 string, or the older {text = ...}
+    if isinstance(license_, dict):
+        license_ = license_.get("text")
+    assert labels["org.opencontainers.image.licenses"] == license_
 
 
 def test_no_remote_add() -> None:
