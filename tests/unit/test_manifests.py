@@ -46,6 +46,7 @@ EXPECTED_CLUSTER_RULES: dict[tuple[str, str], set[str]] = {
     ("", "secrets"): set(ALL_RW),
     ("", "serviceaccounts"): set(ALL_RW),
     ("", "pods"): set(READ),
+    ("", "namespaces"): set(READ),
     ("", "events"): {"create", "patch"},
     ("discovery.k8s.io", "endpointslices"): set(READ),
     ("apps", "deployments"): set(ALL_RW),
