@@ -1,0 +1,106 @@
+"""The handler-side logic that needs no cluster: debouncing, condition merging, reports."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+from roundhouse.handlers.trigger import Debouncer
+from roundhouse.reconciler import parse_agent_report
+from roundhouse.status import Condition, merge_conditions, ready_condition
+
+
+def test_a_burst_becomes_one_run_with_the_latest_action() -> None:
+    async def scenario() -> list[int]:
+        runs: list[int] = []
+        debouncer = Debouncer(quiet=0.05, max_wait=0.5)
+        for i in range(10):
+            async def action(i: int = i) -> None:
+                runs.append(i)
+            debouncer.schedule("lb", action)
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+        return runs
+
+    assert asyncio.run(scenario()) == [9]
+
+
+def test_a_steady_stream_still_runs_within_the_cap() -> None:
+    async def scenario() -> float:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        ran: list[float] = []
+        debouncer = Debouncer(quiet=0.1, max_wait=0.3)
+
+        async def action() -> None:
+            ran.append(loop.time() - start)
+
+        while not ran and loop.time() - start < 2:
+            debouncer.schedule("lb", action)  # an event every 20 ms, never quiet
+            await asyncio.sleep(0.02)
+        return ran[0]
+
+    assert 0.25 <= asyncio.run(scenario()) < 0.6
+
+
+def test_keys_are_independent() -> None:
+    async def scenario() -> set[str]:
+        seen: set[str] = set()
+        debouncer = Debouncer(quiet=0.02, max_wait=0.1)
+        for key in ("a", "b"):
+            async def action(key: str = key) -> None:
+                seen.add(key)
+            debouncer.schedule(key, action)
+        await asyncio.sleep(0.1)
+        return seen
+
+    assert asyncio.run(scenario()) == {"a", "b"}
+
+
+def test_a_failing_action_does_not_break_later_ones() -> None:
+    async def scenario() -> list[str]:
+        out: list[str] = []
+        debouncer = Debouncer(quiet=0.01, max_wait=0.05)
+
+        async def boom() -> None:
+            raise RuntimeError("API down")
+
+        async def ok() -> None:
+            out.append("ok")
+
+        debouncer.schedule("lb", boom)
+        await asyncio.sleep(0.05)
+        debouncer.schedule("lb", ok)
+        await asyncio.sleep(0.05)
+        return out
+
+    assert asyncio.run(scenario()) == ["ok"]
+
+
+T0 = dt.datetime(2026, 11, 25, 10, 0, tzinfo=dt.UTC)
+T1 = T0 + dt.timedelta(minutes=5)
+
+
+def test_transition_time_moves_only_when_status_flips() -> None:
+    first = merge_conditions([], [Condition("Accepted", True, "Valid", "ok"),
+                                  Condition("Ready", False, "Pending", "wait")], 1, T0)
+    second = merge_conditions(first, [Condition("Accepted", True, "Valid", "still ok"),
+                                      Condition("Ready", True, "Ready", "done")], 2, T1)
+    by_type = {c["type"]: c for c in second}
+    assert by_type["Accepted"]["lastTransitionTime"] == "2026-11-25T10:00:00Z"
+    assert by_type["Ready"]["lastTransitionTime"] == "2026-11-25T10:05:00Z"
+    assert all(c["observedGeneration"] == 2 for c in second)
+
+
+def test_ready_reports_the_first_failing_condition() -> None:
+    ready = ready_condition([Condition("Accepted", True, "Valid", ""),
+                             Condition("TLSReady", False, "SecretNotFound", "no 'x'")])
+    assert (ready.status, ready.reason, ready.message) == (
+        False, "SecretNotFound", "TLSReady: no 'x'")
+    assert ready_condition([Condition("Accepted", True, "Valid", "")]).status is True
+
+
+def test_agent_reports_parse_or_are_ignored() -> None:
+    assert parse_agent_report('{"configHash": "abc", "error": null}')["configHash"] == "abc"
+    assert parse_agent_report("not json") == {}
+    assert parse_agent_report('["a list"]') == {}
