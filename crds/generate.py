@@ -175,13 +175,15 @@ def le_regex(n: int) -> str:
     digits = str(n)
     if len(digits) == 1:
         return f"[0-{n}]"
-    alts = ["[0-9]"] + [f"[1-9][0-9]{{{k - 1}}}" for k in range(2, len(digits))]
+    alts = ["[0-9]"] + ["[1-9][0-9]" if k == 2 else f"[1-9][0-9]{{{k - 1}}}"
+                        for k in range(2, len(digits))]
     for i, ch in enumerate(digits):
         low, d = (1 if i == 0 else 0), int(ch)
         if d > low:
             cls = f"[{low}-{d - 1}]" if d - 1 > low else str(low)
             rest = len(digits) - i - 1
-            alts.append(digits[:i] + cls + (f"[0-9]{{{rest}}}" if rest else ""))
+            tail = "" if rest == 0 else "[0-9]" if rest == 1 else f"[0-9]{{{rest}}}"
+            alts.append(digits[:i] + cls + tail)
     alts.append(digits)
     return "(" + "|".join(alts) + ")"
 

@@ -146,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run as one of several replicas: only the Lease holder reconciles")
     run.add_argument("--metrics-port", type=int, default=9100)
     run.set_defaults(func=cmd_run)
+
+    from roundhouse.agent.cli import add_agent_parser
+
+    add_agent_parser(sub)
     return parser
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import celpy
+import celpy.adapter
 import jsonschema
 import re2
 import yaml
@@ -394,7 +395,7 @@ def compile_rule(expr: str) -> None:
 
 def _evaluate(expr: str, self_value: Any) -> Any:
     try:
-        result = _program(expr).evaluate({"self": celpy.json_to_cel(self_value)})
+        result = _program(expr).evaluate({"self": celpy.adapter.json_to_cel(self_value)})
     except Exception as exc:  # every evaluation failure is reported, as cel-go's
         return exc
     return result
@@ -496,7 +497,7 @@ class SchemaValidator:
 
     def default(self, obj: dict[str, Any]) -> dict[str, Any]:
         """The object as stored: a pruned, defaulted copy."""
-        out = as_json(obj)
+        out: dict[str, Any] = as_json(obj)
         prune(out, self.schema)
         apply_defaults(out, self.schema)
         return out

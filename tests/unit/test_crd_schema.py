@@ -469,8 +469,8 @@ def test_model_dataclass_defaults_match_the_crd() -> None:
     from roundhouse.model import Limits, ProxySettings, Timeouts
 
     spec = LB.default(_minimal())["spec"]
-    assert Timeouts() == Timeouts(**{f"{k}_ms": parse_duration_ms(v)
-                                     for k, v in spec["timeouts"].items()})
+    assert dataclasses.asdict(Timeouts()) == {f"{k}_ms": parse_duration_ms(v)
+                                              for k, v in spec["timeouts"].items()}
     assert dataclasses.astuple(Limits()) == (spec["limits"]["maxConnections"],
                                              spec["limits"]["maxConnectionsPerServer"])
     assert (ProxySettings().replicas, ProxySettings().service_type) == (
@@ -487,7 +487,7 @@ DURATION_FIELDS = [
 
 
 @pytest.mark.parametrize("block,key,max_ms", DURATION_FIELDS)
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, database=None)
 @given(data=st.data())
 def test_duration_rule_agrees_with_the_model(block: str, key: str, max_ms: int,
                                              data: st.DataObject) -> None:
@@ -530,7 +530,7 @@ def test_example_passes_the_schema(doc: Obj) -> None:
 # ------------------------------------------------------------------ random valid objects
 
 
-@settings(max_examples=200, deadline=None,
+@settings(max_examples=200, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(valid_loadbalancers())
 def test_random_valid_loadbalancers_pass_schema_and_parser(obj: Obj) -> None:

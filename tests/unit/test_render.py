@@ -168,3 +168,9 @@ def test_security_defaults_in_the_config() -> None:
     # Only forward-secret AEAD suites (Mozilla "intermediate").
     assert all(c.startswith("ECDHE-") and ("GCM" in c or "CHACHA20" in c)
                for c in ciphers.split(":"))
+
+
+def test_source_ip_stickiness_is_capped_at_haproxys_timer_limit() -> None:
+    lb = parse_loadbalancer(lb_object(sessionPersistence={"type": "SourceIP", "maxAge": "720h"}))
+    cfg = render_haproxy(build_loadbalancer_graph(lb, state(1))).config
+    assert "stick-table type ip size 1m expire 576h" in cfg

@@ -7,7 +7,7 @@ from typing import Any
 
 from roundhouse.model.errors import FieldError, SpecError
 from roundhouse.model.reader import Reader
-from roundhouse.model.values import DNS_LABEL_RE, DNS_NAME_RE
+from roundhouse.model.values import DNS_LABEL_RE, DNS_NAME_RE, HOST_NAME_RE, HTTP_PATH_RE
 
 PROTOCOLS = ("TCP", "HTTP", "HTTPS", "TLSPassthrough")
 HTTP_PROTOCOLS = ("HTTP", "HTTPS")
@@ -153,14 +153,14 @@ def parse_loadbalancer(obj: dict[str, Any]) -> LoadBalancer:
 
 def _listener(r: Reader) -> Listener:
     name = r.string("name", required=True)
-    if name and not DNS_LABEL_RE.match(name):
+    if r.has("name") and not DNS_LABEL_RE.match(name):
         r.error("name", f"{name!r} must be a lowercase DNS label (a-z, 0-9, '-')")
     protocol = r.enum("protocol", PROTOCOLS, "HTTP")
     tls = None
     if r.has("tls"):
         t = r.child("tls")
         secret = t.string("secretName") or None
-        if secret and not DNS_NAME_RE.match(secret):
+        if t.has("secretName") and not HOST_NAME_RE.match(secret or ""):
             t.error("secretName", f"{secret!r} is not a valid Secret name")
         dns_names = t.string_list("dnsNames")
         for i, dns in enumerate(dns_names):
@@ -185,7 +185,7 @@ def _required(r: Reader, key: str = "port") -> int:
 
 def _backend(r: Reader) -> Backend:
     service = r.string("service", required=True)
-    if service and not DNS_LABEL_RE.match(service):
+    if r.has("service") and not DNS_LABEL_RE.match(service):
         r.error("service", f"{service!r} is not a valid Service name")
     port: int | str = 0
     raw = r.raw("port")
@@ -216,10 +216,11 @@ def _persistence(r: Reader) -> SessionPersistence:
 def _health_check(r: Reader) -> HealthCheck:
     kind = r.enum("type", HEALTH_CHECK_TYPES, "TCP")
     path = r.string("path", "/")
-    if not path.startswith("/") or any(c.isspace() for c in path):
-        r.error("path", f"{path!r} must start with '/' and contain no spaces")
+    if not HTTP_PATH_RE.match(path):
+        r.error("path", f"{path!r} must start with '/' and use only URL path characters "
+                "(no spaces, quotes, '#', '\\' or '$')")
     host = r.string("host") or None
-    if host and not DNS_NAME_RE.match(host):
+    if r.has("host") and not HOST_NAME_RE.match(host or ""):
         r.error("host", f"{host!r} is not a valid host name")
     if kind == "TCP":
         for key in ("path", "host", "expectStatus"):

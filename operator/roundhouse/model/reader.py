@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from roundhouse.model.errors import FieldError
-from roundhouse.model.values import parse_duration_ms
+from roundhouse.model.values import format_duration_ms, parse_duration_ms
 
 
 class Reader:
@@ -96,7 +96,8 @@ class Reader:
                        "e.g. 500ms, 5s, 2m, 1h")
             ms = parse_duration_ms(default) or 0
         elif ms == 0 or ms > maximum_ms:
-            self.error(key, f"must be more than 0 and at most 24h, got {text!r}")
+            self.error(key, f"must be more than 0 and at most "
+                       f"{format_duration_ms(maximum_ms)}, got {text!r}")
             ms = parse_duration_ms(default) or 0
         return ms
 

@@ -9,12 +9,17 @@ DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 DNS_NAME_RE = re.compile(
     r"^(\*\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
 )
+HOST_NAME_RE = re.compile(  # no wildcard: a Secret name or a Host header
+    r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
+)
+# URL path characters only: nothing that could end or comment a haproxy.cfg token.
+HTTP_PATH_RE = re.compile(r"^/[A-Za-z0-9._~!&()*+,;=:@%/?-]*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
 
 
 def parse_duration_ms(value: str) -> int | None:
     """'5s' -> 5000. None when the text is not a duration (the caller reports the field)."""
-    match = DURATION_RE.match(value.strip()) if isinstance(value, str) else None
+    match = DURATION_RE.match(value) if isinstance(value, str) else None
     if not match:
         return None
     return int(match.group(1)) * _UNIT_MS[match.group(2)]

@@ -21,6 +21,7 @@ from roundhouse.model.values import format_duration_ms
 
 STATUS_PORT = 8404
 PLACEHOLDER = "127.0.0.1:1"  # a free slot points nowhere useful and is disabled
+STICK_TABLE_MAX_MS = 24 * 86_400_000  # HAProxy timers stop at 2^31 ms (~24.8 days)
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ def _render(graph: ProxyGraph, options: RenderOptions, *, masked: bool) -> str:
         o=options,
         ms=format_duration_ms,
         stats_port=status_port(graph),
+        stick_max_ms=STICK_TABLE_MAX_MS,
         server_line=_masked_server_line if masked else server_line,
     )
 

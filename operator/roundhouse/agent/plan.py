@@ -1,0 +1,208 @@
+"""What it takes to go from the applied state to the desired one. Pure: no I/O.
+
+- nothing: same structure, same server slots, same certificates;
+- runtime: same structure (config equal once each server line is cut to its slot
+  name): the exact `set server` commands for the slots that changed, and the
+  certificates to hot-swap;
+- reload: anything else, with a human reason and a metrics category.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+READY, DRAIN, MAINT = "ready", "drain", "maint"
+STATES = (READY, DRAIN, MAINT)
+
+# Reload reasons, a small fixed set (a metrics label).
+STRUCTURE, CERTIFICATE, RECOVERY, FALLBACK = "structure", "certificate", "recovery", "fallback"
+RELOAD_CATEGORIES = (STRUCTURE, CERTIFICATE, RECOVERY, FALLBACK)
+
+_SERVER_LINE = re.compile(r"^(\s*server\s+\S+)(?:\s.*)?$")
+_NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
+
+
+class PlanError(ValueError):
+    """The desired state is malformed (servers.json does not match the contract)."""
+
+
+@dataclass(frozen=True)
+class Slot:
+    """What HAProxy can change at run time about one server slot."""
+
+    endpoint: str | None
+    address: str | None
+    port: int | None
+    weight: int
+    state: str  # ready | drain | maint
+
+    @property
+    def active(self) -> bool:
+        return self.endpoint is not None and self.address is not None and self.state != MAINT
+
+
+Pools = Mapping[str, Mapping[str, Slot]]  # backend -> slot name -> slot (in config order)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A configuration as the planner sees it: text, server slots, certificate digests.
+
+    Certificates are sha256 digests of the PEM bundles, never the PEM itself.
+    """
+
+    config: str
+    pools: Pools
+    certificates: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plan:
+    action: Literal["none", "runtime", "reload"]
+    commands: tuple[str, ...] = ()  # runtime: `set server ...`, in order
+    certificates: tuple[str, ...] = ()  # runtime: files to hot-swap
+    reason: str = ""  # human: why (logged, reported)
+    category: str = ""  # reload: one of RELOAD_CATEGORIES
+
+
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def config_hash(config: str) -> str:
+    """The renderer's config hash: sha256 of the whole file, 16 hex digits."""
+    return digest(config)[:16]
+
+
+def structure(config: str) -> str:
+    """The config with each server line cut to its slot name (what the renderer hashes)."""
+    return "".join(
+        (m.group(1) + ("\n" if line.endswith("\n") else "")) if (m := _SERVER_LINE.match(line))
+        else line
+        for line in config.splitlines(keepends=True)
+    )
+
+
+def structure_hash(config: str) -> str:
+    return digest(structure(config))[:16]
+
+
+def parse_pools(servers: Mapping[str, Any]) -> dict[str, dict[str, Slot]]:
+    """servers.json `pools` -> typed slots; PlanError when it breaks the contract."""
+    raw = servers.get("pools")
+    if not isinstance(raw, Mapping):
+        raise PlanError("servers.json has no 'pools' object")
+    pools: dict[str, dict[str, Slot]] = {}
+    for backend, slots in raw.items():
+        if not isinstance(backend, str) or not _NAME.match(backend):
+            raise PlanError(f"servers.json: invalid backend name {backend!r}")
+        if not isinstance(slots, list):
+            raise PlanError(f"servers.json: pool {backend!r} is not a list")
+        pool: dict[str, Slot] = {}
+        for i, s in enumerate(slots):
+            where = f"servers.json: pools.{backend}[{i}]"
+            if not isinstance(s, Mapping):
+                raise PlanError(f"{where} is not an object")
+            name = s.get("slot")
+            if not isinstance(name, str) or not _NAME.match(name):
+                raise PlanError(f"{where}: invalid slot name {name!r}")
+            state = s.get("state", MAINT)
+            if state not in STATES:
+                raise PlanError(f"{where}: state {state!r} is not one of {', '.join(STATES)}")
+            address, port, weight = s.get("address"), s.get("port"), s.get("weight", 0)
+            if address is not None and (not isinstance(address, str)
+                                        or not re.match(r"^[0-9A-Fa-f.:]+$", address)):
+                raise PlanError(f"{where}: invalid address {address!r}")
+            if port is not None and (not isinstance(port, int) or not 0 < port < 65536):
+                raise PlanError(f"{where}: invalid port {port!r}")
+            if not isinstance(weight, int) or not 0 <= weight <= 256:
+                raise PlanError(f"{where}: invalid weight {weight!r}")
+            endpoint = s.get("endpoint")
+            if (address is None or port is None) and endpoint is not None:
+                raise PlanError(f"{where}: endpoint {endpoint!r} has no address and port")
+            pool[name] = Slot(endpoint if isinstance(endpoint, str) else None, address, port,
+                              weight, state)
+        pools[backend] = pool
+    return pools
+
+
+def decide(applied: Snapshot | None, desired: Snapshot) -> Plan:
+    if applied is None:
+        return Plan("reload", reason="recovery: no record of the configuration HAProxy runs",
+                    category=RECOVERY)
+    if structure(applied.config) != structure(desired.config):
+        return Plan("reload", reason="structure changed: " + _structure_diff(
+            applied.config, desired.config), category=STRUCTURE)
+    if _slot_layout(applied.pools) != _slot_layout(desired.pools):
+        return Plan("reload", reason="structure changed: server slots differ from the running "
+                    "ones", category=STRUCTURE)
+    added = sorted(set(desired.certificates) - set(applied.certificates))
+    if added:
+        return Plan("reload", reason=f"certificate {', '.join(added)} added",
+                    category=CERTIFICATE)
+    swaps = tuple(sorted(f for f, d in desired.certificates.items()
+                         if applied.certificates[f] != d))
+    commands: list[str] = []
+    for backend, slots in desired.pools.items():
+        for name, new in slots.items():
+            commands.extend(slot_commands(backend, name, applied.pools[backend][name], new))
+    if not commands and not swaps:
+        return Plan("none")
+    parts = []
+    if commands:
+        changed = {c.split()[2] for c in commands}
+        parts.append(f"{len(changed)} server slot(s) changed")
+    if swaps:
+        parts.append(f"certificate {', '.join(swaps)} rotated")
+    return Plan("runtime", tuple(commands), swaps, "; ".join(parts))
+
+
+def slot_commands(backend: str, slot: str, old: Slot, new: Slot) -> list[str]:
+    """The `set server` commands that turn slot `old` into `new` (none when equal).
+
+    The rendered config writes drain as `weight 0` on a running server; at run time
+    drain is `weight 0` plus the drain state, which is equivalent and reverses cleanly.
+    """
+    target = f"set server {backend}/{slot}"
+    out: list[str] = []
+    if not new.active:
+        if old.active or old.state != new.state:
+            out.append(f"{target} state {MAINT}")
+        if new.address is not None and new.port is not None and (
+                (new.address, new.port) != (old.address, old.port)):
+            out.append(f"{target} addr {new.address} port {new.port}")
+        return out
+    assert new.address is not None and new.port is not None
+    if (new.address, new.port) != (old.address, old.port):
+        out.append(f"{target} addr {new.address} port {new.port}")
+    effective_old = 0 if not old.active or old.state == DRAIN else old.weight
+    effective_new = 0 if new.state == DRAIN else new.weight
+    if effective_old != effective_new or old.state != new.state or not old.active:
+        out.append(f"{target} weight {effective_new}")
+    if old.state != new.state or not old.active:
+        out.append(f"{target} state {new.state}")
+    return out
+
+
+def _slot_layout(pools: Pools) -> list[tuple[str, list[str]]]:
+    return sorted((backend, list(slots)) for backend, slots in pools.items())
+
+
+def _structure_diff(old: str, new: str, limit: int = 3) -> str:
+    changes: list[str] = []
+    for line in difflib.unified_diff(structure(old).splitlines(), structure(new).splitlines(),
+                                     lineterm="", n=0):
+        if line.startswith(("---", "+++", "@@")):
+            continue
+        text = " ".join(line[1:].split())
+        if text and not text.startswith("#"):
+            changes.append(f"{line[0]}{text}")
+    if not changes:
+        return "comments only"
+    more = f" (+{len(changes) - limit} more)" if len(changes) > limit else ""
+    return ", ".join(changes[:limit]) + more

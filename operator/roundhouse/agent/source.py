@@ -1,0 +1,297 @@
+"""Kubernetes side of the agent: watch our ConfigMap, read our Secrets, report status.
+
+Only what the agent's Role allows: list/watch of one ConfigMap by name (a
+fieldSelector on metadata.name), get of the TLS Secrets named in servers.json, and
+a merge patch of `data.<pod name>` in the status ConfigMap.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from roundhouse.agent.agent import AgentStatus, DesiredState
+from roundhouse.agent.files import check_cert_file_name, pem_bundle
+
+log = logging.getLogger(__name__)
+
+CONFIG_KEY = "haproxy.cfg"
+SERVERS_KEY = "servers.json"
+
+
+class SourceError(Exception):
+    """The desired state cannot be assembled (yet): reported, nothing is applied."""
+
+
+class Gone(Exception):
+    """HTTP 410: the resourceVersion we watch from is too old; list again."""
+
+
+class NotFound(Exception):
+    pass
+
+
+class KubeAPI(Protocol):
+    """The few API calls the agent makes (a fake implements it in tests)."""
+
+    def list_config_map(self, namespace: str, name: str) -> tuple[dict[str, Any] | None, str]:
+        """(the ConfigMap or None, the list's resourceVersion)."""
+        ...
+
+    def watch_config_map(self, namespace: str, name: str, resource_version: str,
+                         timeout_seconds: int) -> Iterator[dict[str, Any]]:
+        """Raw watch events {"type", "object"}; raises Gone on 410."""
+        ...
+
+    def read_secret(self, namespace: str, name: str) -> dict[str, Any]:
+        """Raises NotFound."""
+        ...
+
+    def patch_config_map_data(self, namespace: str, name: str, data: dict[str, str]) -> None:
+        """Merge-patch `data`; raises NotFound."""
+        ...
+
+
+def secret_fingerprint(crt: bytes, key: bytes) -> str:
+    """Same digest as the operator's (model.cluster.parse_tls_secret)."""
+    return hashlib.sha256(crt + b"\0" + key).hexdigest()[:32]
+
+
+class Source:
+    def __init__(self, api: KubeAPI, namespace: str, configmap: str, status_configmap: str | None,
+                 pod_name: str, *, resync_seconds: float = 300.0, watch_timeout: int = 60) -> None:
+        self.api = api
+        self.namespace = namespace
+        self.configmap = configmap
+        self.status_configmap = status_configmap
+        self.pod_name = pod_name
+        self.resync_seconds = resync_seconds
+        self.watch_timeout = watch_timeout
+        self._last_report: dict[str, Any] | None = None
+
+    # -- desired state ---------------------------------------------------------------------
+
+    def desired_from(self, configmap: dict[str, Any]) -> DesiredState:
+        data = configmap.get("data") or {}
+        config = data.get(CONFIG_KEY)
+        servers_text = data.get(SERVERS_KEY)
+        if not isinstance(config, str) or not config.strip():
+            raise SourceError(f"ConfigMap {self.configmap} has no {CONFIG_KEY}")
+        if not isinstance(servers_text, str):
+            raise SourceError(f"ConfigMap {self.configmap} has no {SERVERS_KEY}")
+        try:
+            servers = json.loads(servers_text)
+        except ValueError as err:
+            raise SourceError(f"ConfigMap {self.configmap}: {SERVERS_KEY} is not JSON: "
+                              f"{err}") from err
+        if not isinstance(servers, dict):
+            raise SourceError(f"ConfigMap {self.configmap}: {SERVERS_KEY} is not an object")
+        certs: dict[str, str] = {}
+        for entry in servers.get("certificates") or []:
+            if not isinstance(entry, dict):
+                raise SourceError(f"{SERVERS_KEY}: certificates entry is not an object")
+            file, secret = entry.get("file"), entry.get("secret")
+            if not isinstance(file, str) or not isinstance(secret, str):
+                raise SourceError(f"{SERVERS_KEY}: certificate entry without file or secret")
+            try:
+                check_cert_file_name(file)
+            except ValueError as err:
+                raise SourceError(f"{SERVERS_KEY}: {err}") from err
+            certs[file] = self._pem(secret, entry.get("fingerprint"))
+        return DesiredState(config, servers, certs)
+
+    def _pem(self, secret: str, fingerprint: object) -> str:
+        try:
+            obj = self.api.read_secret(self.namespace, secret)
+        except NotFound as err:
+            raise SourceError(f"Secret {secret} not found") from err
+        data = obj.get("data") or {}
+        try:
+            crt = base64.b64decode(data.get("tls.crt") or "", validate=True)
+            key = base64.b64decode(data.get("tls.key") or "", validate=True)
+        except (binascii.Error, ValueError) as err:
+            raise SourceError(f"Secret {secret}: tls.crt or tls.key is not base64") from err
+        if b"BEGIN CERTIFICATE" not in crt or b"PRIVATE KEY" not in key:
+            raise SourceError(f"Secret {secret} has no usable tls.crt and tls.key")
+        if fingerprint and secret_fingerprint(crt, key) != fingerprint:
+            # Rotated after the operator rendered: it will re-render; the newer one is right.
+            log.info("Secret %s changed since the configuration was rendered; using its "
+                     "current content", secret)
+        return pem_bundle(crt, key)
+
+    def fetch(self) -> DesiredState:
+        """One-shot (the init container): the ConfigMap and its Secrets, now."""
+        configmap, _ = self.api.list_config_map(self.namespace, self.configmap)
+        if configmap is None:
+            raise SourceError(f"ConfigMap {self.namespace}/{self.configmap} not found")
+        return self.desired_from(configmap)
+
+    def changes(self, stop: threading.Event) -> Iterator[dict[str, Any]]:
+        """Yield the ConfigMap on every change, and again every resync period.
+
+        list, then watch from the list's resourceVersion; 410 Gone or an error means
+        list again (with backoff on errors). Deletion yields nothing: keep serving.
+        """
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                configmap, version = self.api.list_config_map(self.namespace, self.configmap)
+                delay = 0.5
+                if configmap is None:
+                    log.warning("ConfigMap %s/%s not found; waiting for it", self.namespace,
+                                self.configmap)
+                else:
+                    yield configmap
+                resync_at = time.monotonic() + self.resync_seconds
+                while not stop.is_set() and time.monotonic() < resync_at:
+                    timeout = max(1, min(self.watch_timeout,
+                                         int(resync_at - time.monotonic()) + 1))
+                    for event in self.api.watch_config_map(self.namespace, self.configmap,
+                                                           version, timeout):
+                        kind, obj = event.get("type"), event.get("object") or {}
+                        meta = obj.get("metadata") or {}
+                        version = str(meta.get("resourceVersion") or version)
+                        if kind in ("ADDED", "MODIFIED") and meta.get("name") == self.configmap:
+                            yield obj
+                        elif kind == "DELETED":
+                            log.warning("ConfigMap %s deleted; keeping the running "
+                                        "configuration", self.configmap)
+                        if stop.is_set():
+                            return
+            except Gone:
+                log.info("watch of ConfigMap %s expired (410): listing again", self.configmap)
+            except Exception as err:  # the API server may be away for a while: keep trying
+                log.warning("ConfigMap %s: %s; retrying in %.1fs", self.configmap,
+                            _describe(err), delay)
+                stop.wait(delay)
+                delay = min(delay * 2, 30.0)
+
+    # -- status ----------------------------------------------------------------------------
+
+    def report(self, status: AgentStatus, *, force: bool = False) -> bool:
+        """Patch `data.<pod>` in the status ConfigMap; skipped when only the time changed."""
+        if not self.status_configmap:
+            return False
+        body = status.to_dict()
+        unchanged = {k: v for k, v in body.items() if k != "time"}
+        if not force and self._last_report == unchanged:
+            return False
+        try:
+            self.api.patch_config_map_data(self.namespace, self.status_configmap,
+                                           {self.pod_name: json.dumps(body, sort_keys=True)})
+        except Exception as err:
+            log.warning("cannot report status to ConfigMap %s: %s", self.status_configmap,
+                        _describe(err))
+            return False
+        self._last_report = unchanged
+        return True
+
+
+def _describe(err: BaseException) -> str:
+    status = getattr(err, "status", None)
+    reason = getattr(err, "reason", None)
+    if status is not None:
+        return f"HTTP {status} {reason or ''}".strip()
+    return f"{type(err).__name__}: {err}"
+
+
+class KubernetesAPI:
+    """KubeAPI over the official client (raw JSON: no model deserialization)."""
+
+    def __init__(self, api_client: Any) -> None:
+        from kubernetes import client
+
+        self.core: Any = client.CoreV1Api(api_client)  # raw responses: untyped
+
+    @staticmethod
+    def _status(err: Exception) -> int | None:
+        status = getattr(err, "status", None)
+        return status if isinstance(status, int) else None
+
+    def list_config_map(self, namespace: str, name: str) -> tuple[dict[str, Any] | None, str]:
+        resp = self.core.list_namespaced_config_map(
+            namespace, field_selector=f"metadata.name={name}", _preload_content=False,
+            _request_timeout=30)
+        try:
+            body = json.loads(resp.data)
+        finally:
+            resp.release_conn()
+        items = body.get("items") or []
+        return (items[0] if items else None,
+                str((body.get("metadata") or {}).get("resourceVersion") or ""))
+
+    def watch_config_map(self, namespace: str, name: str, resource_version: str,
+                         timeout_seconds: int) -> Iterator[dict[str, Any]]:
+        from kubernetes.client.exceptions import ApiException
+        from kubernetes.watch.watch import iter_resp_lines
+
+        try:
+            resp = self.core.list_namespaced_config_map(
+                namespace, field_selector=f"metadata.name={name}", watch=True,
+                allow_watch_bookmarks=True, resource_version=resource_version,
+                timeout_seconds=timeout_seconds, _preload_content=False,
+                _request_timeout=(10, timeout_seconds + 10))
+        except ApiException as err:
+            if err.status == 410:
+                raise Gone() from err
+            raise
+        try:
+            for line in iter_resp_lines(resp):  # type: ignore[no-untyped-call]
+                if not line or not line.strip():
+                    continue
+                event = json.loads(line)
+                if event.get("type") == "ERROR":
+                    obj = event.get("object") or {}
+                    if obj.get("code") == 410:
+                        raise Gone()
+                    raise ApiException(status=obj.get("code"), reason=obj.get("message"))
+                yield event
+        finally:
+            resp.close()
+            resp.release_conn()
+
+    def read_secret(self, namespace: str, name: str) -> dict[str, Any]:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            resp = self.core.read_namespaced_secret(name, namespace, _preload_content=False,
+                                                    _request_timeout=30)
+        except ApiException as err:
+            if err.status == 404:
+                raise NotFound(name) from err
+            raise
+        try:
+            secret: dict[str, Any] = json.loads(resp.data)
+        finally:
+            resp.release_conn()
+        return secret
+
+    def patch_config_map_data(self, namespace: str, name: str, data: dict[str, str]) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.core.patch_namespaced_config_map(
+                name, namespace, {"data": data},
+                _content_type="application/merge-patch+json", _request_timeout=30)
+        except ApiException as err:
+            if err.status == 404:
+                raise NotFound(name) from err
+            raise
+
+
+def api_client(kubeconfig: str | None) -> Any:
+    """In-cluster config, or a kubeconfig file when given."""
+    import kubernetes
+
+    if kubeconfig:
+        kubernetes.config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+    else:
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+    return kubernetes.client.ApiClient()

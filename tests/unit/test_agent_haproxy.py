@@ -1,0 +1,293 @@
+"""The agent against a real HAProxy (master-worker), with real HTTP(S) traffic. Loopback only.
+
+Each test starts its own HAProxy and backends (tests/unit/agent_harness.py) and kills
+HAProxy's whole process group afterwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import stat
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from roundhouse.agent.agent import Agent, DesiredState
+from roundhouse.agent.loop import run, wait_for_haproxy
+from roundhouse.agent.metrics import AgentMetrics
+from roundhouse.agent.plan import config_hash
+from roundhouse.agent.source import Source
+from tests.unit.agent_harness import (
+    Backend,
+    Cert,
+    ClientLoop,
+    FakeAPI,
+    HAProxy,
+    configmap_for,
+    issue_cert,
+    rig,
+    served_serial,
+)
+
+# Each test runs its own HAProxy for a second or less; the whole file takes seconds.
+pytestmark = pytest.mark.timeout(30)
+
+RELOADS = "roundhouse_agent_reloads_total"
+COMMANDS = "roundhouse_agent_runtime_commands_total"
+REJECTED = "roundhouse_agent_rejected_configs_total"
+
+
+def test_traffic_spreads_over_ready_backends(haproxy_binary: str) -> None:
+    with rig(haproxy_binary) as r:
+        hits = r.spread(30)
+        assert set(hits) == {"a", "b", "c"}
+        assert min(hits.values()) >= 5, hits
+
+
+def test_not_ready_endpoint_goes_to_maint_at_run_time(haproxy_binary: str) -> None:
+    with rig(haproxy_binary) as r:
+        worker = r.haproxy.worker()
+        r.spread(6)
+        slot = r.scenario.slot_of("b")
+        r.scenario.not_ready.add("b")
+        result = r.agent.apply(r.scenario.desired())
+        assert result.action == "runtime", result
+        assert result.commands == (f"set server be_http/{slot} state maint",)
+        assert r.haproxy.worker() == worker  # no reload
+        before = r.scenario.backends["b"].hits
+        hits = r.spread(30)
+        assert "b" not in hits and set(hits) == {"a", "c"}
+        assert r.scenario.backends["b"].hits == before
+        assert r.metric(COMMANDS) == 1
+        assert r.metric(RELOADS, reason="structure") == 0
+        assert r.agent.status().reloads == 0 and r.agent.status().error is None
+
+        # ...and back to ready, still at run time.
+        r.scenario.not_ready.clear()
+        result = r.agent.apply(r.scenario.desired())
+        assert result.action == "runtime"
+        assert result.commands == (f"set server be_http/{slot} weight 256",
+                                   f"set server be_http/{slot} state ready")
+        assert set(r.spread(30)) == {"a", "b", "c"}
+        assert r.haproxy.worker() == worker
+
+
+def test_new_endpoint_fills_a_free_slot_without_reload(haproxy_binary: str) -> None:
+    with rig(haproxy_binary) as r:
+        worker = r.haproxy.worker()
+        r.scenario.backends["d"] = Backend("d")
+        result = r.agent.apply(r.scenario.desired())
+        assert result.action == "runtime", result
+        slot = r.scenario.slot_of("d")
+        port = r.scenario.backends["d"].port
+        # Weights are rescaled per ready endpoint count; all four slots get touched.
+        assert f"set server be_http/{slot} addr 127.0.0.1 port {port}" in result.commands
+        assert f"set server be_http/{slot} state ready" in result.commands
+        assert r.haproxy.worker() == worker
+        hits = r.spread(40)
+        assert set(hits) == {"a", "b", "c", "d"}, hits
+        assert r.metric(RELOADS, reason="structure") == 0
+
+        # Removing an endpoint frees its slot, again at run time.
+        r.scenario.backends.pop("a").stop()
+        result = r.agent.apply(r.scenario.desired())
+        assert result.action == "runtime", result
+        assert set(r.spread(30)) == {"b", "c", "d"}
+        assert r.haproxy.worker() == worker
+
+
+def test_structural_change_reloads_without_failed_requests(haproxy_binary: str) -> None:
+    with rig(haproxy_binary) as r, ClientLoop(r.scenario.port) as client:
+        client.wait_for(20)
+        workers = [r.haproxy.worker()]
+        for i, seconds in enumerate((41, 42, 43)):
+            r.scenario.timeouts = {"client": f"{seconds}s"}
+            result = r.agent.apply(r.scenario.desired())
+            assert result.action == "reload", result
+            assert result.reason.startswith("structure changed:")
+            assert f"timeout client {seconds}s" in result.reason
+            assert result.worker is not None and result.worker not in workers
+            workers.append(r.haproxy.worker())
+            assert workers[-1] == result.worker
+            assert r.metric(RELOADS, reason="structure") == i + 1
+            client.wait_for(20)
+        assert client.failures == [], client.failures[:5]
+        assert client.ok >= 60
+        assert r.agent.status().reloads == 3
+        assert f"timeout client {seconds}s" in (r.scenario.runtime_dir / "haproxy.cfg").read_text()
+
+
+def _with_bogus_directive(desired: DesiredState) -> DesiredState:
+    config = desired.config.replace("defaults\n", "defaults\n    bogus-directive on\n", 1)
+    return dataclasses.replace(desired, config=config,
+                               servers={**desired.servers, "configHash": config_hash(config)})
+
+
+def test_invalid_config_is_not_applied(haproxy_binary: str) -> None:
+    with rig(haproxy_binary) as r:
+        worker = r.haproxy.worker()
+        cfg = r.scenario.runtime_dir / "haproxy.cfg"
+        running = cfg.read_text()
+        r.scenario.timeouts = {"client": "44s"}
+        bad = _with_bogus_directive(r.scenario.desired())
+        result = r.agent.apply(bad)
+        assert result.action == "rejected"
+        assert result.error and "bogus-directive" in result.error
+        assert r.agent.status().error == result.error
+        assert r.metric(REJECTED) == 1
+        assert cfg.read_text() == running  # the candidate never replaced the running file
+        assert r.haproxy.worker() == worker
+        assert set(r.spread(9)) == {"a", "b", "c"}
+        # The same bad state again: not re-checked, not re-counted.
+        assert r.agent.apply(bad).action == "rejected"
+        assert r.metric(REJECTED) == 1
+        # A good one afterwards applies and clears the error.
+        result = r.agent.apply(r.scenario.desired())
+        assert result.action == "reload"
+        assert r.agent.status().error is None
+
+
+def test_invalid_config_without_haproxy_c_is_rolled_back(haproxy_binary: str) -> None:
+    """The agent image has no haproxy binary: the failed reload is the check."""
+    with rig(haproxy_binary, agent_binary="/nonexistent/haproxy") as r:
+        assert r.agent.haproxy is None
+        worker = r.haproxy.worker()
+        cfg = r.scenario.runtime_dir / "haproxy.cfg"
+        running = cfg.read_text()
+        r.scenario.timeouts = {"client": "44s"}
+        result = r.agent.apply(_with_bogus_directive(r.scenario.desired()))
+        assert result.action == "rejected", result
+        assert result.error and "reload failed" in result.error
+        assert cfg.read_text() == running  # restored for the next (re)start
+        assert r.haproxy.worker() == worker  # the old worker keeps serving
+        assert set(r.spread(9)) == {"a", "b", "c"}
+        result = r.agent.apply(r.scenario.desired())
+        assert result.action == "reload", result
+        assert r.haproxy.worker() != worker
+        assert set(r.spread(9)) == {"a", "b", "c"}
+
+
+def test_certificate_rotation_is_hot_swapped(haproxy_binary: str) -> None:
+    with rig(haproxy_binary, https=True) as r:
+        assert isinstance(r.scenario.cert, Cert)
+        assert served_serial(r.scenario.port) == r.scenario.cert.serial
+        worker = r.haproxy.worker()
+        r.scenario.cert = issue_cert()
+        result = r.agent.apply(r.scenario.desired())
+        assert result.action == "runtime", result
+        assert result.commands == ()
+        assert "web-tls.pem rotated" in result.reason
+        assert served_serial(r.scenario.port) == r.scenario.cert.serial
+        assert r.haproxy.worker() == worker
+        assert r.metric(RELOADS, reason="certificate") == 0
+        assert r.metric(COMMANDS) == 1
+        pem = r.scenario.runtime_dir / "certs" / "web-tls.pem"
+        assert pem.read_text().startswith(r.scenario.cert.crt.strip())
+        assert stat.S_IMODE(pem.stat().st_mode) == 0o600
+        assert set(r.spread(6)) == {"a", "b", "c"}
+
+
+def test_restarted_agent_adopts_the_running_state(haproxy_binary: str) -> None:
+    with rig(haproxy_binary) as r:
+        worker = r.haproxy.worker()
+        r.scenario.not_ready.add("c")
+        assert r.agent.apply(r.scenario.desired()).action == "runtime"
+        fresh = Agent(r.scenario.runtime_dir, haproxy_bin=haproxy_binary,
+                      metrics=AgentMetrics())
+        assert fresh.applied is not None
+        assert fresh.apply(r.scenario.desired()).action == "none"
+        status = fresh.status()
+        assert status.config_hash == r.agent.status().config_hash
+        # A record that no longer matches the files means a recovery reload.
+        (r.scenario.runtime_dir / "agent-state.json").unlink()
+        again = Agent(r.scenario.runtime_dir, haproxy_bin=haproxy_binary,
+                      metrics=AgentMetrics())
+        result = again.apply(r.scenario.desired())
+        assert result.action == "reload" and result.reason.startswith("recovery")
+        assert again.metrics.registry.get_sample_value(RELOADS, {"reason": "recovery"}) == 1
+        assert r.haproxy.worker() != worker
+        assert set(r.spread(9)) == {"a", "b"}
+
+
+def test_runtime_update_is_much_faster_than_a_reload(haproxy_binary: str) -> None:
+    with rig(haproxy_binary) as r:
+        r.scenario.not_ready.add("a")
+        start = time.monotonic()
+        runtime = r.agent.apply(r.scenario.desired())
+        runtime_s = time.monotonic() - start
+        r.scenario.timeouts = {"client": "45s"}
+        start = time.monotonic()
+        reload = r.agent.apply(r.scenario.desired())
+        reload_s = time.monotonic() - start
+        assert (runtime.action, reload.action) == ("runtime", "reload")
+        print(f"\nruntime update: {runtime_s * 1000:.1f} ms; "
+              f"validated reload: {reload_s * 1000:.1f} ms")
+        assert runtime_s < reload_s
+
+
+def test_haproxy_down_is_retried_not_rejected(haproxy_binary: str) -> None:
+    """HAProxy away (restarting, or not up yet when the agent starts): an error, then success."""
+    with rig(haproxy_binary) as r:
+        r.haproxy.stop()
+        r.scenario.not_ready.add("a")
+        desired = r.scenario.desired()
+        start = time.monotonic()
+        result = r.agent.apply(desired)
+        assert result.action == "error" and "cannot reach HAProxy" in (result.error or "")
+        assert time.monotonic() - start < 2
+        assert r.metric(REJECTED) == 0
+        # HAProxy comes back (from the files on disk) while the agent waits for it.
+        timer = threading.Timer(0.3, lambda: setattr(
+            r, "haproxy", HAProxy(haproxy_binary, r.scenario.runtime_dir)))
+        timer.start()
+        assert wait_for_haproxy(r.agent, threading.Event(), timeout=10)
+        timer.join()
+        result = r.agent.apply(desired)
+        assert result.action == "runtime", result
+        assert set(r.spread(9)) == {"b", "c"}
+
+
+def _eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_loop_applies_watched_changes_and_reports(haproxy_binary: str) -> None:
+    """ConfigMap events in (a fake API), HAProxy changes out, status JSON reported."""
+    with rig(haproxy_binary) as r:
+        first = r.scenario.desired()
+        api = FakeAPI(configmap_for(first, "1"))
+        stop = threading.Event()
+        loop = threading.Thread(target=run, args=(r.agent, Source(
+            api, "ns", "web-lb", "web-lb-agents", "pod-1"), stop), daemon=True)
+        loop.start()
+        try:
+            _eventually(lambda: (api.status() or {}).get("configHash") == first.config_hash)
+            worker = r.haproxy.worker()
+            r.scenario.not_ready.add("a")
+            second = r.scenario.desired()
+            api.events.put({"type": "MODIFIED", "object": configmap_for(second, "2")})
+            _eventually(lambda: (api.status() or {}).get("configHash") == second.config_hash)
+            assert set(r.spread(9)) == {"b", "c"}
+            r.scenario.timeouts = {"client": "46s"}
+            third = r.scenario.desired()
+            api.events.put({"type": "MODIFIED", "object": configmap_for(third, "3")})
+            _eventually(lambda: (api.status() or {}).get("reloads") == 1)
+            status = api.status() or {}
+            assert status["configHash"] == third.config_hash and status["error"] is None
+            assert status["structureHash"] == third.structure_hash
+            assert r.haproxy.worker() != worker
+            bad = _with_bogus_directive(third)
+            api.events.put({"type": "MODIFIED", "object": configmap_for(bad, "4")})
+            _eventually(lambda: bool((api.status() or {}).get("error")))
+            status = api.status() or {}
+            assert "bogus-directive" in status["error"]
+            assert bad.config_hash != third.config_hash
+            assert status["configHash"] == third.config_hash  # still the applied one
+        finally:
+            stop.set()
+            loop.join(5)

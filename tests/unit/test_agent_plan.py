@@ -1,0 +1,206 @@
+"""agent/plan.py: what it takes to get from the applied state to the desired one (tables)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from roundhouse.agent.plan import (
+    Plan,
+    PlanError,
+    Slot,
+    Snapshot,
+    config_hash,
+    decide,
+    parse_pools,
+    slot_commands,
+    structure,
+    structure_hash,
+)
+from roundhouse.graph import build_loadbalancer_graph
+from roundhouse.model import parse_loadbalancer
+from roundhouse.render.haproxy import render_haproxy, server_line
+from tests.unit.cluster_fixtures import endpoint, state
+from tests.unit.conftest import lb_object
+
+FREE = Slot(None, None, None, 0, "maint")
+
+
+def ready(addr: str = "10.0.0.1", port: int = 8080, weight: int = 256,
+          ep: str = "web/web-1:8080") -> Slot:
+    return Slot(ep, addr, port, weight, "ready")
+
+
+def drain(addr: str = "10.0.0.1", weight: int = 256) -> Slot:
+    return Slot("web/web-1:8080", addr, 8080, weight, "drain")
+
+
+def maint(addr: str = "10.0.0.1") -> Slot:
+    return Slot("web/web-1:8080", addr, 8080, 256, "maint")
+
+
+def line(slot: str, s: Slot) -> str:
+    if s.endpoint is None:
+        return f"    server {slot} 127.0.0.1:1 disabled\n"
+    text = f"    server {slot} {s.address}:{s.port} weight {0 if s.state == 'drain' else s.weight}"
+    return text + (" disabled\n" if s.state == "maint" else "\n")
+
+
+def snap(*slots: Slot, timeout: str = "50s", certs: dict[str, str] | None = None,
+         backend: str = "be_http", extra: dict[str, tuple[Slot, ...]] | None = None) -> Snapshot:
+    pools = {backend: slots, **(extra or {})}
+    cfg = f"global\n    master-worker\ndefaults\n    timeout client {timeout}\n"
+    for name, ss in pools.items():
+        cfg += f"\nbackend {name}\n    balance roundrobin\n"
+        cfg += "".join(line(f"srv{i}", s) for i, s in enumerate(ss, 1))
+    return Snapshot(cfg, {name: {f"srv{i}": s for i, s in enumerate(ss, 1)}
+                          for name, ss in pools.items()}, certs or {})
+
+
+S = "set server be_http/srv1"
+
+CASES: list[tuple[str, Snapshot | None, Snapshot, Plan]] = [
+    ("identical", snap(ready(), FREE), snap(ready(), FREE), Plan("none")),
+    ("endpoint renamed, same address", snap(ready()), snap(ready(ep="web/web-9:8080")),
+     Plan("none")),
+    ("no record", None, snap(ready()), Plan(
+        "reload", reason="recovery: no record of the configuration HAProxy runs",
+        category="recovery")),
+    ("timeout", snap(ready(), timeout="50s"), snap(ready(), timeout="5s"), Plan(
+        "reload", reason="structure changed: -timeout client 50s, +timeout client 5s",
+        category="structure")),
+    ("more slots", snap(ready()), snap(ready(), FREE), Plan(
+        "reload", reason="structure changed: +server srv2", category="structure")),
+    ("ready -> not ready", snap(ready()), snap(maint()),
+     Plan("runtime", (f"{S} state maint",), reason="1 server slot(s) changed")),
+    ("not ready -> ready", snap(maint()), snap(ready()),
+     Plan("runtime", (f"{S} weight 256", f"{S} state ready"), reason="1 server slot(s) changed")),
+    ("ready -> draining", snap(ready()), snap(drain()),
+     Plan("runtime", (f"{S} weight 0", f"{S} state drain"), reason="1 server slot(s) changed")),
+    ("draining -> ready", snap(drain()), snap(ready()),
+     Plan("runtime", (f"{S} weight 256", f"{S} state ready"), reason="1 server slot(s) changed")),
+    ("weight", snap(ready(weight=256)), snap(ready(weight=128)),
+     Plan("runtime", (f"{S} weight 128",), reason="1 server slot(s) changed")),
+    ("new endpoint in a free slot", snap(FREE), snap(ready()),
+     Plan("runtime", (f"{S} addr 10.0.0.1 port 8080", f"{S} weight 256", f"{S} state ready"),
+          reason="1 server slot(s) changed")),
+    ("endpoint gone: slot freed", snap(ready()), snap(FREE),
+     Plan("runtime", (f"{S} state maint",), reason="1 server slot(s) changed")),
+    ("not-ready endpoint placed in a free slot", snap(FREE), snap(maint("10.0.0.7")),
+     Plan("runtime", (f"{S} addr 10.0.0.7 port 8080",), reason="1 server slot(s) changed")),
+    ("slot reused by another address", snap(ready("10.0.0.1")), snap(ready("10.0.0.2")),
+     Plan("runtime", (f"{S} addr 10.0.0.2 port 8080",), reason="1 server slot(s) changed")),
+    ("IPv6 address", snap(FREE), snap(ready("fd00::5")),
+     Plan("runtime", (f"{S} addr fd00::5 port 8080", f"{S} weight 256", f"{S} state ready"),
+          reason="1 server slot(s) changed")),
+    ("only changed slots, every backend", snap(ready(), ready("10.0.0.2"),
+                                             extra={"be_tcp": (FREE,)}),
+     snap(ready(), maint("10.0.0.2"), extra={"be_tcp": (ready(),)}),
+     Plan("runtime", ("set server be_http/srv2 state maint",
+                      "set server be_tcp/srv1 addr 10.0.0.1 port 8080",
+                      "set server be_tcp/srv1 weight 256", "set server be_tcp/srv1 state ready"),
+          reason="2 server slot(s) changed")),
+    ("certificate rotated", snap(ready(), certs={"a.pem": "1"}),
+     snap(ready(), certs={"a.pem": "2"}),
+     Plan("runtime", certificates=("a.pem",), reason="certificate a.pem rotated")),
+    ("certificate rotated + endpoint", snap(ready(), certs={"a.pem": "1"}),
+     snap(maint(), certs={"a.pem": "2"}),
+     Plan("runtime", (f"{S} state maint",), ("a.pem",),
+          reason="1 server slot(s) changed; certificate a.pem rotated")),
+    ("certificate added", snap(ready()), snap(ready(), certs={"a.pem": "1"}),
+     Plan("reload", reason="certificate a.pem added", category="certificate")),
+    ("certificate no longer used", snap(ready(), certs={"a.pem": "1"}), snap(ready()),
+     Plan("none")),
+]
+
+
+@pytest.mark.parametrize(("applied", "desired", "expected"),
+                         [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_decide(applied: Snapshot | None, desired: Snapshot, expected: Plan) -> None:
+    assert decide(applied, desired) == expected
+
+
+def test_slot_layout_mismatch_reloads() -> None:
+    """Same text but servers.json names other slots: the runtime path cannot be trusted."""
+    applied = snap(ready())
+    desired = Snapshot(applied.config, {"be_http": {"srv9": ready()}})
+    plan = decide(applied, desired)
+    assert (plan.action, plan.category) == ("reload", "structure")
+    assert "server slots" in plan.reason
+
+
+def test_comment_only_change_still_reloads_with_a_clear_reason() -> None:
+    applied = snap(ready())
+    desired = Snapshot("# hello\n" + applied.config, applied.pools)
+    assert decide(applied, desired) == Plan("reload", reason="structure changed: comments only",
+                                            category="structure")
+
+
+def test_long_structure_diffs_are_summarized() -> None:
+    applied = snap(ready())
+    desired = Snapshot(applied.config + "".join(f"    option o{i}\n" for i in range(6)),
+                       applied.pools)
+    plan = decide(applied, desired)
+    assert plan.reason.endswith("(+3 more)")
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    (ready(), maint()), (maint(), ready()), (ready(), drain()), (drain(), ready()),
+    (FREE, ready()), (ready(), FREE), (ready(weight=1), ready(weight=2)),
+])
+def test_commands_reverse_cleanly(old: Slot, new: Slot) -> None:
+    forth = slot_commands("b", "s", old, new)
+    back = slot_commands("b", "s", new, old)
+    assert forth and back
+    assert slot_commands("b", "s", new, new) == []
+
+
+def test_structure_and_hashes_match_the_renderer() -> None:
+    lb = parse_loadbalancer(lb_object())
+    graph = build_loadbalancer_graph(lb, state(3, extra=[endpoint("t", "10.244.0.9",
+                                                                   ready=False)]))
+    rendered = render_haproxy(graph)
+    assert config_hash(rendered.config) == rendered.config_hash
+    assert structure_hash(rendered.config) == rendered.structure_hash
+    masked = structure(rendered.config)
+    for pool in graph.pools:
+        for s in pool.servers:
+            assert server_line(s) not in masked
+            assert f"    server {s.slot}\n" in masked
+    # And servers.json parses into the same slots the config has.
+    pools = parse_pools(rendered.server_state)
+    assert list(pools["be_http"]) == [s.slot for s in graph.pools[0].servers]
+
+
+def _servers(**slot: Any) -> dict[str, Any]:
+    base = {"slot": "srv1", "endpoint": "web/a:80", "address": "10.0.0.1", "port": 80,
+            "weight": 10, "state": "ready"}
+    base.update(slot)
+    return {"pools": {"be_http": [base]}}
+
+
+@pytest.mark.parametrize(("servers", "message"), [
+    ({}, "no 'pools'"),
+    ({"pools": {"be http": []}}, "invalid backend name"),
+    ({"pools": {"be_http": {}}}, "is not a list"),
+    ({"pools": {"be_http": ["x"]}}, "is not an object"),
+    (_servers(slot="srv1; show info"), "invalid slot name"),
+    (_servers(state="up"), "state 'up'"),
+    (_servers(address="10.0.0.1 port 1;x"), "invalid address"),
+    (_servers(address="evil.example"), "invalid address"),
+    (_servers(port=0), "invalid port"),
+    (_servers(weight=257), "invalid weight"),
+    (_servers(address=None), "has no address"),
+])
+def test_parse_pools_rejects_what_could_inject_commands(servers: dict[str, Any],
+                                                         message: str) -> None:
+    with pytest.raises(PlanError, match=message):
+        parse_pools(servers)
+
+
+def test_parse_pools_accepts_free_slots() -> None:
+    pools = parse_pools({"pools": {"be_tcp": [{"slot": "srv1", "endpoint": None,
+                                               "address": None, "port": None, "weight": 0,
+                                               "state": "maint"}]}})
+    assert pools == {"be_tcp": {"srv1": FREE}}

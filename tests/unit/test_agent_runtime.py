@@ -1,0 +1,95 @@
+"""agent/runtime.py parsers: `show proc` and `show servers state` as 2.6 and 3.x print them."""
+
+from __future__ import annotations
+
+import pytest
+
+from roundhouse.agent.runtime import (
+    RuntimeAPIError,
+    RuntimeClient,
+    SocketUnavailable,
+    _server_reply_ok,
+    parse_servers_state,
+    parse_show_proc,
+)
+
+PROC_26 = """\
+#<PID>          <type>          <reloads>       <uptime>        <version>
+30402           master          1 [failed: 0]   0d00h10m45s     2.6.12-1+deb12u4
+# workers
+25555           worker          0               0d00h00m00s     2.6.12-1+deb12u4
+# old workers
+25000           worker          1               0d00h00m43s     2.6.12-1+deb12u4
+# programs
+
+"""
+
+PROC_32 = """\
+#<PID>          <type>          <reloads>       <uptime>        <version>
+1               master          3 [failed: 1]   0d00h02m07s     3.2.4-98813a1
+# workers
+1271            worker          0               0d00h00m00s     3.2.4-98813a1
+# programs
+
+"""
+
+
+def test_show_proc_26() -> None:
+    procs = parse_show_proc(PROC_26)
+    assert (procs.master_pid, procs.reloads, procs.failed_reloads) == (30402, 1, 0)
+    assert procs.workers == (25555,) and procs.old_workers == (25000,)
+
+
+def test_show_proc_32() -> None:
+    procs = parse_show_proc(PROC_32)
+    assert (procs.master_pid, procs.reloads, procs.failed_reloads) == (1, 3, 1)
+    assert procs.workers == (1271,) and procs.old_workers == ()
+
+
+def test_show_proc_garbage() -> None:
+    with pytest.raises(RuntimeAPIError):
+        parse_show_proc("Unknown command.\n")
+
+
+def test_show_servers_state() -> None:
+    text = (
+        "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight "
+        "srv_iweight srv_time_since_last_change srv_check_status srv_check_result "
+        "srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id "
+        "srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr "
+        "srv_agent_port\n"
+        "4 be_http 1 srv1 127.0.0.1 2 0 256 256 622 1 0 2 0 0 0 0 - 19001 - 0 0 - - 0\n"
+        "4 be_http 2 srv2 127.0.0.1 0 5 1 1 622 1 0 0 8 0 0 0 - 1 - 0 0 - - 0\n\n")
+    a, b = parse_servers_state(text)
+    assert (a.backend, a.server, a.address, a.port, a.op_state, a.weight) == (
+        "be_http", "srv1", "127.0.0.1", 19001, 2, 256)
+    assert (b.server, b.admin_state) == ("srv2", 5)
+
+
+@pytest.mark.parametrize(("reply", "ok"), [
+    ("\n", True),
+    ("", True),
+    ("IP changed from '127.0.0.1' to '10.0.0.5', port changed from '1' to '80' by 'stats "
+     "socket command'\n\n", True),
+    ("no need to change the addr, no need to change the port by 'stats socket command'\n",
+     True),
+    ("Invalid addr 'bogus' by 'stats socket command'\n\n", False),
+    ("No such server.\n\n", False),
+    ("Absolute weight can only be between 0 and 256 inclusive.\n\n", False),
+    ("Backend is using a static LB algorithm and only accepts weights '0%' and '100%'.\n",
+     False),
+])
+def test_server_replies(reply: str, ok: bool) -> None:
+    assert _server_reply_ok(reply) is ok
+
+
+def test_missing_socket_is_unavailable(tmp_path: object) -> None:
+    client = RuntimeClient(str(tmp_path), sleep=lambda _: None)
+    with pytest.raises(SocketUnavailable):
+        client.command("show info")
+    with pytest.raises(SocketUnavailable):
+        client.wait_until_up(timeout=0.05)
+    with pytest.raises(ValueError):
+        client.server_command("show info")
+    with pytest.raises(ValueError):
+        client.replace_certificate("/x/../evil pem", "")
