@@ -200,9 +200,11 @@ def test_missing_service_is_reported_and_recovers_on_its_own(
                    .get("status") == "False" and c, 60, "BackendsHealthy=False")
     assert bad["reason"] == "BackendNotFound"
     assert "Service 'web' not found" in bad["message"] and "spec.backends[0]" in bad["message"]
-    events = client.CoreV1Api(kube).list_namespaced_event(
-        namespace, field_selector="involvedObject.name=web").items
-    assert any(e.reason == "BackendNotFound" and e.type == "Warning" for e in events)
+    # kopf posts Events from a queue, shortly after the status write.
+    wait_for(lambda: any(e.reason == "BackendNotFound" and e.type == "Warning"
+                         for e in client.CoreV1Api(kube).list_namespaced_event(
+                             namespace, field_selector="involvedObject.name=web").items),
+             30, "a BackendNotFound Warning Event")
     sample_app(kube, namespace)
     wait_for(lambda: condition(get_lb(kube, namespace, "web"), "BackendsHealthy").get(
         "status") == "True", 60, "recovery once the Service exists")
