@@ -72,6 +72,19 @@ def rule(expr: str, message: str, *, field_path: str | None = None,
     return out
 
 
+
+def listener_rules() -> list[Schema]:
+    """Cross-listener rules shared by LoadBalancer and ReverseProxy."""
+    return [
+        rule("self.listeners.all(l, self.listeners.exists_one(m, m.port == l.port))",
+             "a listener port is used twice: listener ports must be unique",
+             field_path=".listeners"),
+        rule("!self.listeners.exists(l, l.redirectToHTTPS) || "
+             "self.listeners.exists(l, l.protocol == 'HTTPS')",
+             "redirectToHTTPS needs an HTTPS listener to redirect to",
+             field_path=".listeners"),
+    ]
+
 def defaulted(value: Any, schema: Schema) -> Any:
     """The API server's structural defaulting of value (a copy) by schema."""
     if isinstance(value, dict):
@@ -578,13 +591,7 @@ def loadbalancer_spec() -> Schema:
         },
         required=["listeners", "backends"],
         rules=[
-            rule("self.listeners.all(l, self.listeners.exists_one(m, m.port == l.port))",
-                 "a listener port is used twice: listener ports must be unique",
-                 field_path=".listeners"),
-            rule("!self.listeners.exists(l, l.redirectToHTTPS) || "
-                 "self.listeners.exists(l, l.protocol == 'HTTPS')",
-                 "redirectToHTTPS needs an HTTPS listener to redirect to",
-                 field_path=".listeners"),
+            *listener_rules(),
             rule(BACKEND_WEIGHT.replace("self.", "self.backends."),
                  "at least one backend needs a weight above 0", field_path=".backends"),
             rule("!has(self.sessionPersistence) || self.sessionPersistence.type != 'Cookie' "
@@ -824,13 +831,7 @@ def reverseproxy_spec() -> Schema:
         },
         required=["listeners", "hosts"],
         rules=[
-            rule("self.listeners.all(l, self.listeners.exists_one(m, m.port == l.port))",
-                 "a listener port is used twice: listener ports must be unique",
-                 field_path=".listeners"),
-            rule("!self.listeners.exists(l, l.redirectToHTTPS) || "
-                 "self.listeners.exists(l, l.protocol == 'HTTPS')",
-                 "redirectToHTTPS needs an HTTPS listener to redirect to",
-                 field_path=".listeners"),
+            *listener_rules(),
             rule("!self.hosts.exists(h, has(h.tls)) || "
                  "self.listeners.exists(l, l.protocol == 'HTTPS')",
                  "a host with tls needs an HTTPS listener", field_path=".hosts"),
