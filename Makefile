@@ -48,7 +48,7 @@ test-integration: $(STAMP) binaries  ## integration tier: real kube-apiserver, e
 test: test-unit test-integration  ## every tier that runs on this machine
 
 lint: $(STAMP)  ## ruff + mypy (strict) on the package
-	$(VENV)/bin/ruff check operator tests e2e
+	$(VENV)/bin/ruff check operator tests e2e bench
 	$(VENV)/bin/mypy
 
 manifests: binaries  ## sync CRDs into the chart and render manifests/install.yaml
