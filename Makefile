@@ -8,11 +8,11 @@ STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 EXAMPLES := $(filter-out examples/sample-app.yaml examples/offline-cluster.yaml,$(wildcard examples/*.yaml))
 
-.PHONY: help venv system-deps binaries test test-unit test-integration lint render manifests manifests-check \
+.PHONY: help venv system-deps binaries test test-unit test-integration test-e2e demo bench lint render manifests manifests-check \
         cluster-up cluster-down clean
 
 help:  ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python >= 3.11 is required)"; exit 1; }
@@ -45,7 +45,17 @@ test-unit: $(STAMP) system-deps  ## unit tier: model, graph, render, tls, schema
 test-integration: $(STAMP) binaries  ## integration tier: real kube-apiserver, etcd, controllers, kwok
 	$(PYTEST) tests/integration -q -o testpaths=tests/integration
 
-test: test-unit test-integration  ## every tier that runs on this machine
+test-e2e: $(STAMP) system-deps binaries  ## end to end: operator + agent + HAProxy + netns backends (root)
+	$(PYTEST) tests/e2e -q -o testpaths=tests/e2e
+
+test: test-unit test-integration test-e2e  ## every tier that runs on this machine
+
+demo: $(STAMP) system-deps binaries  ## local control plane + operator + 3 backends + a LoadBalancer, real traffic (root)
+	$(PY) e2e/demo.py $(DEMO_ARGS)
+
+bench: $(STAMP) system-deps binaries  ## benchmarks (JSON): readiness propagation, proxy overhead
+	$(PY) bench/propagation.py
+	$(PY) bench/overhead.py
 
 lint: $(STAMP)  ## ruff + mypy (strict) on the package
 	$(VENV)/bin/ruff check operator tests e2e bench
