@@ -165,8 +165,10 @@ def test_readiness_drives_server_state_and_status(
         operator: OperatorProcess, kube: client.ApiClient, namespace: str) -> None:
     sample_app(kube, namespace, replicas=3)
     create_lb(kube, namespace, lb_body())
+    # The address follows the proxy Service's own event, possibly one reconcile later.
     lb = wait_for(lambda: (o := get_lb(kube, namespace, "web")).get("status", {}).get(
-        "backends") == {"ready": 3, "total": 3} and o, 90, "backends 3/3")
+        "backends") == {"ready": 3, "total": 3} and o["status"].get("address") and o, 90,
+        "backends 3/3 and an address")
     assert lb["status"]["backendSummary"] == "3/3"
     assert lb["status"]["address"].startswith("10.96.")
     assert condition(lb, "Programmed")["status"] == "False"  # no agent has reported yet
