@@ -23,18 +23,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 
-from e2e.cluster.controlplane import ControlPlane
 from e2e.harness import traffic
-from kubernetes import config as kube_config
-from tests.e2e.conftest import Env, make_env, set_ready
-from tests.integration.operator_process import (
-    OPERATOR_NAMESPACE,
-    OperatorProcess,
-    condition,
-    get_lb,
-    install,
-    wait_for,
-)
+from e2e.harness.stack import local_stack
+from tests.e2e.conftest import Env, set_ready
 
 QUIET_AFTER = 1.0  # seconds without the backend before a removal counts as done
 LIMIT = 10.0
@@ -74,56 +65,43 @@ def main() -> int:
     parser.add_argument("--flips", type=int, default=50)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="roundhouse-bench-"))
-    cp = ControlPlane(controllers=True, nodes=3, log=lambda m: print(m, file=sys.stderr))
-    operator: OperatorProcess | None = None
-    env: Env | None = None
+    stack = local_stack(work, lambda m: print(m, file=sys.stderr),
+                        limits={"maxConnections": 4000})
     try:
-        cp.start()
-        install(cp)
-        operator = OperatorProcess(cp, work / "operator.log", "--leader-election-namespace",
-                                   OPERATOR_NAMESPACE).start()
-        api = kube_config.new_client_from_config(config_file=str(cp.admin_kubeconfig))
-        env = make_env(api, cp, work, limits={"maxConnections": 4000})
-        assert env.proxy is not None
-        wait_for(lambda: condition(get_lb(api, env.namespace, "web"), "Ready").get(
-            "status") == "True", 120, "LoadBalancer Ready")
-        pods = sorted(env.backends.backends)
-        traffic.wait_for_backends(env.port, set(pods))
-        master, workers, _ = env.proxy.show_proc()
-        reloads_before = int(env.proxy.agent_state()["reloads"])
-        removal: list[float] = []
-        returning: list[float] = []
-        for i in range(args.flips):
-            pod = pods[i % len(pods)]
-            removal.append(time_to_removal(env, pod))
-            returning.append(time_to_return(env, pod))
-            print(f"flip {i + 1}/{args.flips} {pod}: out {removal[-1] * 1000:.0f} ms, "
-                  f"back {returning[-1] * 1000:.0f} ms", file=sys.stderr)
-        master_after, workers_after, _ = env.proxy.show_proc()
-        reloads = int(env.proxy.agent_state()["reloads"]) - reloads_before
-        report: dict[str, Any] = {
-            "benchmark": "propagation",
-            "flips": args.flips,
-            "not_ready_to_no_traffic_ms": {
-                "p50": round(statistics.median(removal) * 1000, 1),
-                "p99": round(percentile(removal, 0.99) * 1000, 1),
-                "max": round(max(removal) * 1000, 1)},
-            "ready_to_traffic_ms": {
-                "p50": round(statistics.median(returning) * 1000, 1),
-                "p99": round(percentile(returning, 0.99) * 1000, 1),
-                "max": round(max(returning) * 1000, 1)},
-            "reloads": reloads,
-            "haproxy_master_unchanged": master == master_after,
-            "haproxy_workers_unchanged": workers == workers_after,
-        }
-        print(json.dumps(report))
-        return 0
+        with stack as (_, _, env):
+            assert env.proxy is not None
+            pods = sorted(env.backends.backends)
+            traffic.wait_for_backends(env.port, set(pods))
+            master, workers, _ = env.proxy.show_proc()
+            reloads_before = int(env.proxy.agent_state()["reloads"])
+            removal: list[float] = []
+            returning: list[float] = []
+            for i in range(args.flips):
+                pod = pods[i % len(pods)]
+                removal.append(time_to_removal(env, pod))
+                returning.append(time_to_return(env, pod))
+                print(f"flip {i + 1}/{args.flips} {pod}: out {removal[-1] * 1000:.0f} ms, "
+                      f"back {returning[-1] * 1000:.0f} ms", file=sys.stderr)
+            master_after, workers_after, _ = env.proxy.show_proc()
+            reloads = int(env.proxy.agent_state()["reloads"]) - reloads_before
+            report: dict[str, Any] = {
+                "benchmark": "propagation",
+                "flips": args.flips,
+                "not_ready_to_no_traffic_ms": {
+                    "p50": round(statistics.median(removal) * 1000, 1),
+                    "p99": round(percentile(removal, 0.99) * 1000, 1),
+                    "max": round(max(removal) * 1000, 1)},
+                "ready_to_traffic_ms": {
+                    "p50": round(statistics.median(returning) * 1000, 1),
+                    "p99": round(percentile(returning, 0.99) * 1000, 1),
+                    "max": round(max(returning) * 1000, 1)},
+                "reloads": reloads,
+                "haproxy_master_unchanged": master == master_after,
+                "haproxy_workers_unchanged": workers == workers_after,
+            }
+            print(json.dumps(report))
+            return 0
     finally:
-        if env is not None:
-            env.close()
-        if operator is not None:
-            operator.stop()
-        cp.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

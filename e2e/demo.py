@@ -26,18 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from e2e.cluster.controlplane import ControlPlane  # noqa: E402
 from e2e.harness import traffic  # noqa: E402
-from kubernetes import config as kube_config  # noqa: E402
-from tests.e2e.conftest import Env, make_env  # noqa: E402
-from tests.integration.operator_process import (  # noqa: E402
-    OPERATOR_NAMESPACE,
-    OperatorProcess,
-    condition,
-    get_lb,
-    install,
-    wait_for,
-)
+from e2e.harness.stack import local_stack  # noqa: E402
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -51,48 +41,31 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
     work = Path(tempfile.mkdtemp(prefix="roundhouse-demo-"))
-    cp = ControlPlane(controllers=True, nodes=3, log=lambda m: print(f"[cluster] {m}"))
-    operator: OperatorProcess | None = None
-    env: Env | None = None
-    api = None
+    print("[demo] control plane, operator, sample app (3 Pods, each IP owned by a network "
+          "namespace) + LoadBalancer web")
     try:
-        cp.start()
-        install(cp)
-        operator = OperatorProcess(cp, work / "operator.log", "--leader-election-namespace",
-                                   OPERATOR_NAMESPACE).start()
-        api = kube_config.new_client_from_config(config_file=str(cp.admin_kubeconfig))
-        print("[demo] sample app (3 Pods, each IP owned by a network namespace) + "
-              "LoadBalancer web")
-        env = make_env(api, cp, work)
-        assert env.proxy is not None
-        wait_for(lambda: condition(get_lb(api, env.namespace, "web"), "Ready").get(
-            "status") == "True", 90, "LoadBalancer Ready")
-        print(cp.kubectl("get", "loadbalancers", "-n", env.namespace, "-o", "wide").stdout)
-        counts: collections.Counter[str] = collections.Counter()
-        for _ in range(args.requests):
-            r = traffic.get(env.port)
-            counts[r.backend or f"<{r.error}>"] += 1
-        print(f"[demo] {args.requests} requests to http://127.0.0.1:{env.port}/:")
-        for backend, n in sorted(counts.items()):
-            print(f"    {backend:40} {n}")
-        print(f"[demo] HAProxy master/workers: {env.proxy.show_proc()[:2]}; "
-              f"namespace {env.namespace}; kubeconfig {cp.admin_kubeconfig}")
-        if not args.once:
-            print(f"[demo] try: curl -s http://127.0.0.1:{env.port}/   (Ctrl-C to stop)")
-            while True:
-                time.sleep(3600)
+        with local_stack(work, lambda m: print(f"[cluster] {m}"), ready_timeout=90) as (
+                cp, _, env):
+            assert env.proxy is not None
+            print(cp.kubectl("get", "loadbalancers", "-n", env.namespace, "-o", "wide").stdout)
+            counts: collections.Counter[str] = collections.Counter()
+            for _ in range(args.requests):
+                r = traffic.get(env.port)
+                counts[r.backend or f"<{r.error}>"] += 1
+            print(f"[demo] {args.requests} requests to http://127.0.0.1:{env.port}/:")
+            for backend, n in sorted(counts.items()):
+                print(f"    {backend:40} {n}")
+            print(f"[demo] HAProxy master/workers: {env.proxy.show_proc()[:2]}; "
+                  f"namespace {env.namespace}; kubeconfig {cp.admin_kubeconfig}")
+            if not args.once:
+                print(f"[demo] try: curl -s http://127.0.0.1:{env.port}/   (Ctrl-C to stop)")
+                while True:
+                    time.sleep(3600)
         return 0
     except KeyboardInterrupt:
         print("\n[demo] stopping")
         return 0
     finally:
-        if env is not None:
-            env.close()
-        if operator is not None:
-            operator.stop()
-        if api is not None:
-            api.close()
-        cp.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

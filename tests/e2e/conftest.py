@@ -23,10 +23,9 @@ from e2e.harness.proxy import ProxyStandIn
 from kubernetes import client
 from tests.integration.conftest import control_plane, kube  # noqa: F401  (fixtures)
 from tests.integration.operator_process import (
-    OPERATOR_NAMESPACE,
     OperatorProcess,
     create_lb,
-    install,
+    running_operator,
     wait_for,
 )
 
@@ -46,14 +45,9 @@ def operator(control_plane: Any, tmp_path_factory: pytest.TempPathFactory  # noq
              ) -> Iterator[OperatorProcess]:
     if os.geteuid() != 0:
         pytest.fail("e2e tests need root (network namespaces, mount namespaces)", pytrace=False)
-    install(control_plane)
-    proc = OperatorProcess(control_plane, tmp_path_factory.mktemp("op") / "operator.log",
-                           "--leader-election-namespace", OPERATOR_NAMESPACE).start()
-    try:
+    with running_operator(control_plane, tmp_path_factory.mktemp("op") / "operator.log",
+                          tail=40) as proc:
         yield proc
-    finally:
-        proc.stop()
-        print("---- operator log (tail) ----\n" + "\n".join(proc.log().splitlines()[-40:]))
 
 
 def new_namespace(kube: client.ApiClient, prefix: str = "e2e") -> str:  # noqa: F811
@@ -189,15 +183,20 @@ class Env:
 
 
 def make_env(kube: client.ApiClient, cp: Any, log_dir: Path, replicas: int = 3,  # noqa: F811
+             backends: Backends | None = None, before: Callable[[Env], None] | None = None,
              **spec: Any) -> Env:
+    """`backends`: a Backends variant (e.g. TLS-serving); `before`: runs just before
+    the LoadBalancer is created."""
     namespace = new_namespace(kube)
     core = client.CoreV1Api(kube)
-    env = Env(kube, cp, namespace, log_dir, Backends(log_dir))
+    env = Env(kube, cp, namespace, log_dir, backends or Backends(log_dir))
     env.cleanups.append(lambda: core.delete_namespace(namespace))
     try:
         env.backends.guard()
         sample_app(kube, namespace, replicas=replicas)
         env.sync_backends(replicas)
+        if before is not None:
+            before(env)
         create_lb(kube, namespace, lb_body(**spec))
         env.start_proxy()
     except BaseException:
@@ -211,8 +210,9 @@ def env_factory(operator: OperatorProcess, kube: client.ApiClient,  # noqa: F811
                 control_plane: Any, tmp_path: Path) -> Iterator[Callable[..., Env]]:  # noqa: F811
     made: list[Env] = []
 
-    def factory(replicas: int = 3, **spec: Any) -> Env:
-        env = make_env(kube, control_plane, tmp_path, replicas, **spec)
+    def factory(replicas: int = 3, backends: Backends | None = None,
+                before: Callable[[Env], None] | None = None, **spec: Any) -> Env:
+        env = make_env(kube, control_plane, tmp_path, replicas, backends, before, **spec)
         made.append(env)
         return env
 

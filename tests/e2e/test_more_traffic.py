@@ -18,7 +18,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,9 @@ from kubernetes import client
 from tests.e2e.conftest import (
     LISTENER_PORT,
     Env,
-    lb_body,
-    new_namespace,
-    sample_app,
     set_ready,
 )
-from tests.integration.operator_process import condition, create_lb, get_lb, wait_for
+from tests.integration.operator_process import condition, get_lb, wait_for
 
 from roundhouse import tls as rtls
 
@@ -82,39 +79,6 @@ class TLSBackends(Backends):
         self._wait_listening(b)
 
 
-# -- an env factory with a hook before the LoadBalancer is created -------------------------
-
-@pytest.fixture
-def env_maker(operator: Any, kube: client.ApiClient, control_plane: Any,
-              tmp_path: Path) -> Iterator[Callable[..., Env]]:
-    made: list[Env] = []
-
-    def factory(replicas: int = 3, backends: Backends | None = None,
-                before: Callable[[Env], None] | None = None, **spec: Any) -> Env:
-        namespace = new_namespace(kube)
-        core = client.CoreV1Api(kube)
-        env = Env(kube, control_plane, namespace, tmp_path,
-                  backends or Backends(tmp_path))
-        env.cleanups.append(lambda: core.delete_namespace(namespace))
-        made.append(env)
-        env.backends.guard()
-        sample_app(kube, namespace, replicas=replicas)
-        env.sync_backends(replicas)
-        if before is not None:
-            before(env)
-        create_lb(kube, namespace, lb_body(**spec))
-        env.start_proxy()
-        return env
-
-    try:
-        yield factory
-    finally:
-        for env in made:
-            if env.proxy is not None:
-                print(env.proxy.logs())
-            env.close()
-
-
 # -- helpers ----------------------------------------------------------------------------------
 
 def raw_get(port: int, timeout: float = 5.0) -> str | None:
@@ -142,8 +106,8 @@ def tls_secret(core: client.CoreV1Api, namespace: str, name: str, crt: str, key:
 
 # -- 1. TCP -------------------------------------------------------------------------------------
 
-def test_tcp_listener_reaches_and_spreads_over_backends(env_maker: Callable[..., Env]) -> None:
-    env = env_maker(listeners=[{"name": "tcp", "port": TCP_PORT, "protocol": "TCP"}])
+def test_tcp_listener_reaches_and_spreads_over_backends(env_factory: Callable[..., Env]) -> None:
+    env = env_factory(listeners=[{"name": "tcp", "port": TCP_PORT, "protocol": "TCP"}])
     everyone = set(env.backends.backends)
     assert env.proxy is not None
     assert "mode tcp" in env.proxy.running_config()
@@ -159,12 +123,12 @@ def test_tcp_listener_reaches_and_spreads_over_backends(env_maker: Callable[...,
 
 # -- 2. TLS passthrough --------------------------------------------------------------------------
 
-def test_tls_passthrough_shows_the_backends_certificate(env_maker: Callable[..., Env],
+def test_tls_passthrough_shows_the_backends_certificate(env_factory: Callable[..., Env],
                                                         tmp_path: Path) -> None:
     ca = rtls.issue_ca("e2e backend CA", dt.datetime.now(dt.UTC))
     backends = TLSBackends(tmp_path)
     backends.ca = ca
-    env = env_maker(backends=backends, listeners=[
+    env = env_factory(backends=backends, listeners=[
         {"name": "pass", "port": TLS_PORT, "protocol": "TLSPassthrough"}])
     everyone = set(env.backends.backends)
     ctx = ssl.create_default_context(cadata=ca.cert_pem)
@@ -207,8 +171,8 @@ def test_tls_passthrough_shows_the_backends_certificate(env_maker: Callable[...,
 
 # -- 3. algorithms -------------------------------------------------------------------------------
 
-def test_leastconn_avoids_the_busy_backend(env_maker: Callable[..., Env]) -> None:
-    env = env_maker(algorithm="leastconn",
+def test_leastconn_avoids_the_busy_backend(env_factory: Callable[..., Env]) -> None:
+    env = env_factory(algorithm="leastconn",
                     listeners=[{"name": "tcp", "port": TCP_PORT, "protocol": "TCP"}])
     everyone = set(env.backends.backends)
     assert env.proxy is not None
@@ -265,8 +229,8 @@ def test_leastconn_avoids_the_busy_backend(env_maker: Callable[..., Env]) -> Non
     assert set(counts) == everyone, counts
 
 
-def test_source_algorithm_pins_one_client_address(env_maker: Callable[..., Env]) -> None:
-    env = env_maker(algorithm="source")
+def test_source_algorithm_pins_one_client_address(env_factory: Callable[..., Env]) -> None:
+    env = env_factory(algorithm="source")
     assert env.proxy is not None
     assert "balance source" in env.proxy.running_config()
     everyone = set(env.backends.backends)
@@ -284,7 +248,7 @@ def test_source_algorithm_pins_one_client_address(env_maker: Callable[..., Env])
 
 # -- 4. user TLS Secret --------------------------------------------------------------------------
 
-def test_https_with_user_provided_secret(env_maker: Callable[..., Env]) -> None:
+def test_https_with_user_provided_secret(env_factory: Callable[..., Env]) -> None:
     now = dt.datetime.now(dt.UTC)
     ca = rtls.issue_ca("e2e user CA", now)
     pair = rtls.issue_serving(ca, ("user.e2e.test",), now)
@@ -293,7 +257,7 @@ def test_https_with_user_provided_secret(env_maker: Callable[..., Env]) -> None:
         tls_secret(client.CoreV1Api(env.kube), env.namespace, "user-tls", pair.cert_pem,
                    pair.key_pem)
 
-    env = env_maker(before=before, listeners=[
+    env = env_factory(before=before, listeners=[
         {"name": "http", "port": LISTENER_PORT, "protocol": "HTTP"},
         {"name": "https", "port": TLS_PORT, "protocol": "HTTPS",
          "tls": {"secretName": "user-tls"}}])
@@ -320,8 +284,8 @@ def test_https_with_user_provided_secret(env_maker: Callable[..., Env]) -> None:
 
 # -- 5. draining ---------------------------------------------------------------------------------
 
-def test_draining_backend_keeps_cookie_clients_only(env_maker: Callable[..., Env]) -> None:
-    env = env_maker(sessionPersistence={"type": "Cookie", "cookieName": "RH_E2E",
+def test_draining_backend_keeps_cookie_clients_only(env_factory: Callable[..., Env]) -> None:
+    env = env_factory(sessionPersistence={"type": "Cookie", "cookieName": "RH_E2E",
                                         "maxAge": "1h"})
     everyone = set(env.backends.backends)
     traffic.wait_for_backends(env.port, everyone, timeout=90)
@@ -378,12 +342,12 @@ def test_draining_backend_keeps_cookie_clients_only(env_maker: Callable[..., Env
 # -- 6. bad input: mismatched certificate and key -----------------------------------------------
 
 def test_mismatched_user_secret_is_refused_and_old_config_keeps_serving(
-        env_maker: Callable[..., Env]) -> None:
+        env_factory: Callable[..., Env]) -> None:
     now = dt.datetime.now(dt.UTC)
     ca = rtls.issue_ca("e2e user CA", now)
     one = rtls.issue_serving(ca, ("user.e2e.test",), now)
     two = rtls.issue_serving(ca, ("user.e2e.test",), now)
-    env = env_maker()
+    env = env_factory()
     everyone = set(env.backends.backends)
     traffic.wait_for_backends(env.port, everyone, timeout=90)
     proxy = env.proxy

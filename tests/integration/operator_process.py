@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,21 @@ class OperatorProcess:
         """RBAC denials only ('User "..." cannot ...'), not e.g. a terminating namespace."""
         return [line for line in self.log().splitlines()
                 if "is forbidden: User" in line and "cannot" in line]
+
+
+@contextlib.contextmanager
+def running_operator(cp: Any, log_path: Path, tail: int = 60) -> Iterator[OperatorProcess]:
+    """install.yaml applied, then the operator as its ServiceAccount (leader-elected);
+    stopped afterwards, with the last `tail` lines of its log printed (0: none)."""
+    install(cp)
+    proc = OperatorProcess(cp, log_path, "--leader-election-namespace",
+                           OPERATOR_NAMESPACE).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        if tail:
+            print("---- operator log (tail) ----\n" + "\n".join(proc.log().splitlines()[-tail:]))
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:

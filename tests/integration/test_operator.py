@@ -22,7 +22,7 @@ from tests.integration.operator_process import (
     create_lb,
     custom,
     get_lb,
-    install,
+    running_operator,
     wait_for,
 )
 
@@ -34,14 +34,9 @@ CHILD_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Deployment
 @pytest.fixture(scope="module")
 def operator(control_plane: Any, tmp_path_factory: pytest.TempPathFactory
              ) -> Iterator[OperatorProcess]:
-    install(control_plane)
-    proc = OperatorProcess(control_plane, tmp_path_factory.mktemp("op") / "operator.log",
-                           "--leader-election-namespace", OPERATOR_NAMESPACE).start()
-    try:
+    with running_operator(control_plane,
+                          tmp_path_factory.mktemp("op") / "operator.log") as proc:
         yield proc
-    finally:
-        proc.stop()
-        print("---- operator log (tail) ----\n" + "\n".join(proc.log().splitlines()[-60:]))
     assert not proc.forbidden_errors(), "the operator hit RBAC denials:\n" + "\n".join(
         proc.forbidden_errors()[:10])
 
