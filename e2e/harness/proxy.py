@@ -19,13 +19,14 @@ import json
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from roundhouse.agent.runtime import RuntimeAPIError, RuntimeClient
 
 REPO = Path(__file__).resolve().parents[2]
 RUNTIME_DIR = "/var/run/roundhouse"  # what the operator renders into haproxy.cfg
@@ -58,42 +59,6 @@ def _raise_fd_limit() -> None:
             continue
 
 
-def _show_proc(sock_path: Path, timeout: float = 5.0) -> str:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
-        s.connect(str(sock_path))
-        s.sendall(b"show proc\n")
-        s.shutdown(socket.SHUT_WR)
-        chunks = []
-        while data := s.recv(65536):
-            chunks.append(data)
-    finally:
-        s.close()
-    return b"".join(chunks).decode(errors="replace")
-
-
-def parse_proc(text: str) -> tuple[int, list[int], list[int]]:
-    """(master pid, current workers, old workers) from `show proc`."""
-    master = 0
-    workers: list[int] = []
-    old: list[int] = []
-    section = ""
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("#"):
-            section = line.lstrip("#").strip().lower()
-            continue
-        fields = line.split()
-        if len(fields) < 2 or not fields[0].isdigit():
-            continue
-        if fields[1] == "master":
-            master = int(fields[0])
-        elif fields[1] == "worker":
-            (old if section.startswith("old") else workers).append(int(fields[0]))
-    return master, workers, old
-
-
 class ProxyStandIn:
     """`roundhouse agent` + `haproxy -W -db -S .../master.sock -f .../haproxy.cfg`.
 
@@ -114,6 +79,8 @@ class ProxyStandIn:
         self.haproxy_bin = shutil.which(haproxy_bin) or haproxy_bin
         self.dir = Path(tempfile.mkdtemp(prefix="roundhouse-e2e-proxy-"))
         os.chmod(self.dir, 0o755)
+        # The agent's own Runtime API client, on the sockets in our side of the mount.
+        self.runtime = RuntimeClient(self.dir)
         self.holder: subprocess.Popen[bytes] | None = None
         self.agent: subprocess.Popen[bytes] | None = None
         self.haproxy: subprocess.Popen[bytes] | None = None
@@ -227,7 +194,7 @@ class ProxyStandIn:
             try:
                 if self.worker_pids():
                     return
-            except OSError:
+            except (OSError, RuntimeAPIError):
                 pass
             if time.monotonic() > deadline:
                 raise ProxyError("haproxy master socket not answering:\n"
@@ -258,7 +225,9 @@ class ProxyStandIn:
     # -- inspection ------------------------------------------------------------------------
 
     def show_proc(self) -> tuple[int, list[int], list[int]]:
-        return parse_proc(_show_proc(self.master_socket))
+        """(master pid, current workers, old workers) from `show proc`."""
+        table = self.runtime.show_proc()
+        return table.master_pid, list(table.workers), list(table.old_workers)
 
     def master_pid(self) -> int:
         return self.show_proc()[0]
@@ -267,18 +236,7 @@ class ProxyStandIn:
         return self.show_proc()[1]
 
     def stats(self, command: str) -> str:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(5)
-        try:
-            s.connect(str(self.stats_socket))
-            s.sendall(command.encode() + b"\n")
-            s.shutdown(socket.SHUT_WR)
-            chunks = []
-            while data := s.recv(65536):
-                chunks.append(data)
-        finally:
-            s.close()
-        return b"".join(chunks).decode(errors="replace")
+        return self.runtime.command(command)
 
     def agent_state(self) -> dict[str, Any]:
         """What the agent last applied (agent-state.json), {} if none."""
