@@ -381,7 +381,11 @@ def test_mismatched_user_secret_is_refused_and_old_config_keeps_serving(
     assert rep.get("configHash") == old_hash, rep
     assert traffic.get(TLS_PORT, tls=ssl.create_default_context(cadata=ca.cert_pem),
                        server_hostname="user.e2e.test").error is not None
-    # The agent says why (the operator's Programmed=False/ConfigRejected from this report
-    # is intermittent: a known bug, tracked in the issue notes, not asserted here yet).
+    # The agent says why, and the operator turns its report into the status.
     error = str(rep.get("error")).lower()
     assert "private key" in error and "certificate" in error, rep
+    programmed = wait_for(lambda: (c := condition(get_lb(env.kube, env.namespace, "web"),
+                                                  "Programmed")).get("reason")
+                          == "ConfigRejected" and c, 30, "Programmed=False/ConfigRejected")
+    assert programmed["status"] == "False"
+    assert "private key" in programmed["message"].lower(), programmed

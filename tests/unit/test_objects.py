@@ -68,6 +68,18 @@ def test_config_hash_is_not_in_the_pod_template() -> None:
     assert a["metadata"]["annotations"] != b["metadata"]["annotations"]
 
 
+def test_adding_a_listener_does_not_roll_the_proxy_pods() -> None:
+    """Listener ports are not containerPorts: a new listener is a reload, not a rollout."""
+    one = [{"name": "http", "port": 80, "protocol": "HTTP"}]
+    two = [*one, {"name": "https", "port": 443, "protocol": "HTTPS"},
+           {"name": "pg", "port": 5432, "protocol": "TCP"}]
+    a = children(listeners=one)
+    b = children(listeners=two)
+    assert a["Deployment/web-lb"]["spec"]["template"] == b["Deployment/web-lb"]["spec"][
+        "template"]
+    assert len(b["Service/web-lb"]["spec"]["ports"]) == 3  # the Service still has them all
+
+
 def test_pdb_never_allows_losing_more_than_one() -> None:
     pdb = children()["PodDisruptionBudget/web-lb"]
     assert pdb["spec"]["maxUnavailable"] == 1

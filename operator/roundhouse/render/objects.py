@@ -202,9 +202,11 @@ def deployment(owner: Owner, graph: ProxyGraph, rendered: RenderedConfig, proxy:
         "imagePullPolicy": images.pull_policy,
         "args": ["-W", "-db", "-S", f"{RUNTIME_DIR}/master.sock",
                  "-f", f"{RUNTIME_DIR}/haproxy.cfg"],
-        "ports": [{"name": f.name.removeprefix("fe_")[:15], "containerPort": f.port,
-                   "protocol": "TCP"} for f in graph.frontends]
-        + [{"name": "status", "containerPort": rendered.status_port, "protocol": "TCP"}],
+        # No containerPort per listener: they are informational only (the Service
+        # targets port numbers), and listing them would make adding a listener roll
+        # every proxy Pod instead of the agent's hitless reload.
+        "ports": [{"name": "status", "containerPort": rendered.status_port,
+                   "protocol": "TCP"}],
         "readinessProbe": {**probe, "periodSeconds": 2, "failureThreshold": 2},
         "livenessProbe": {**probe, "periodSeconds": 10, "failureThreshold": 6},
         # Let endpoint removal reach every client before HAProxy stops accepting.
