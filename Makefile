@@ -75,3 +75,7 @@ cluster-down: $(STAMP)  ## stop the local control plane and remove its files
 
 clean:  ## remove the venv and caches (not the cached Kubernetes binaries)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis operator/*.egg-info
+
+.PHONY: e2e-kind
+e2e-kind:  ## the e2e suite on a kind cluster (needs docker, kind, internet)
+	e2e/kind/run.sh
