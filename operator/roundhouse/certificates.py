@@ -16,10 +16,8 @@ from typing import Any
 import kopf
 
 from roundhouse import apply, kube, tls
-from roundhouse.graph import child_name, issued_dns_names, issued_secret_name
+from roundhouse.graph import child_name, issued_secret_name
 from roundhouse.model.cluster import TLSSecret, parse_tls_secret
-from roundhouse.model.loadbalancer import LoadBalancer
-from roundhouse.pipeline import loadbalancer_owner
 from roundhouse.render import objects
 
 log = logging.getLogger(__name__)
@@ -27,34 +25,32 @@ log = logging.getLogger(__name__)
 Lookup = Callable[[str], tuple[TLSSecret, dict[str, str]] | None]
 
 
-def issued_name(lb: LoadBalancer) -> str:
-    return issued_secret_name("LoadBalancer", lb.name)
+def issued_name(owner: objects.Owner) -> str:
+    return issued_secret_name(owner.kind, owner.name)
 
 
-def ca_name(lb: LoadBalancer) -> str:
-    return f"{child_name('LoadBalancer', lb.name)}-ca"
+def ca_name(owner: objects.Owner) -> str:
+    return f"{child_name(owner.kind, owner.name)}-ca"
 
 
-def needs_issuing(lb: LoadBalancer) -> bool:
-    return any(li.tls is not None and li.tls.issued for li in lb.listeners)
+async def ensure_issued(owner: objects.Owner, names: tuple[str, ...], lookup: Lookup,
+                        body: Any, now: dt.datetime | None = None) -> dict[str, TLSSecret]:
+    """Issue or renew when due. Returns the Secrets written now (the index lags behind).
 
-
-async def ensure_issued(lb: LoadBalancer, lookup: Lookup, body: Any,
-                        now: dt.datetime | None = None) -> dict[str, TLSSecret]:
-    """Issue or renew when due. Returns the Secrets written now (the index lags behind)."""
-    if not needs_issuing(lb):
+    `names`: the DNS names the serving certificate covers; empty when nothing needs one.
+    """
+    if not names:
         return {}
     now = now or dt.datetime.now(dt.UTC)
-    names = issued_dns_names(lb)
-    owner = loadbalancer_owner(lb)
-    ca_entry = lookup(ca_name(lb))
-    serving = lookup(issued_name(lb))
+    ca_entry = lookup(ca_name(owner))
+    serving = lookup(issued_name(owner))
     ca: tls.KeyPair | None = None
     if ca_entry is None or "tls.crt" not in ca_entry[1]:
         reason = "no CA yet"
-        ca = tls.issue_ca(f"roundhouse {lb.namespace}/{lb.name}", now)
-        await apply.apply_object(objects.tls_secret(owner, ca_name(lb), ca.cert_pem, ca.key_pem,
-                                                     ca.cert_pem, f"{ca.not_after:%Y-%m-%d}"))
+        ca = tls.issue_ca(f"roundhouse {owner.namespace}/{owner.name}", now)
+        await apply.apply_object(objects.tls_secret(owner, ca_name(owner), ca.cert_pem,
+                                                     ca.key_pem, ca.cert_pem,
+                                                     f"{ca.not_after:%Y-%m-%d}"))
     else:
         current = tls.KeyPair(serving[1]["tls.crt"], "") if serving and serving[1].get(
             "tls.crt") else None
@@ -62,21 +58,20 @@ async def ensure_issued(lb: LoadBalancer, lookup: Lookup, body: Any,
         if maybe is None:
             return {}
         reason = maybe
-        ca = await _read_ca(lb)
+        ca = await _read_ca(owner)
     pair = tls.issue_serving(ca, names, now)
-    secret = objects.tls_secret(owner, issued_name(lb), pair.cert_pem, pair.key_pem, ca.cert_pem,
-                                f"{pair.not_after:%Y-%m-%d}")
+    secret = objects.tls_secret(owner, issued_name(owner), pair.cert_pem, pair.key_pem,
+                                ca.cert_pem, f"{pair.not_after:%Y-%m-%d}")
     await apply.apply_object(secret)
-    message = (f"issued certificate {issued_name(lb)!r} for {', '.join(names)} "
+    message = (f"issued certificate {issued_name(owner)!r} for {', '.join(names)} "
                f"(valid until {pair.not_after:%Y-%m-%d}): {reason}")
-    log.info("%s/%s: %s", lb.namespace, lb.name, message)
+    log.info("%s %s/%s: %s", owner.kind, owner.namespace, owner.name, message)
     kopf.event(dict(body), type="Normal", reason="CertificateIssued", message=message)
-    return {issued_name(lb): parse_tls_secret(secret)}
+    return {issued_name(owner): parse_tls_secret(secret)}
 
 
-async def _read_ca(lb: LoadBalancer) -> tls.KeyPair:
-    raw = await kube.request("GET", kube.object_path("Secret", lb.namespace, ca_name(lb)))
+async def _read_ca(owner: objects.Owner) -> tls.KeyPair:
+    raw = await kube.request("GET", kube.object_path("Secret", owner.namespace, ca_name(owner)))
     data = raw.get("data") or {}
     return tls.KeyPair(base64.b64decode(data["tls.crt"]).decode(),
                        base64.b64decode(data["tls.key"]).decode())
-

@@ -14,14 +14,14 @@ from typing import Any
 import yaml
 
 from roundhouse.graph import ClusterState, ProxyGraph, issued_secret_name
-from roundhouse.model import SpecError, parse_loadbalancer
+from roundhouse.model import SpecError, parse_loadbalancer, parse_reverseproxy
 from roundhouse.model.cluster import (
     TLSSecret,
     parse_endpoint_slice,
     parse_service,
     parse_tls_secret,
 )
-from roundhouse.pipeline import desired_for_loadbalancer
+from roundhouse.pipeline import Desired, desired_for_loadbalancer, desired_for_reverseproxy
 from roundhouse.render.haproxy import RenderOptions
 
 
@@ -48,37 +48,57 @@ def _cluster_state(docs: list[dict[str, Any]], namespace: str) -> ClusterState:
     return ClusterState(services, slices, secrets)
 
 
+RESOURCE_KINDS = ("LoadBalancer", "ReverseProxy")
+
+
+def _desired(doc: dict[str, Any], docs: list[dict[str, Any]],
+             options: RenderOptions | None) -> Desired:
+    """One resource document through the pure pipeline; raises SpecError."""
+    kind = doc["kind"]
+    if kind == "LoadBalancer":
+        lb = parse_loadbalancer(doc)
+        namespace, name = lb.namespace, lb.name
+        needs_issued = any(li.tls and li.tls.issued for li in lb.listeners)
+    else:
+        rp = parse_reverseproxy(doc)
+        namespace, name = rp.namespace, rp.name
+        needs_issued = bool(rp.issued_hostnames())
+    cluster = _cluster_state(docs, namespace)
+    issued = issued_secret_name(kind, name)
+    if needs_issued and issued not in cluster.secrets:
+        # Offline there is no operator to issue it: render as if it had.
+        cluster = ClusterState(cluster.services, cluster.slices,
+                               {**cluster.secrets, issued: TLSSecret(issued, True, True,
+                                                                     "issued-at-runtime")})
+    if kind == "LoadBalancer":
+        return desired_for_loadbalancer(lb, cluster, options=options)
+    return desired_for_reverseproxy(rp, cluster, options=options)
+
+
 def cmd_render(args: argparse.Namespace) -> int:
-    docs = _load_documents([args.file, *args.services])
-    balancers = [d for d in docs if d["kind"] == "LoadBalancer"]
-    if not balancers:
-        print(f"error: no LoadBalancer found in {args.file}", file=sys.stderr)
+    own = _load_documents([args.file])  # read once: it may be stdin
+    docs = own + _load_documents(args.services)
+    resources = [d for d in own if d["kind"] in RESOURCE_KINDS]
+    if not resources:
+        print(f"error: no LoadBalancer or ReverseProxy found in {args.file}", file=sys.stderr)
         return 2
     out: list[dict[str, Any]] = []
     status = 0
-    for doc in balancers:
+    for doc in resources:
         doc.setdefault("metadata", {}).setdefault("namespace", args.namespace)
         doc["metadata"].setdefault("uid", "00000000-0000-0000-0000-000000000000")
+        name = doc["metadata"].get("name", "?")
         try:
-            lb = parse_loadbalancer(doc)
+            desired = _desired(doc, docs, RenderOptions(cert_dir=args.cert_dir)
+                               if args.cert_dir else None)
         except SpecError as err:
-            name = doc["metadata"].get("name", "?")
-            print(f"error: LoadBalancer {name!r} is invalid:", file=sys.stderr)
+            print(f"error: {doc['kind']} {name!r} is invalid:", file=sys.stderr)
             for e in err.errors:
                 print(f"  {e}", file=sys.stderr)
             status = 2
             continue
-        cluster = _cluster_state(docs, lb.namespace)
-        issued = issued_secret_name("LoadBalancer", lb.name)
-        if any(li.tls and li.tls.issued for li in lb.listeners) and issued not in cluster.secrets:
-            # Offline there is no operator to issue it: render as if it had.
-            cluster = ClusterState(cluster.services, cluster.slices,
-                                   {**cluster.secrets, issued: TLSSecret(issued, True, True,
-                                                                         "issued-at-runtime")})
-        desired = desired_for_loadbalancer(lb, cluster, options=RenderOptions(
-            cert_dir=args.cert_dir) if args.cert_dir else None)
         for p in desired.graph.problems:
-            print(f"warning: {lb.name}: {p.condition}=False {p.reason}: {p.message}",
+            print(f"warning: {name}: {p.condition}=False {p.reason}: {p.message}",
                   file=sys.stderr)
         if args.check and not _haproxy_check(desired.rendered.config, desired.graph):
             status = 1
@@ -100,9 +120,12 @@ def _haproxy_check(config: str, graph: ProxyGraph) -> bool:
     from roundhouse.testing import write_placeholder_certificates
 
     with tempfile.TemporaryDirectory() as tmp:
-        write_placeholder_certificates(Path(tmp), [c.file for c in graph.certificates])
+        write_placeholder_certificates(
+            Path(tmp), [c.file for c in graph.certificates if c.kind == "pair"],
+            [c.file for c in graph.certificates if c.kind == "ca"])
         cfg = Path(tmp) / "haproxy.cfg"
-        cfg.write_text(config.replace("crt-base /var/run/roundhouse/certs", f"crt-base {tmp}"))
+        cfg.write_text(config.replace("crt-base /var/run/roundhouse/certs", f"crt-base {tmp}")
+                       .replace("ca-base /var/run/roundhouse/certs", f"ca-base {tmp}"))
         result = subprocess.run([haproxy, "-c", "-f", str(cfg)], capture_output=True, text=True,
                                 check=False)
     if result.returncode != 0:
@@ -128,8 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="roundhouse", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    render = sub.add_parser("render", help="render a LoadBalancer's children offline, as YAML")
-    render.add_argument("-f", "--file", required=True, help="YAML with LoadBalancer(s); - = stdin")
+    render = sub.add_parser("render", help="render a LoadBalancer's or ReverseProxy's children "
+                            "offline, as YAML")
+    render.add_argument("-f", "--file", required=True,
+                        help="YAML with LoadBalancer(s) and/or ReverseProxy(ies); - = stdin")
     render.add_argument("--services", action="append", default=[], metavar="FILE",
                         help="YAML with Services, EndpointSlices, Secrets to resolve backends")
     render.add_argument("-n", "--namespace", default="default")

@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 
 from roundhouse.model.cluster import Endpoint, EndpointSlice, Service, TLSSecret
 from roundhouse.model.loadbalancer import (
+    Backend,
     HealthCheck,
     Limits,
     LoadBalancer,
     SessionPersistence,
     Timeouts,
 )
+from roundhouse.model.reverseproxy import HeaderChanges, HeaderMatch
 
 MAX_WEIGHT = 256
 MIN_SLOTS = 8
@@ -47,6 +49,21 @@ class Server:
 
 
 @dataclass(frozen=True)
+class UpstreamTLSConfig:
+    """How a pool's servers are reached over TLS (ReverseProxy upstreamTLS)."""
+
+    verify: bool
+    ca_file: str | None = None  # under ca-base; None with verify: the system CAs
+    sni: str | None = None
+
+
+@dataclass(frozen=True)
+class PathRewrite:
+    prefix: str  # the matched prefix, normalized ("" for "/")
+    replacement: str
+
+
+@dataclass(frozen=True)
 class Pool:
     """An HAProxy backend: a set of server slots plus how to balance over them."""
 
@@ -58,16 +75,79 @@ class Pool:
     health_check: HealthCheck | None = None
     max_connections_per_server: int = 0
     cookie_key: str = ""
+    # ReverseProxy routes: per-route behaviour lives in the route's own backend section.
+    retries: int = 2
+    retry_on: tuple[str, ...] = ()  # empty: HAProxy's default (connection failures)
+    server_timeout_ms: int | None = None
+    request_timeout_ms: int | None = None
+    request_headers: HeaderChanges | None = None
+    response_headers: HeaderChanges | None = None
+    rewrite: PathRewrite | None = None
+    upstream_tls: UpstreamTLSConfig | None = None
 
 
 @dataclass(frozen=True)
 class Certificate:
-    """A PEM bundle the agent writes for HAProxy from a Secret."""
+    """A file the agent writes for HAProxy from a Secret.
+
+    kind "pair": tls.crt + tls.key (a serving certificate, under crt-base);
+    kind "ca": ca.crt only (verifies upstream servers, under ca-base).
+    """
 
     file: str
     secret: str
     fingerprint: str
     issued: bool
+    kind: str = "pair"
+
+
+@dataclass(frozen=True)
+class VirtualHost:
+    id: str  # "h<spec index>": the value of txn.rh_vhost
+    hostname: str  # exact, or "*.example.com"
+
+    @property
+    def wildcard(self) -> bool:
+        return self.hostname.startswith("*.")
+
+
+@dataclass(frozen=True)
+class RedirectRule:
+    """A redirect route's Location: scheme://host[:port]path?query (query kept)."""
+
+    scheme: str
+    hostname: str | None  # None: the request's host
+    strip_port: bool  # the scheme changes: drop the request's port, use `port`
+    port: int | None  # the target listener's port when not the scheme's default
+    path: str | None  # None: the request's path
+    code: int
+
+
+@dataclass(frozen=True)
+class RouteRule:
+    """One route of one virtual host, in a frontend's precedence order."""
+
+    id: str  # the value of txn.rh_route: the pool name, or "rd_..." for a redirect
+    host_id: str
+    hostname: str
+    route: str  # the route's name in the spec
+    path_type: str  # Exact | Prefix | RegularExpression
+    path: str  # Prefix: without a trailing "/" ("" matches every path)
+    headers: tuple[HeaderMatch, ...] = ()
+    method: str | None = None
+    pool: str | None = None
+    redirect: RedirectRule | None = None
+    services: tuple[str, ...] = ()  # the Services behind the pool, in spec order
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Host/path/header routing of a ReverseProxy frontend (precedence order)."""
+
+    hosts: tuple[VirtualHost, ...]
+    rules: tuple[RouteRule, ...]
+    not_found: bool  # no default backend: answer 404 when no rule matches
+    forwarded: bool = True  # set the RFC 7239 Forwarded header
 
 
 @dataclass(frozen=True)
@@ -80,6 +160,9 @@ class Frontend:
     certificate: str | None = None  # file name under crt-base
     min_tls_version: str = "1.2"
     redirect_https_port: int | None = None
+    extra_certificates: tuple[str, ...] = ()  # more crt files: SNI picks by name
+    routing: Routing | None = None
+    hsts: str | None = None  # Strict-Transport-Security value (HTTPS only)
 
 
 @dataclass(frozen=True)
@@ -120,15 +203,17 @@ def issued_secret_name(kind: str, name: str) -> str:
 
 def build_loadbalancer_graph(lb: LoadBalancer, cluster: ClusterState) -> ProxyGraph:
     problems: list[Problem] = []
-    endpoints = _resolve_backends(lb, cluster, problems)
-    cookie_key = hashlib.sha256(f"roundhouse/{lb.namespace}/{lb.uid}".encode()).hexdigest()[:24]
+    endpoints = resolve_backends(
+        [(f"spec.backends[{i}]", be) for i, be in enumerate(lb.backends)], lb.namespace,
+        cluster, problems)
+    cookie_key = cookie_key_for(lb.namespace, lb.uid)
     modes = sorted({"http" if li.is_http else "tcp" for li in lb.listeners})
     pools = tuple(
         Pool(
             name=f"be_{mode}",
             mode=mode,
             algorithm=lb.algorithm,
-            servers=_assign_slots(endpoints, cluster.previous_slots.get(f"be_{mode}", {})),
+            servers=assign_slots(endpoints, cluster.previous_slots.get(f"be_{mode}", {})),
             # Cookies only exist in HTTP; SourceIP stickiness works in both modes.
             persistence=lb.session_persistence
             if lb.session_persistence and (mode == "http" or
@@ -174,7 +259,7 @@ def build_loadbalancer_graph(lb: LoadBalancer, cluster: ClusterState) -> ProxyGr
 
 
 @dataclass(frozen=True)
-class _WeightedEndpoint:
+class WeightedEndpoint:
     endpoint: Endpoint
     key: str  # "<service>/<identity>:<port>"
     weight: int
@@ -184,24 +269,31 @@ class _WeightedEndpoint:
         return self.endpoint.ready
 
 
-def _resolve_backends(lb: LoadBalancer, cluster: ClusterState,
-                      problems: list[Problem]) -> list[_WeightedEndpoint]:
+def cookie_key_for(namespace: str, uid: str) -> str:
+    """The dynamic-cookie key: per resource, so cookies mean nothing elsewhere."""
+    return hashlib.sha256(f"roundhouse/{namespace}/{uid}".encode()).hexdigest()[:24]
+
+
+def resolve_backends(backends: list[tuple[str, Backend]], namespace: str,
+                     cluster: ClusterState,
+                     problems: list[Problem]) -> list[WeightedEndpoint]:
+    """(field path, backend) pairs -> weighted endpoints; unresolvable ones -> Problems."""
     slices_by_service: dict[str, list[EndpointSlice]] = {}
     for s in cluster.slices:
         slices_by_service.setdefault(s.service, []).append(s)
     resolved: list[tuple[int, str, list[Endpoint]]] = []
-    for i, be in enumerate(lb.backends):
+    for where, be in backends:
         svc = cluster.services.get(be.service)
         if svc is None:
             problems.append(Problem("BackendsHealthy", "BackendNotFound",
-                                    f"spec.backends[{i}]: Service {be.service!r} not found in "
-                                    f"namespace {lb.namespace!r}", retry=True))
+                                    f"{where}: Service {be.service!r} not found in "
+                                    f"namespace {namespace!r}", retry=True))
             continue
         sp = svc.find_port(be.port)
         if sp is None:
             known = ", ".join(f"{p.name or '<unnamed>'}={p.port}" for p in svc.ports) or "none"
             problems.append(Problem("BackendsHealthy", "PortNotFound",
-                                    f"spec.backends[{i}]: Service {be.service!r} has no port "
+                                    f"{where}: Service {be.service!r} has no port "
                                     f"{be.port!r} (ports: {known})"))
             continue
         eps: dict[tuple[str, int], Endpoint] = {}
@@ -212,7 +304,7 @@ def _resolve_backends(lb: LoadBalancer, cluster: ClusterState,
     return _weigh(resolved)
 
 
-def _weigh(resolved: list[tuple[int, str, list[Endpoint]]]) -> list[_WeightedEndpoint]:
+def _weigh(resolved: list[tuple[int, str, list[Endpoint]]]) -> list[WeightedEndpoint]:
     """Give each endpoint a weight so each Service gets its spec weight's share.
 
     Per-endpoint weight is service weight / ready endpoints, scaled so the
@@ -220,11 +312,11 @@ def _weigh(resolved: list[tuple[int, str, list[Endpoint]]]) -> list[_WeightedEnd
     """
     shares = [w / max(1, sum(1 for e in eps if e.ready)) for w, _, eps in resolved]
     top = max(shares, default=0.0) or 1.0
-    out: list[_WeightedEndpoint] = []
+    out: list[WeightedEndpoint] = []
     for (w, service, eps), share in zip(resolved, shares, strict=True):
         weight = max(1, round(MAX_WEIGHT * share / top)) if w > 0 else 0
         for ep in eps:
-            out.append(_WeightedEndpoint(ep, f"{service}/{ep.identity}:{ep.port}", weight))
+            out.append(WeightedEndpoint(ep, f"{service}/{ep.identity}:{ep.port}", weight))
     return sorted(out, key=lambda e: e.key)
 
 
@@ -236,13 +328,13 @@ def _slot_count(needed: int, previous: int) -> int:
     return max(slots, previous)
 
 
-def _assign_slots(endpoints: list[_WeightedEndpoint],
+def assign_slots(endpoints: list[WeightedEndpoint],
                   previous: Mapping[str, str]) -> tuple[Server, ...]:
     """Sticky slot assignment: an endpoint keeps its slot for as long as it exists."""
     count = _slot_count(len(endpoints), len(previous))
     slot_names = [f"srv{i}" for i in range(1, count + 1)]
     by_key = {e.key: e for e in endpoints}
-    taken: dict[str, _WeightedEndpoint] = {}
+    taken: dict[str, WeightedEndpoint] = {}
     for slot, key in previous.items():
         if key and key in by_key and slot in slot_names:
             taken[slot] = by_key.pop(key)
@@ -271,26 +363,33 @@ def _resolve_certificates(
         if li.tls is None:
             continue
         secret_name = li.tls.secret_name or issued_secret_name("LoadBalancer", lb.name)
-        secret = cluster.secrets.get(secret_name)
-        where = f"spec.listeners[{i}].tls"
-        if secret is None:
-            problems.append(Problem(
-                "TLSReady", "SecretNotFound" if li.tls.secret_name else "CertificatePending",
-                f"{where}: Secret {secret_name!r} not found in namespace {lb.namespace!r}"
-                if li.tls.secret_name else f"{where}: issuing certificate into {secret_name!r}",
-                retry=True))
-            continue
-        if not secret.usable:
-            missing = [k for k, ok in (("tls.crt", secret.has_cert), ("tls.key", secret.has_key))
-                       if not ok]
-            problems.append(Problem("TLSReady", "InvalidSecret",
-                                    f"{where}: Secret {secret_name!r} has no valid "
-                                    f"{' or '.join(missing)}", retry=True))
-            continue
-        file = f"{secret_name}.pem"
-        certs[file] = Certificate(file, secret_name, secret.fingerprint, li.tls.issued)
-        cert_for[li.name] = file
+        cert = pair_certificate(secret_name, li.tls.issued, f"spec.listeners[{i}].tls",
+                                lb.namespace, cluster, problems)
+        if cert is not None:
+            certs[cert.file] = cert
+            cert_for[li.name] = cert.file
     return tuple(sorted(certs.values(), key=lambda c: c.file)), cert_for
+
+
+def pair_certificate(secret_name: str, issued: bool, where: str, namespace: str,
+                     cluster: ClusterState, problems: list[Problem]) -> Certificate | None:
+    """The serving certificate in a Secret, or None with the Problem that explains why."""
+    secret = cluster.secrets.get(secret_name)
+    if secret is None:
+        problems.append(Problem(
+            "TLSReady", "CertificatePending" if issued else "SecretNotFound",
+            f"{where}: issuing certificate into {secret_name!r}" if issued
+            else f"{where}: Secret {secret_name!r} not found in namespace {namespace!r}",
+            retry=True))
+        return None
+    if not secret.usable:
+        missing = [k for k, ok in (("tls.crt", secret.has_cert), ("tls.key", secret.has_key))
+                   if not ok]
+        problems.append(Problem("TLSReady", "InvalidSecret",
+                                f"{where}: Secret {secret_name!r} has no valid "
+                                f"{' or '.join(missing)}", retry=True))
+        return None
+    return Certificate(f"{secret_name}.pem", secret_name, secret.fingerprint, issued)
 
 
 def issued_dns_names(lb: LoadBalancer) -> tuple[str, ...]:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from roundhouse.graph import ClusterState, ProxyGraph, build_loadbalancer_graph
+from roundhouse.graph_reverseproxy import build_reverseproxy_graph
 from roundhouse.model.loadbalancer import LoadBalancer
+from roundhouse.model.reverseproxy import ReverseProxy
 from roundhouse.render import objects
 from roundhouse.render.haproxy import RenderedConfig, RenderOptions, render_haproxy
 
@@ -29,16 +32,37 @@ def desired_for_loadbalancer(
     options: RenderOptions | None = None,
 ) -> Desired:
     graph = build_loadbalancer_graph(lb, cluster)
+    return _desired(graph, loadbalancer_owner(lb), lb, images, options)
+
+
+def reverseproxy_owner(rp: ReverseProxy) -> objects.Owner:
+    return objects.Owner("ReverseProxy", rp.name, rp.namespace, rp.uid)
+
+
+def desired_for_reverseproxy(
+    rp: ReverseProxy,
+    cluster: ClusterState,
+    images: objects.ProxyImages | None = None,
+    options: RenderOptions | None = None,
+    conflicts: Mapping[str, str] | None = None,
+) -> Desired:
+    """`conflicts`: hostname -> message for hostnames another ReverseProxy serves."""
+    graph = build_reverseproxy_graph(rp, cluster, conflicts=conflicts)
+    return _desired(graph, reverseproxy_owner(rp), rp, images, options)
+
+
+def _desired(graph: ProxyGraph, owner: objects.Owner, model: LoadBalancer | ReverseProxy,
+             images: objects.ProxyImages | None, options: RenderOptions | None) -> Desired:
+    """One path from a graph to the children, whichever kind the graph came from."""
     rendered = render_haproxy(graph, options)
-    owner = loadbalancer_owner(lb)
+    persistence = model.session_persistence
     proxy = objects.ProxySpec(
-        replicas=lb.proxy.replicas,
-        service_type=lb.proxy.service_type,
-        resources=lb.proxy.resources,
-        node_selector=lb.proxy.node_selector,
-        tolerations=lb.proxy.tolerations,
-        preserve_client_ip=bool(lb.session_persistence
-                                and lb.session_persistence.type == "SourceIP"),
+        replicas=model.proxy.replicas,
+        service_type=model.proxy.service_type,
+        resources=model.proxy.resources,
+        node_selector=model.proxy.node_selector,
+        tolerations=model.proxy.tolerations,
+        preserve_client_ip=bool(persistence and persistence.type == "SourceIP"),
     )
     children = (
         objects.service_account(owner),

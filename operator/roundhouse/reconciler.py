@@ -1,7 +1,9 @@
-"""One reconcile of a LoadBalancer: gather (indexes) -> pure pipeline -> apply -> status.
+"""One reconcile of a LoadBalancer or a ReverseProxy: gather (indexes) -> pure
+pipeline -> apply -> status.
 
 Called from kopf handlers (create/update/resume/timer) and from debounced dependency
-triggers; a per-object lock makes the two paths take turns.
+triggers; a per-object lock makes the two paths take turns. Both kinds take the same
+path; resources.py answers the few questions whose answer depends on the kind.
 """
 
 from __future__ import annotations
@@ -16,17 +18,17 @@ from typing import Any
 
 import kopf
 
-from roundhouse import apply, certificates, status
-from roundhouse.graph import ClusterState, ProxyGraph, child_name
-from roundhouse.model import SpecError, parse_loadbalancer
+from roundhouse import apply, certificates, resources, status
+from roundhouse.graph import ClusterState, ProxyGraph, child_name, issued_secret_name
+from roundhouse.model import SpecError
 from roundhouse.model.cluster import TLSSecret
-from roundhouse.model.loadbalancer import LoadBalancer
-from roundhouse.pipeline import Desired, desired_for_loadbalancer, loadbalancer_owner
+from roundhouse.pipeline import Desired
 from roundhouse.render import objects
 from roundhouse.status import Condition
 
 log = logging.getLogger(__name__)
 RETRY_DELAY = 15
+Key = tuple[str, str, str]  # (kind, namespace, name)
 
 
 @dataclass
@@ -38,11 +40,12 @@ class Indexes:
     secrets: Mapping[Any, Any]
     configmaps: Mapping[Any, Any]
     pods: Mapping[Any, Any]
+    claims: Mapping[Any, Any] = field(default_factory=dict)  # namespace -> Claim
 
     @classmethod
     def from_kwargs(cls, kwargs: Mapping[str, Any]) -> Indexes:
         return cls(kwargs["rh_services"], kwargs["rh_slices"], kwargs["rh_secrets"],
-                   kwargs["rh_configmaps"], kwargs["rh_proxy_pods"])
+                   kwargs["rh_configmaps"], kwargs["rh_proxy_pods"], kwargs["rh_rp_claims"])
 
     def first(self, index: Mapping[Any, Any], key: Any) -> Any:
         values = index.get(key)
@@ -52,83 +55,84 @@ class Indexes:
 @dataclass
 class Reconciler:
     images: objects.ProxyImages = field(default_factory=objects.ProxyImages)
-    locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
-    last_applied: dict[tuple[str, str], str] = field(default_factory=dict)
+    locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
+    last_applied: dict[Key, str] = field(default_factory=dict)
 
-    def lock(self, namespace: str, name: str) -> asyncio.Lock:
-        return self.locks.setdefault((namespace, name), asyncio.Lock())
+    def lock(self, key: Key) -> asyncio.Lock:
+        return self.locks.setdefault(key, asyncio.Lock())
 
-    def forget(self, namespace: str, name: str) -> None:
-        self.locks.pop((namespace, name), None)
-        self.last_applied.pop((namespace, name), None)
+    def forget(self, kind: str, namespace: str, name: str) -> None:
+        self.locks.pop((kind, namespace, name), None)
+        self.last_applied.pop((kind, namespace, name), None)
 
-    async def reconcile(self, body: Any, idx: Indexes) -> list[str]:
+    async def reconcile(self, kind: str, body: Any, idx: Indexes) -> list[str]:
         """Returns the messages of problems worth a retry (missing dependencies)."""
         meta = body.get("metadata") or {}
-        namespace, name = str(meta.get("namespace")), str(meta.get("name"))
-        async with self.lock(namespace, name):
-            return await self._reconcile(body, idx, namespace, name)
+        key = (kind, str(meta.get("namespace")), str(meta.get("name")))
+        async with self.lock(key):
+            return await self._reconcile(key, body, idx)
 
-    async def _reconcile(self, body: Any, idx: Indexes, namespace: str,
-                         name: str) -> list[str]:
+    async def _reconcile(self, key: Key, body: Any, idx: Indexes) -> list[str]:
+        kind, namespace, name = key
         generation = int((body.get("metadata") or {}).get("generation") or 0)
         previous = (body.get("status") or {}).get("conditions") or []
         try:
-            lb = parse_loadbalancer(dict(body))
+            model = resources.parse(kind, body)
         except SpecError as err:
             message = "; ".join(str(e) for e in err.errors)
-            await self._write(body, namespace, name, generation, previous, [
+            await self._write(key, body, generation, previous, [
                 Condition("Accepted", False, "InvalidSpec", message)], {}, None)
             raise kopf.PermanentError(f"invalid spec: {message}") from err
 
-        cluster = self._cluster_state(lb, idx)
+        owner = resources.owner(model)
+        cluster = self._cluster_state(model, idx)
         issued = await certificates.ensure_issued(
-            lb, lambda secret: idx.first(idx.secrets, (namespace, secret)), body)
+            owner, resources.issued_names(model),
+            lambda secret: idx.first(idx.secrets, (namespace, secret)), body)
         if issued:
             cluster = ClusterState(cluster.services, cluster.slices,
                                    {**cluster.secrets, **issued}, cluster.previous_slots)
-        desired = desired_for_loadbalancer(lb, cluster, self.images)
+        conflicts = self._conflicts(body, idx) if kind == "ReverseProxy" else {}
+        desired = resources.desired(model, cluster, self.images, conflicts)
         fingerprint = apply.fingerprint(desired.children)
-        if self.last_applied.get((namespace, name)) != fingerprint:
+        if self.last_applied.get(key) != fingerprint:
             await apply.apply_all(desired.children)
-            self.last_applied[(namespace, name)] = fingerprint
-            log.info("applied %d children of LoadBalancer %s/%s (config %s)",
-                     len(desired.children), namespace, name, desired.rendered.config_hash)
-        conditions = self._conditions(lb, desired, idx)
-        proxy_service = idx.first(idx.services, (namespace, child_name("LoadBalancer", name)))
+            self.last_applied[key] = fingerprint
+            log.info("applied %d children of %s %s/%s (config %s)", len(desired.children),
+                     kind, namespace, name, desired.rendered.config_hash)
+        conditions = _conditions(owner, model.proxy.replicas, desired, idx)
+        proxy_service = idx.first(idx.services, (namespace, child_name(kind, name)))
         counts = {"ready": desired.graph.backends_ready, "total": desired.graph.backends_total}
-        await self._write(body, namespace, name, generation, previous, conditions, counts,
+        await self._write(key, body, generation, previous, conditions, counts,
                           proxy_service.address if proxy_service else None)
         return [p.message for p in desired.graph.problems if p.retry]
 
-    def _cluster_state(self, lb: LoadBalancer, idx: Indexes) -> ClusterState:
-        ns = lb.namespace
-        services = {be.service: svc for be in lb.backends
-                    if (svc := idx.first(idx.services, (ns, be.service))) is not None}
+    def _cluster_state(self, model: resources.Model, idx: Indexes) -> ClusterState:
+        ns = model.namespace
+        services = {svc: found for svc in sorted(resources.service_refs(model))
+                    if (found := idx.first(idx.services, (ns, svc))) is not None}
         slices = [s for svc in services for s in (idx.slices.get((ns, svc)) or [])]
+        wanted = set(resources.secret_refs(model))
+        if resources.issued_names(model):
+            wanted.add(issued_secret_name(resources.kind_of(model), model.name))
         secrets: dict[str, TLSSecret] = {}
-        for li in lb.listeners:
-            if li.tls is None:
-                continue
-            secret_name = li.tls.secret_name or certificates.issued_name(lb)
+        for secret_name in sorted(wanted):
             entry = idx.first(idx.secrets, (ns, secret_name))
             if entry is not None:
                 secrets[secret_name] = entry[0]
-        cm = idx.first(idx.configmaps, (ns, child_name("LoadBalancer", lb.name)))
+        cm = idx.first(idx.configmaps, (ns, child_name(resources.kind_of(model), model.name)))
         return ClusterState(services, slices, secrets, cm["slots"] if cm else {})
 
-    def _conditions(self, lb: LoadBalancer, desired: Desired, idx: Indexes) -> list[Condition]:
-        g = desired.graph
-        conditions = [Condition("Accepted", True, "Valid", "spec is valid")]
-        conditions.append(_programmed(lb, desired, idx))
-        conditions.append(_backends_healthy(g))
-        conditions.append(_tls_ready(lb, g))
-        conditions.append(status.ready_condition(conditions))
-        return conditions
+    @staticmethod
+    def _conflicts(body: Any, idx: Indexes) -> dict[str, str]:
+        mine = resources.claim_of(body)
+        namespace = (body.get("metadata") or {}).get("namespace")
+        return resources.hostname_conflicts(mine, idx.claims.get(namespace) or [])
 
-    async def _write(self, body: Any, namespace: str, name: str, generation: int,
-                     previous: list[Any], conditions: list[Condition], counts: dict[str, int],
+    async def _write(self, key: Key, body: Any, generation: int, previous: list[Any],
+                     conditions: list[Condition], counts: dict[str, int],
                      address: str | None) -> None:
+        kind, namespace, name = key
         now = dt.datetime.now(dt.UTC)
         merged = status.merge_conditions(previous, conditions, generation, now)
         new_status: dict[str, Any] = {"observedGeneration": generation, "conditions": merged}
@@ -140,7 +144,7 @@ class Reconciler:
         old = body.get("status") or {}
         if all(old.get(k) == v for k, v in new_status.items()):
             return
-        await status.write_status("LoadBalancer", namespace, name, new_status)
+        await status.write_status(kind, namespace, name, new_status)
         before = {c.get("type"): (c.get("status"), c.get("message")) for c in previous}
         for c in conditions:
             if not c.status and c.type != "Ready" and before.get(c.type) != ("False", c.message):
@@ -149,17 +153,37 @@ class Reconciler:
                 kopf.event(body, type="Normal", reason="Ready", message=c.message)
 
 
-def _programmed(lb: LoadBalancer, desired: Desired, idx: Indexes) -> Condition:
-    instance = child_name("LoadBalancer", lb.name)
-    pods = list(idx.pods.get((lb.namespace, instance)) or [])
+def _conditions(owner: objects.Owner, replicas: int, desired: Desired,
+                idx: Indexes) -> list[Condition]:
+    g = desired.graph
+    conditions = [_accepted(g)]
+    conditions.append(_programmed(owner, replicas, desired, idx))
+    conditions.append(_backends_healthy(g))
+    conditions.append(_tls_ready(g))
+    conditions.append(status.ready_condition(conditions))
+    return conditions
+
+
+def _accepted(g: ProxyGraph) -> Condition:
+    """Valid, but parts refused (a hostname another ReverseProxy serves): False, and why."""
+    refused = [p for p in g.problems if p.condition == "Accepted"]
+    if refused:
+        return Condition("Accepted", False, refused[0].reason,
+                         "; ".join(p.message for p in refused))
+    return Condition("Accepted", True, "Valid", "spec is valid")
+
+
+def _programmed(owner: objects.Owner, replicas: int, desired: Desired,
+                idx: Indexes) -> Condition:
+    instance = child_name(owner.kind, owner.name)
+    pods = list(idx.pods.get((owner.namespace, instance)) or [])
     ready = sorted(pod for pod, is_ready in pods if is_ready)
     want = desired.rendered.config_hash
     if not ready:
         return Condition("Programmed", False, "NoReadyReplicas",
-                         f"0/{lb.proxy.replicas} proxy replicas are ready; config {want} "
+                         f"0/{replicas} proxy replicas are ready; config {want} "
                          "is waiting for them")
-    cm = idx.first(idx.configmaps, (lb.namespace, objects.agent_status_name(
-        loadbalancer_owner(lb))))
+    cm = idx.first(idx.configmaps, (owner.namespace, objects.agent_status_name(owner)))
     reports = {pod: parse_agent_report(text) for pod, text in (cm["data"] if cm else {}).items()}
     current = [p for p in ready if reports.get(p, {}).get("configHash") == want]
     if len(current) == len(ready):
@@ -198,7 +222,7 @@ def _backends_healthy(g: ProxyGraph) -> Condition:
                      f"{g.backends_ready}/{g.backends_total} endpoints are ready")
 
 
-def _tls_ready(lb: LoadBalancer, g: ProxyGraph) -> Condition:
+def _tls_ready(g: ProxyGraph) -> Condition:
     broken = [p for p in g.problems if p.condition == "TLSReady"]
     if broken:
         return Condition("TLSReady", False, broken[0].reason,

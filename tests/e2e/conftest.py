@@ -25,6 +25,7 @@ from tests.integration.conftest import control_plane, kube  # noqa: F401  (fixtu
 from tests.integration.operator_process import (
     OperatorProcess,
     create_lb,
+    create_obj,
     running_operator,
     wait_for,
 )
@@ -122,16 +123,17 @@ class Env:
     port: int = LISTENER_PORT
     proxy: ProxyStandIn | None = None
     cleanups: list[Callable[[], None]] = field(default_factory=list)
+    suffix: str = "lb"  # the children's suffix: "lb" (LoadBalancer) or "rp" (ReverseProxy)
 
     def pods(self, selector: str = "app=web") -> list[client.V1Pod]:
         return running_pods(self.kube, self.namespace, selector)
 
-    def sync_backends(self, replicas: int, timeout: float = 90.0, prune: bool = True
-                      ) -> dict[str, str]:
-        """Wait for `replicas` running web Pods; give new ones a namespace, drop gone
+    def sync_backends(self, replicas: int, timeout: float = 90.0, prune: bool = True,
+                      app: str = "web") -> dict[str, str]:
+        """Wait for `replicas` running Pods of `app`; give new ones a namespace, drop gone
         ones (unless `prune` is False: call prune() once the proxy stopped using them)."""
-        pods = wait_for(lambda: (p := self.pods()) and len(p) == replicas and p, timeout,
-                        f"{replicas} running web Pods")
+        pods = wait_for(lambda: (p := self.pods(f"app={app}")) and len(p) == replicas and p,
+                        timeout, f"{replicas} running {app} Pods")
         want = {p.metadata.name: p.status.pod_ip for p in pods}
         if prune:
             self.prune(want)
@@ -161,7 +163,7 @@ class Env:
 
     def start_proxy(self, lb: str = "web", timeout: float = 90.0) -> ProxyStandIn:
         core = client.CoreV1Api(self.kube)
-        name = f"{lb}-lb"
+        name = f"{lb}-{self.suffix}"
         wait_for(lambda: core.read_namespaced_config_map(name, self.namespace), timeout,
                  f"ConfigMap {name}")
         pod = wait_for(lambda: (p := running_pods(
@@ -203,6 +205,51 @@ def make_env(kube: client.ApiClient, cp: Any, log_dir: Path, replicas: int = 3, 
         env.close()
         raise
     return env
+
+
+def make_rp_env(kube: client.ApiClient, cp: Any, log_dir: Path,  # noqa: F811
+                apps: dict[str, int], body: dict[str, Any], backends: Backends | None = None,
+                before: Callable[[Env], None] | None = None) -> Env:
+    """A ReverseProxy `body` in its own namespace, with one Deployment + Service per app
+    (each kwok Pod's IP owned by a netns backend answering its Pod name)."""
+    namespace = new_namespace(kube)
+    core = client.CoreV1Api(kube)
+    env = Env(kube, cp, namespace, log_dir, backends or Backends(log_dir), suffix="rp")
+    env.cleanups.append(lambda: core.delete_namespace(namespace))
+    try:
+        env.backends.guard()
+        for app, replicas in apps.items():
+            sample_app(kube, namespace, app, replicas=replicas)
+        for app, replicas in apps.items():
+            env.sync_backends(replicas, prune=False, app=app)
+        if before is not None:
+            before(env)
+        create_obj(kube, namespace, body)
+        env.start_proxy(body["metadata"]["name"])
+    except BaseException:
+        env.close()
+        raise
+    return env
+
+
+@pytest.fixture
+def rp_env_factory(operator: OperatorProcess, kube: client.ApiClient,  # noqa: F811
+                   control_plane: Any, tmp_path: Path) -> Iterator[Callable[..., Env]]:  # noqa: F811
+    made: list[Env] = []
+
+    def factory(apps: dict[str, int], body: dict[str, Any], backends: Backends | None = None,
+                before: Callable[[Env], None] | None = None) -> Env:
+        env = make_rp_env(kube, control_plane, tmp_path, apps, body, backends, before)
+        made.append(env)
+        return env
+
+    try:
+        yield factory
+    finally:
+        for env in made:
+            if env.proxy is not None:
+                print(env.proxy.logs())
+            env.close()
 
 
 @pytest.fixture

@@ -104,19 +104,36 @@ def custom(kube: client.ApiClient) -> client.CustomObjectsApi:
     return client.CustomObjectsApi(kube)
 
 
-def get_lb(kube: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+PLURALS = {"LoadBalancer": "loadbalancers", "ReverseProxy": "reverseproxies"}
+
+
+def get_obj(kube: client.ApiClient, namespace: str, name: str,
+            plural: str = PLURAL) -> dict[str, Any]:
     obj: dict[str, Any] = custom(kube).get_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, name
+        GROUP, VERSION, namespace, plural, name
     )
     return obj
+
+
+def create_obj(kube: client.ApiClient, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Create a LoadBalancer or a ReverseProxy (by its kind) in `namespace`."""
+    body = {**body, "metadata": {**body["metadata"], "namespace": namespace}}
+    obj: dict[str, Any] = custom(kube).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURALS[body.get("kind", "LoadBalancer")], body
+    )
+    return obj
+
+
+def get_lb(kube: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    return get_obj(kube, namespace, name)
+
+
+def get_rp(kube: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    return get_obj(kube, namespace, name, "reverseproxies")
 
 
 def create_lb(kube: client.ApiClient, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-    body = {**body, "metadata": {**body["metadata"], "namespace": namespace}}
-    obj: dict[str, Any] = custom(kube).create_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, body
-    )
-    return obj
+    return create_obj(kube, namespace, body)
 
 
 def condition(lb: dict[str, Any], kind: str) -> dict[str, Any]:

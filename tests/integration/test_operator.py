@@ -17,11 +17,14 @@ from kubernetes import client
 
 from tests.integration.operator_process import (
     OPERATOR_NAMESPACE,
+    PLURALS,
     OperatorProcess,
     condition,
     create_lb,
+    create_obj,
     custom,
     get_lb,
+    get_obj,
     running_operator,
     wait_for,
 )
@@ -110,26 +113,36 @@ def report_as_agents(kube: client.ApiClient, namespace: str, name: str) -> None:
 def test_every_example_reconciles_into_owned_children(
         operator: OperatorProcess, kube: client.ApiClient, namespace: str) -> None:
     examples = sorted((REPO / "examples").glob("*.yaml"))
-    lbs = [d for p in examples for d in yaml.safe_load_all(p.read_text())
-           if d and d.get("kind") == "LoadBalancer"]
-    assert len(lbs) >= 4
-    for body in lbs:
-        created = create_lb(kube, namespace, body)
+    docs = [d for p in examples for d in yaml.safe_load_all(p.read_text())
+            if d and d.get("kind") in PLURALS]
+    assert sum(d["kind"] == "LoadBalancer" for d in docs) >= 4
+    assert sum(d["kind"] == "ReverseProxy" for d in docs) >= 2
+    for body in docs:
+        kind, suffix = body["kind"], "lb" if body["kind"] == "LoadBalancer" else "rp"
+        created = create_obj(kube, namespace, body)
         name, uid = created["metadata"]["name"], created["metadata"]["uid"]
         found = wait_for(lambda n=name: (c := children(kube, namespace, n)) and len(c) >= 8 and c,
-                         60, f"children of {name}")
+                         60, f"children of {kind} {name}")
         kinds = {key.split("/")[0] for key in found}
         assert set(CHILD_KINDS) <= kinds, kinds
+        assert f"Deployment/{name}-{suffix}" in found
         for obj in found.values():
             (ref,) = obj["metadata"]["ownerReferences"]
             assert (ref["kind"], ref["name"], ref["uid"], ref["controller"]) == (
-                "LoadBalancer", name, uid, True)
-        lb = wait_for(lambda n=name: condition(get_lb(kube, namespace, n), "Accepted"), 30,
-                      f"{name} status")
-        assert lb["status"] == "True"
-        if any(li.get("protocol") == "HTTPS" and not (li.get("tls") or {}).get("secretName")
-               for li in body["spec"]["listeners"]):
-            assert f"Secret/{name}-lb-tls" in found and f"Secret/{name}-lb-ca" in found
+                kind, name, uid, True)
+        accepted = wait_for(lambda n=name, p=PLURALS[kind]: condition(
+            get_obj(kube, namespace, n, p), "Accepted"), 30, f"{name} status")
+        assert accepted["status"] == "True", accepted
+        if _issues_certificate(body):
+            assert f"Secret/{name}-{suffix}-tls" in found and f"Secret/{name}-{suffix}-ca" in found
+
+
+def _issues_certificate(body: dict[str, Any]) -> bool:
+    spec = body["spec"]
+    if body["kind"] == "ReverseProxy":
+        return any("tls" in h and not h["tls"].get("secretName") for h in spec["hosts"])
+    return any(li.get("protocol") == "HTTPS" and not (li.get("tls") or {}).get("secretName")
+               for li in spec["listeners"])
 
 
 def test_spec_update_updates_children_and_delete_collects_them(

@@ -225,3 +225,183 @@ def valid_loadbalancers() -> st.SearchStrategy[Obj]:
         st.sampled_from(["default", "apps", "team-a"]),
         loadbalancer_specs(),
     )
+
+
+# ------------------------------------------------------------------ ReverseProxy
+
+PATH_REGEXES = ("/v[0-9]+/.*", "/static/.*\\.(css|js)", "/items/[0-9]{1,5}", "/it's/.*",
+                "/a b/[^/]+", "/(en|de)(/.*)?")
+HEADER_REGEXES = ("v[0-9]+", ".*canary.*", "(a|b)", "[^,]*")
+METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+RETRY_ON = ("connect-failure", "empty-response", "junk-response", "response-timeout",
+            "0rtt-rejected", "all-retryable-errors", "404", "408", "425", "500", "501",
+            "502", "503", "504")
+
+
+def http_paths() -> st.SearchStrategy[str]:
+    return st.from_regex(r"\A/[A-Za-z0-9._~!&()*+,;=:@%/?-]{0,30}\Z", fullmatch=True)
+
+
+def header_names() -> st.SearchStrategy[str]:
+    return st.from_regex(r"\A[A-Za-z0-9!#%&*+.^_|~-]{1,20}\Z", fullmatch=True)
+
+
+def header_values() -> st.SearchStrategy[str]:
+    """Printable text, with the characters haproxy.cfg treats specially."""
+    return st.text(st.one_of(st.characters(min_codepoint=32, max_codepoint=126),
+                             st.sampled_from("'\"\\$#% ")), max_size=24)
+
+
+@st.composite
+def route_match(draw: st.DrawFn) -> Obj:
+    match: Obj = {}
+    kind = draw(st.sampled_from(["Exact", "Prefix", "RegularExpression"]))
+    path: Obj = {}
+    if kind != "Prefix" or draw(st.booleans()):
+        path["type"] = kind
+    if kind == "RegularExpression":
+        path["value"] = draw(st.sampled_from(PATH_REGEXES))
+    else:
+        _maybe(draw, path, "value", http_paths())
+    if path or draw(st.booleans()):
+        match["path"] = path
+    headers = []
+    for name in draw(st.lists(header_names(), max_size=2)):
+        header: Obj = {"name": name}
+        if draw(st.booleans()):
+            header["type"] = "RegularExpression"
+            header["value"] = draw(st.sampled_from(HEADER_REGEXES))
+        else:
+            header["value"] = draw(header_values())
+        headers.append(header)
+    if headers:
+        match["headers"] = headers
+    _maybe(draw, match, "method", st.sampled_from(METHODS))
+    return match
+
+
+@st.composite
+def header_changes(draw: st.DrawFn) -> Obj:
+    out: Obj = {}
+    _maybe(draw, out, "set", st.dictionaries(header_names(), header_values(), max_size=3))
+    _maybe(draw, out, "add", st.dictionaries(header_names(), header_values(), max_size=3))
+    _maybe(draw, out, "remove", st.lists(header_names(), max_size=3, unique=True))
+    return out
+
+
+@st.composite
+def route(draw: st.DrawFn, name: str) -> Obj:
+    out: Obj = {"name": name}
+    _maybe(draw, out, "match", route_match())
+    if draw(st.integers(0, 4)) == 0:
+        redirect: Obj = {}
+        _maybe(draw, redirect, "scheme", st.sampled_from(["http", "https"]))
+        _maybe(draw, redirect, "hostname", dns_subdomains())
+        _maybe(draw, redirect, "path", http_paths())
+        if not redirect:
+            redirect["path"] = "/"
+        _maybe(draw, redirect, "statusCode", st.sampled_from([301, 302, 303, 307, 308]))
+        out["redirect"] = redirect
+        return out
+    ports = st.one_of(st.integers(1, 65535), short_labels())
+    pairs = draw(st.lists(st.tuples(short_labels(), ports), min_size=1, max_size=3,
+                          unique=True))
+    route_backends = []
+    for service, port in pairs:
+        backend: Obj = {"service": service, "port": port}
+        _maybe(draw, backend, "weight", st.integers(0, 256))
+        route_backends.append(backend)
+    if all(b.get("weight", 1) == 0 for b in route_backends):
+        route_backends[0]["weight"] = draw(st.integers(1, 256))
+    out["backends"] = route_backends
+    timeouts_: Obj = {}
+    _maybe(draw, timeouts_, "request", durations())
+    _maybe(draw, timeouts_, "server", durations())
+    if timeouts_:
+        out["timeouts"] = timeouts_
+    if draw(st.booleans()):
+        retries: Obj = {}
+        _maybe(draw, retries, "attempts", st.integers(1, 10))
+        _maybe(draw, retries, "retryOn", st.lists(st.sampled_from(RETRY_ON), max_size=4,
+                                                  unique=True))
+        out["retries"] = retries
+    _maybe(draw, out, "requestHeaders", header_changes())
+    _maybe(draw, out, "responseHeaders", header_changes())
+    path_type = ((out.get("match") or {}).get("path") or {}).get("type", "Prefix")
+    if path_type == "Prefix" and draw(st.booleans()):
+        out["rewrite"] = {"pathPrefix": draw(http_paths())}
+    return out
+
+
+@st.composite
+def reverseproxy_specs(draw: st.DrawFn) -> Obj:
+    """A valid ReverseProxy spec."""
+    count = draw(st.integers(1, 3))
+    names = draw(st.lists(short_labels(), min_size=count, max_size=count, unique=True))
+    ports = draw(st.lists(st.integers(1, 65535), min_size=count, max_size=count, unique=True))
+    protocols = draw(st.lists(st.sampled_from(["HTTP", "HTTPS"]), min_size=count,
+                              max_size=count))
+    has_https = "HTTPS" in protocols
+    listeners_ = []
+    for name, port, protocol in zip(names, ports, protocols, strict=True):
+        listener: Obj = {"name": name, "port": port}
+        if protocol == "HTTPS" or draw(st.booleans()):
+            listener["protocol"] = protocol
+        if protocol == "HTTP" and has_https:
+            _maybe(draw, listener, "redirectToHTTPS", st.booleans())
+        listeners_.append(listener)
+    hostnames = draw(st.lists(dns_names(), min_size=1, max_size=3, unique=True))
+    hosts = []
+    for i, hostname in enumerate(hostnames):
+        host: Obj = {"hostname": hostname}
+        if has_https and (i == 0 or draw(st.booleans())):
+            tls: Obj = {}
+            _maybe(draw, tls, "secretName", dns_subdomains())
+            host["tls"] = tls
+        route_names = draw(st.lists(short_labels(), min_size=1, max_size=3, unique=True))
+        host["routes"] = [draw(route(n)) for n in route_names]
+        hosts.append(host)
+    spec: Obj = {"listeners": listeners_, "hosts": hosts}
+    if draw(st.booleans()):
+        spec["defaultBackend"] = {"service": draw(short_labels()),
+                                  "port": draw(st.one_of(st.integers(1, 65535),
+                                                         short_labels()))}
+    if has_https and draw(st.booleans()):
+        hsts: Obj = {}
+        _maybe(draw, hsts, "maxAge", durations(2 * 365 * DAY_MS))
+        sub = draw(st.booleans())
+        if sub:
+            hsts["includeSubdomains"] = True
+            _maybe(draw, hsts, "preload", st.booleans())
+        spec["hsts"] = hsts
+    if draw(st.booleans()):
+        upstream: Obj = {}
+        _maybe(draw, upstream, "caSecretName", dns_subdomains())
+        _maybe(draw, upstream, "sni", dns_subdomains())
+        _maybe(draw, upstream, "verify", st.booleans())
+        spec["upstreamTLS"] = upstream
+    algorithm = draw(st.sampled_from(ALGORITHMS))
+    if algorithm != "roundrobin" or draw(st.booleans()):
+        spec["algorithm"] = algorithm
+    _maybe(draw, spec, "sessionPersistence", session_persistence(True))
+    _maybe(draw, spec, "healthCheck", health_check())
+    _maybe(draw, spec, "timeouts", timeouts())
+    if algorithm == "first" or draw(st.booleans()):
+        spec["limits"] = draw(limits(algorithm))
+    _maybe(draw, spec, "proxy", proxy())
+    return spec
+
+
+def valid_reverseproxies() -> st.SearchStrategy[Obj]:
+    """Whole ReverseProxy objects that the CRD and parse_reverseproxy both accept."""
+    return st.builds(
+        lambda name, namespace, spec: {
+            "apiVersion": API_VERSION,
+            "kind": "ReverseProxy",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+        },
+        dns_labels(50),
+        st.sampled_from(["default", "apps", "team-a"]),
+        reverseproxy_specs(),
+    )

@@ -1,10 +1,10 @@
 """The CRDs agree with the offline model, and reject what the API server must reject.
 
-Each invalid case in tests/cases/invalid-loadbalancers.yaml is checked twice: against
-the CRD as kube-apiserver applies it (tests/unit/schema_validator.py: defaulting,
-OpenAPI validation, list types, CEL rules) and against roundhouse.model.parse_loadbalancer,
-so that `kubectl apply` and `roundhouse render` refuse the same objects for the same
-field.
+Each invalid case in tests/cases/invalid-loadbalancers.yaml and
+invalid-reverseproxies.yaml is checked twice: against the CRD as kube-apiserver applies
+it (tests/unit/schema_validator.py: defaulting, OpenAPI validation, list types, CEL rules)
+and against roundhouse.model.parse_loadbalancer / parse_reverseproxy, so that `kubectl
+apply` and `roundhouse render` refuse the same objects for the same field.
 """
 
 from __future__ import annotations
@@ -22,7 +22,13 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from roundhouse.model import FieldError, LoadBalancer, SpecError, parse_loadbalancer
+from roundhouse.model import (
+    FieldError,
+    LoadBalancer,
+    SpecError,
+    parse_loadbalancer,
+    parse_reverseproxy,
+)
 from roundhouse.model.values import parse_duration_ms
 from tests.unit.schema_validator import (
     SchemaValidator,
@@ -33,7 +39,7 @@ from tests.unit.schema_validator import (
     load_crd,
     merge_patch,
 )
-from tests.unit.strategies import durations, valid_loadbalancers
+from tests.unit.strategies import durations, valid_loadbalancers, valid_reverseproxies
 
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = ROOT / "crds"
@@ -75,7 +81,10 @@ def _names_field(path: str, field: str) -> bool:
 
 def _parse_errors(obj: Obj) -> list[FieldError]:
     try:
-        parse_loadbalancer(obj)
+        if obj.get("kind") == "ReverseProxy":
+            parse_reverseproxy(obj)
+        else:
+            parse_loadbalancer(obj)
     except SpecError as exc:
         return exc.errors
     return []
@@ -260,7 +269,7 @@ def test_defaults_are_valid_where_they_are_declared(path: Path) -> None:
 
 
 def test_case_files_are_well_formed() -> None:
-    for doc, minimum in ((LB_CASES, 30), (RP_CASES, 10)):
+    for doc, minimum in ((LB_CASES, 30), (RP_CASES, 25)):
         names = [c["name"] for c in doc["cases"]]
         assert len(names) >= minimum
         assert len(set(names)) == len(names), "duplicate case names"
@@ -288,6 +297,16 @@ def test_base_loadbalancer_is_valid_for_schema_and_parser() -> None:
 
 def test_base_reverseproxy_is_valid() -> None:
     assert RP.validate(RP_CASES["base"]) == []
+    rp = parse_reverseproxy(RP_CASES["base"])
+    assert rp.name == "site"
+    assert parse_reverseproxy(RP.default(RP_CASES["base"])) == rp
+
+
+def test_every_reverseproxy_cel_rule_has_a_case() -> None:
+    messages = [c["message"] for c in RP_CASES["cases"]]
+    for where, rule in iter_rules(RP.schema):
+        assert any(m in rule["message"] for m in messages), \
+            f"no invalid case exercises {where}: {rule['message']}"
 
 
 @pytest.mark.parametrize("case", _case_params(LB_CASES["cases"]))
@@ -321,6 +340,14 @@ def test_invalid_reverseproxy_is_rejected_by_schema(case: Obj) -> None:
                for e in errors), \
         f"want {case['field']}: ...{case['message']}...; the API server would say:\n" \
         + _explain(errors)
+
+
+@pytest.mark.parametrize("case", _case_params(RP_CASES["cases"]))
+def test_invalid_reverseproxy_is_rejected_by_parser(case: Obj) -> None:
+    obj = merge_patch(RP_CASES["base"], case["patch"])
+    errors = _parse_errors(obj)
+    assert any(_names_field(e.path, case["field"]) for e in errors), \
+        f"want an error at {case['field']}; parse_reverseproxy says:\n" + _explain(errors)
 
 
 # ------------------------------------------------------------------ the validator itself
@@ -525,6 +552,8 @@ def test_example_passes_the_schema(doc: Obj) -> None:
     assert VALIDATORS[doc["kind"]].validate(doc) == []
     if doc["kind"] == "LoadBalancer":
         parse_loadbalancer(doc)
+    else:
+        parse_reverseproxy(doc)
 
 
 # ------------------------------------------------------------------ random valid objects
@@ -537,6 +566,15 @@ def test_random_valid_loadbalancers_pass_schema_and_parser(obj: Obj) -> None:
     assert LB.validate(obj) == []
     lb = parse_loadbalancer(obj)
     assert parse_loadbalancer(LB.default(obj)) == lb
+
+
+@settings(max_examples=150, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(valid_reverseproxies())
+def test_random_valid_reverseproxies_pass_schema_and_parser(obj: Obj) -> None:
+    assert RP.validate(obj) == []
+    rp = parse_reverseproxy(obj)
+    assert parse_reverseproxy(RP.default(obj)) == rp
 
 
 def test_apply_defaults_is_idempotent() -> None:

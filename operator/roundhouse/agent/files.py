@@ -3,7 +3,7 @@
     <runtime_dir>/haproxy.cfg         the config HAProxy runs (and restarts with)
     <runtime_dir>/servers.json        the server-state document that goes with it
     <runtime_dir>/agent-state.json    what the agent last applied (config + cert digests)
-    <runtime_dir>/certs/<file>        PEM bundles: tls.crt + tls.key, mode 0600
+    <runtime_dir>/certs/<file>        PEM bundles: tls.crt + tls.key (or a ca.crt), mode 0600
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ STATE = "agent-state.json"
 CERTS = "certs"
 
 _CERT_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.pem$")
-_CRT_BASE = re.compile(r"^(\s*crt-base\s+)(\S+)(.*)$", re.MULTILINE)
+# crt-base and ca-base: the check copy reads staged certificates and CA bundles.
+_CRT_BASE = re.compile(r"^(\s*(?:crt|ca)-base\s+)(\S+)(.*)$", re.MULTILINE)
 
 
 def check_cert_file_name(name: str) -> str:

@@ -1,7 +1,8 @@
 """Kubernetes side of the agent: watch our ConfigMap, read our Secrets, report status.
 
 Only what the agent's Role allows: list/watch of one ConfigMap by name (a
-fieldSelector on metadata.name), get of the TLS Secrets named in servers.json, and
+fieldSelector on metadata.name), get of the Secrets named in servers.json (serving
+certificates: tls.crt + tls.key; kind "ca": the ca.crt that verifies upstream servers), and
 a merge patch of `data.<pod name>` in the status ConfigMap.
 """
 
@@ -64,6 +65,11 @@ def secret_fingerprint(crt: bytes, key: bytes) -> str:
     return hashlib.sha256(crt + b"\0" + key).hexdigest()[:32]
 
 
+def ca_fingerprint(ca: bytes) -> str:
+    """Same digest as the operator's (model.cluster.ca_fingerprint)."""
+    return hashlib.sha256(b"ca\0" + ca).hexdigest()[:32]
+
+
 class Source:
     def __init__(self, api: KubeAPI, namespace: str, configmap: str, status_configmap: str | None,
                  pod_name: str, *, resync_seconds: float = 300.0, watch_timeout: int = 60) -> None:
@@ -104,7 +110,13 @@ class Source:
                 check_cert_file_name(file)
             except ValueError as err:
                 raise SourceError(f"{SERVERS_KEY}: {err}") from err
-            certs[file] = self._pem(secret, entry.get("fingerprint"))
+            kind = entry.get("kind", "pair")
+            if kind == "ca":
+                certs[file] = self._ca(secret, entry.get("fingerprint"))
+            elif kind == "pair":
+                certs[file] = self._pem(secret, entry.get("fingerprint"))
+            else:
+                raise SourceError(f"{SERVERS_KEY}: certificate {file}: unknown kind {kind!r}")
         return DesiredState(config, servers, certs)
 
     def _pem(self, secret: str, fingerprint: object) -> str:
@@ -125,6 +137,23 @@ class Source:
             log.info("Secret %s changed since the configuration was rendered; using its "
                      "current content", secret)
         return pem_bundle(crt, key)
+
+    def _ca(self, secret: str, fingerprint: object) -> str:
+        """The ca.crt of a Secret (any type): CA certificates, no key."""
+        try:
+            obj = self.api.read_secret(self.namespace, secret)
+        except NotFound as err:
+            raise SourceError(f"Secret {secret} not found") from err
+        try:
+            ca = base64.b64decode((obj.get("data") or {}).get("ca.crt") or "", validate=True)
+        except (binascii.Error, ValueError) as err:
+            raise SourceError(f"Secret {secret}: ca.crt is not base64") from err
+        if b"BEGIN CERTIFICATE" not in ca or b"PRIVATE KEY" in ca:
+            raise SourceError(f"Secret {secret} has no usable ca.crt")
+        if fingerprint and ca_fingerprint(ca) != fingerprint:
+            log.info("Secret %s changed since the configuration was rendered; using its "
+                     "current ca.crt", secret)
+        return ca.decode().strip() + "\n"
 
     def fetch(self) -> DesiredState:
         """One-shot (the init container): the ConfigMap and its Secrets, now."""

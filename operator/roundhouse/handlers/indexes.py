@@ -13,6 +13,7 @@ from typing import Any
 import kopf
 
 from roundhouse.model.cluster import parse_endpoint_slice, parse_service, parse_tls_secret
+from roundhouse.resources import claim_of
 
 MANAGED = {"app.kubernetes.io/managed-by": "roundhouse"}
 
@@ -29,7 +30,9 @@ def rh_slices(namespace: str, body: kopf.Body, **_: Any) -> Any:
 
 
 def _is_tls_secret(body: kopf.Body, **_: Any) -> bool:
-    return body.get("type") == "kubernetes.io/tls" or "tls.crt" in (body.get("data") or {})
+    """Serving certificates, and CA bundles (ca.crt) that verify upstream backends."""
+    data = body.get("data") or {}
+    return body.get("type") == "kubernetes.io/tls" or "tls.crt" in data or "ca.crt" in data
 
 
 @kopf.index("secrets", when=_is_tls_secret)
@@ -72,15 +75,54 @@ def rh_loadbalancers(namespace: str, name: str, body: kopf.Body, **_: Any) -> An
     return {(namespace, name): dict(body)}
 
 
+@kopf.index("roundhouse.dev", "v1alpha1", "reverseproxies")
+def rh_reverseproxies(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
+    return {(namespace, name): dict(body)}
+
+
+@kopf.index("roundhouse.dev", "v1alpha1", "reverseproxies")
+def rh_rp_claims(namespace: str, body: kopf.Body, **_: Any) -> Any:
+    """Which (hostname, port) pairs each ReverseProxy of a namespace claims: conflicts."""
+    return {namespace: claim_of(body)}
+
+
 @kopf.index("roundhouse.dev", "v1alpha1", "loadbalancers")
 def rh_lb_refs(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> Any:
     """Which LoadBalancers refer to which Service / Secret, for level-based re-reconciles."""
-    refs: dict[tuple[str, str, str], str] = {}
+    refs: dict[tuple[str, str, str], tuple[str, str]] = {}
     for backend in spec.get("backends") or []:
         if isinstance(backend, dict) and backend.get("service"):
-            refs[("Service", namespace, str(backend["service"]))] = name
+            refs[("Service", namespace, str(backend["service"]))] = ("LoadBalancer", name)
     for listener in spec.get("listeners") or []:
         secret = ((listener or {}).get("tls") or {}).get("secretName")
         if secret:
-            refs[("Secret", namespace, str(secret))] = name
+            refs[("Secret", namespace, str(secret))] = ("LoadBalancer", name)
+    return refs or None
+
+
+@kopf.index("roundhouse.dev", "v1alpha1", "reverseproxies")
+def rh_rp_refs(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> Any:
+    """The same for ReverseProxies: route and default backends, host and CA Secrets.
+
+    Read from the raw spec, so a ReverseProxy that is invalid now still recovers
+    when the Service it names appears.
+    """
+    refs: dict[tuple[str, str, str], tuple[str, str]] = {}
+    me = ("ReverseProxy", name)
+    default = spec.get("defaultBackend") or {}
+    if isinstance(default, dict) and default.get("service"):
+        refs[("Service", namespace, str(default["service"]))] = me
+    for host in spec.get("hosts") or []:
+        if not isinstance(host, dict):
+            continue
+        secret = (host.get("tls") or {}).get("secretName")
+        if secret:
+            refs[("Secret", namespace, str(secret))] = me
+        for route in host.get("routes") or []:
+            for backend in (route or {}).get("backends") or []:
+                if isinstance(backend, dict) and backend.get("service"):
+                    refs[("Service", namespace, str(backend["service"]))] = me
+    ca = (spec.get("upstreamTLS") or {}).get("caSecretName")
+    if ca:
+        refs[("Secret", namespace, str(ca))] = me
     return refs or None

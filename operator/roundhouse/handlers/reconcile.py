@@ -1,4 +1,8 @@
-"""kopf handlers for LoadBalancer: reconcile on create/update/resume and on a resync timer."""
+"""kopf handlers for both kinds: reconcile on create/update/resume and on a resync timer.
+
+One set of functions, registered per kind: a LoadBalancer and a ReverseProxy are
+reconciled the same way (see reconciler.py).
+"""
 
 from __future__ import annotations
 
@@ -8,34 +12,44 @@ from typing import Any
 
 import kopf
 
+from roundhouse import API_GROUP, API_VERSION
 from roundhouse.handlers.state import RECONCILER
 from roundhouse.reconciler import RETRY_DELAY, Indexes
+from roundhouse.resources import KINDS
 
 log = logging.getLogger(__name__)
 RESYNC_SECONDS = 300
-LB = ("roundhouse.dev", "v1alpha1", "loadbalancers")
 
 
-@kopf.on.resume(*LB)
-@kopf.on.create(*LB)
-@kopf.on.update(*LB)
-async def reconcile_loadbalancer(body: kopf.Body, **kwargs: Any) -> None:
-    waiting = await RECONCILER.reconcile(body, Indexes.from_kwargs(kwargs))
-    if waiting:
-        raise kopf.TemporaryError("waiting for: " + "; ".join(waiting), delay=RETRY_DELAY)
+def _register(kind: str, plural: str) -> None:
+    resource = (API_GROUP, API_VERSION, plural)
+
+    # Explicit ids: the default (the qualified name) has "<locals>" in it, which is
+    # not valid in the annotation keys kopf keeps its progress in.
+    @kopf.on.resume(*resource, id="reconcile")
+    @kopf.on.create(*resource, id="reconcile")
+    @kopf.on.update(*resource, id="reconcile")
+    async def reconcile(body: kopf.Body, **kwargs: Any) -> None:
+        waiting = await RECONCILER.reconcile(kind, body, Indexes.from_kwargs(kwargs))
+        if waiting:
+            raise kopf.TemporaryError("waiting for: " + "; ".join(waiting), delay=RETRY_DELAY)
+
+    @kopf.timer(*resource, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS,
+                id="resync")
+    async def resync(body: kopf.Body, **kwargs: Any) -> None:
+        """Repairs drift (a deleted child, a hand-edited ConfigMap), renews certificates."""
+        meta = body["metadata"]
+        RECONCILER.last_applied.pop((kind, meta["namespace"], meta["name"]), None)
+        # An invalid spec was already reported in status by the create/update handler.
+        with contextlib.suppress(kopf.PermanentError):
+            await RECONCILER.reconcile(kind, body, Indexes.from_kwargs(kwargs))
+
+    @kopf.on.delete(*resource, optional=True, id="forget")
+    async def forget(namespace: str, name: str, **_: Any) -> None:
+        # Children carry owner references: the garbage collector deletes them.
+        RECONCILER.forget(kind, namespace, name)
+        log.info("%s %s/%s deleted; its children are garbage-collected", kind, namespace, name)
 
 
-@kopf.timer(*LB, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
-async def resync_loadbalancer(body: kopf.Body, **kwargs: Any) -> None:
-    """Repairs drift (a deleted child, a hand-edited ConfigMap) and renews certificates."""
-    RECONCILER.last_applied.pop((body["metadata"]["namespace"], body["metadata"]["name"]), None)
-    # An invalid spec was already reported in status by the create/update handler.
-    with contextlib.suppress(kopf.PermanentError):
-        await RECONCILER.reconcile(body, Indexes.from_kwargs(kwargs))
-
-
-@kopf.on.delete(*LB, optional=True)
-async def forget_loadbalancer(namespace: str, name: str, **_: Any) -> None:
-    # Children carry owner references: the garbage collector deletes them.
-    RECONCILER.forget(namespace, name)
-    log.info("LoadBalancer %s/%s deleted; its children are garbage-collected", namespace, name)
+for _kind, _plural in KINDS.items():
+    _register(_kind, _plural)

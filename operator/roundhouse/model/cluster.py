@@ -66,6 +66,9 @@ class TLSSecret:
     has_cert: bool
     has_key: bool
     fingerprint: str  # sha256 of tls.crt + tls.key: changes on rotation, reveals nothing
+    # ca.crt (any Secret type): a CA bundle that verifies upstream servers (upstreamTLS).
+    has_ca: bool = False
+    ca_fingerprint: str = ""  # sha256 of ca.crt, same scheme as the agent's ca_fingerprint
 
     @property
     def usable(self) -> bool:
@@ -115,12 +118,19 @@ def parse_endpoint_slice(obj: dict[str, Any]) -> EndpointSlice | None:
 
 
 def parse_tls_secret(obj: dict[str, Any]) -> TLSSecret:
+    """A serving pair (tls.crt + tls.key), a CA bundle (ca.crt), or both."""
     data = obj.get("data") or {}
     crt = _decode(data.get("tls.crt"))
     key = _decode(data.get("tls.key"))
+    ca = _decode(data.get("ca.crt"))
     digest = hashlib.sha256(crt + b"\0" + key).hexdigest()[:32]
     return TLSSecret(str(obj["metadata"]["name"]), b"BEGIN CERTIFICATE" in crt,
-                     b"PRIVATE KEY" in key, digest)
+                     b"PRIVATE KEY" in key, digest, has_ca=b"BEGIN CERTIFICATE" in ca,
+                     ca_fingerprint=ca_fingerprint(ca) if ca else "")
+
+
+def ca_fingerprint(ca: bytes) -> str:
+    return hashlib.sha256(b"ca\0" + ca).hexdigest()[:32]
 
 
 def _decode(value: Any) -> bytes:

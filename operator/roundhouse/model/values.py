@@ -31,3 +31,8 @@ def format_duration_ms(ms: int) -> str:
         if ms % factor == 0 and ms >= factor:
             return f"{ms // factor}{unit}"
     return f"{ms}ms"
+
+# RFC 7230 header field names (tokens) and values without control characters: what the
+# CRD allows, and nothing that could end a haproxy.cfg line.
+HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!#%&*+.^_|~-]+$")
+HEADER_VALUE_RE = re.compile(r"^[^\x00-\x1f\x7f]*$")

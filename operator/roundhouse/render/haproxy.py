@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
 import jinja2
 
-from roundhouse.graph import DRAIN, MAINT, ProxyGraph, Server
+from roundhouse.graph import DRAIN, MAINT, Pool, ProxyGraph, RedirectRule, RouteRule, Server
 from roundhouse.model.values import format_duration_ms
 
 STATUS_PORT = 8404
@@ -68,6 +69,99 @@ def _masked_server_line(server: Server) -> str:
     return f"server {server.slot}"
 
 
+_BARE = re.compile(r"^[A-Za-z0-9._~/:@+,()=-]+$")
+
+
+def quote(value: str) -> str:
+    """One haproxy.cfg word: bare when plain, else quoted so nothing is interpreted.
+
+    Single quotes are literal in haproxy.cfg; a value holding one is double-quoted with
+    the characters HAProxy interprets there escaped (backslash, quote, '$').
+    """
+    if _BARE.match(value):
+        return value
+    if "'" not in value:
+        return f"'{value}'"
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
+    return f'"{escaped}"'
+
+
+def log_format_literal(value: str) -> str:
+    """A literal inside a log-format string (header values, redirect targets)."""
+    return value.replace("%", "%%")
+
+
+def header_value(value: str) -> str:
+    """A header value as one log-format word; an empty one as an empty expression
+    (an empty quoted word would be no argument at all)."""
+    return quote(log_format_literal(value)) if value else "%[str()]"
+
+
+def _full_match(pattern: str) -> str:
+    return quote(f"^(?:{pattern})$")
+
+
+def route_conditions(rule: RouteRule) -> str:
+    """The ACL terms (after the host's) of a route rule, each with a leading space."""
+    terms = []
+    if rule.path_type == "Exact":
+        terms.append(f"{{ path -m str {quote(rule.path)} }}")
+    elif rule.path_type == "Prefix" and rule.path:
+        terms.append(f"{rule.id}_path")  # two named ACL lines: the prefix, or prefix + "/"
+    elif rule.path_type == "RegularExpression":
+        terms.append(f"{{ path -m reg {_full_match(rule.path)} }}")
+    if rule.method:
+        terms.append(f"{{ method {rule.method} }}")
+    for h in rule.headers:
+        # req.fhdr: the whole header line, not split at commas.
+        fetch = quote(f"req.fhdr({h.name})")
+        if h.type == "RegularExpression":
+            terms.append(f"{{ {fetch} -m reg {_full_match(h.value)} }}")
+        elif h.value:
+            terms.append(f"{{ {fetch} -m str {quote(h.value)} }}")
+        else:
+            terms.append(f"{{ {fetch} -m len 0 }}")
+    return "".join(f" {t}" for t in terms)
+
+
+def redirect_location(r: RedirectRule) -> str:
+    """The log-format Location of a redirect route; routing.redirect_location mirrors it."""
+    if r.hostname:
+        authority = r.hostname
+    elif r.strip_port:
+        authority = "%[req.hdr(host),field(1,:)]" + (f":{r.port}" if r.port else "")
+    else:
+        authority = "%[req.hdr(host)]"
+    # pathq: path and query; regsub keeps only the query ("?..." or nothing).
+    target = (log_format_literal(r.path) + "%[pathq,regsub(^[^?]*,)]") if r.path \
+        else "%[pathq]"
+    return quote(f"{r.scheme}://{authority}{target}")
+
+
+# The CRD's retryOn names -> HAProxy retry-on keywords (only this one differs).
+_RETRY_ON = {"connect-failure": "conn-failure"}
+
+
+def retry_on(keywords: tuple[str, ...]) -> str:
+    return " ".join(_RETRY_ON.get(k, k) for k in keywords)
+
+
+def upstream_tls(pool: Pool) -> str:
+    """default-server options for TLS to the servers: verified unless verify is false."""
+    u = pool.upstream_tls
+    if u is None:
+        return ""
+    if u.verify:
+        out = f" ssl verify required ca-file {u.ca_file or '@system-ca'}"
+    else:
+        out = " ssl verify none"
+    if u.sni:
+        out += f" sni str({u.sni})"
+    if pool.health_check:
+        out += " check-ssl" + (f" check-sni {u.sni}" if u.sni else "")
+    return out
+
+
 @cache
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(
@@ -87,6 +181,14 @@ def _render(graph: ProxyGraph, options: RenderOptions, *, masked: bool) -> str:
         stats_port=status_port(graph),
         stick_max_ms=STICK_TABLE_MAX_MS,
         server_line=_masked_server_line if masked else server_line,
+        q=quote,
+        lf=log_format_literal,
+        re_escape=re.escape,
+        conditions=route_conditions,
+        location=redirect_location,
+        upstream_tls=upstream_tls,
+        retry_on=retry_on,
+        hv=header_value,
     )
 
 
@@ -125,7 +227,9 @@ def _server_state(graph: ProxyGraph, config_hash: str, structure_hash: str) -> d
             for p in graph.pools
         },
         "certificates": [
+            # "kind" only when not a serving pair: LoadBalancer documents stay unchanged.
             {"file": c.file, "secret": c.secret, "fingerprint": c.fingerprint}
+            | ({"kind": c.kind} if c.kind != "pair" else {})
             for c in graph.certificates
         ],
     }

@@ -1,0 +1,185 @@
+"""The spec blocks both kinds share: backends, persistence, health checks, timeouts,
+limits and the proxy settings, with their parsers. Mirrors the shared blocks of
+crds/generate.py (one source for both CRDs), so both kinds validate them alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from roundhouse.model.errors import FieldError
+from roundhouse.model.reader import Reader
+from roundhouse.model.values import DNS_LABEL_RE, HOST_NAME_RE, HTTP_PATH_RE
+
+ALGORITHMS = ("roundrobin", "leastconn", "source", "random", "first")
+PERSISTENCE_TYPES = ("Cookie", "SourceIP")
+HEALTH_CHECK_TYPES = ("TCP", "HTTP")
+SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
+COOKIE_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+@dataclass(frozen=True)
+class Backend:
+    service: str
+    port: int | str  # a Service port number or name
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class SessionPersistence:
+    type: str
+    cookie_name: str = "RH_SESSION"
+    max_age_ms: int = 3_600_000
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    type: str
+    path: str = "/"
+    host: str | None = None
+    expect_status: int = 200
+    interval_ms: int = 2000
+    timeout_ms: int = 1000
+    rise: int = 2
+    fall: int = 3
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect_ms: int = 5000
+    client_ms: int = 50_000
+    server_ms: int = 50_000
+    queue_ms: int = 30_000
+    tunnel_ms: int = 3_600_000
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_connections: int = 10_000
+    max_connections_per_server: int = 0  # 0: unlimited, no queueing
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    replicas: int = 2
+    service_type: str = "LoadBalancer"
+    resources: dict[str, Any] = field(default_factory=dict)
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: tuple[dict[str, Any], ...] = ()
+
+
+def required_value(r: Reader, key: str = "port") -> int:
+    r.error(key, "Required value")
+    return 0
+
+
+def parse_backend(r: Reader) -> Backend:
+    service = r.string("service", required=True)
+    if r.has("service") and not DNS_LABEL_RE.match(service):
+        r.error("service", f"{service!r} is not a valid Service name")
+    port: int | str = 0
+    raw = r.raw("port")
+    if raw is None:
+        r.error("port", "Required value")
+    elif isinstance(raw, bool) or not isinstance(raw, int | str):
+        r.error("port", "must be a port number or a port name")
+    elif isinstance(raw, int) and not 1 <= raw <= 65535:
+        r.error("port", f"must be between 1 and 65535, got {raw}")
+    elif isinstance(raw, str) and not DNS_LABEL_RE.match(raw):
+        r.error("port", f"port name {raw!r} must be a lowercase DNS label")
+    else:
+        port = raw
+    return Backend(service, port, r.integer("weight", 1, minimum=0, maximum=256))
+
+
+def parse_persistence(r: Reader) -> SessionPersistence:
+    kind = r.enum("type", PERSISTENCE_TYPES, "Cookie")
+    cookie = r.string("cookieName", "RH_SESSION")
+    if not cookie or len(cookie) > 64 or not set(cookie) <= COOKIE_NAME_CHARS:
+        r.error("cookieName", f"{cookie!r} must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'")
+    if kind != "Cookie" and r.has("cookieName"):
+        r.error("cookieName", "is only allowed when type is Cookie")
+    return SessionPersistence(kind, cookie, r.duration_ms("maxAge", "1h",
+                                                          maximum_ms=30 * 86_400_000))
+
+
+def parse_health_check(r: Reader) -> HealthCheck:
+    kind = r.enum("type", HEALTH_CHECK_TYPES, "TCP")
+    path = r.string("path", "/")
+    if not HTTP_PATH_RE.match(path):
+        r.error("path", f"{path!r} must start with '/' and use only URL path characters "
+                "(no spaces, quotes, '#', '\\' or '$')")
+    host = r.string("host") or None
+    if r.has("host") and not HOST_NAME_RE.match(host or ""):
+        r.error("host", f"{host!r} is not a valid host name")
+    if kind == "TCP":
+        for key in ("path", "host", "expectStatus"):
+            if r.has(key):
+                r.error(key, "is only allowed when type is HTTP")
+    return HealthCheck(
+        type=kind,
+        path=path,
+        host=host,
+        expect_status=r.integer("expectStatus", 200, minimum=100, maximum=599),
+        interval_ms=r.duration_ms("interval", "2s"),
+        timeout_ms=r.duration_ms("timeout", "1s"),
+        rise=r.integer("rise", 2, minimum=1, maximum=100),
+        fall=r.integer("fall", 3, minimum=1, maximum=100),
+    )
+
+
+def parse_timeouts(r: Reader) -> Timeouts:
+    return Timeouts(
+        connect_ms=r.duration_ms("connect", "5s"),
+        client_ms=r.duration_ms("client", "50s"),
+        server_ms=r.duration_ms("server", "50s"),
+        queue_ms=r.duration_ms("queue", "30s"),
+        tunnel_ms=r.duration_ms("tunnel", "1h"),
+    )
+
+
+def parse_limits(r: Reader) -> Limits:
+    return Limits(
+        max_connections=r.integer("maxConnections", 10_000, minimum=1, maximum=1_000_000),
+        max_connections_per_server=r.integer("maxConnectionsPerServer", 0, minimum=0,
+                                             maximum=100_000),
+    )
+
+
+def parse_proxy(r: Reader) -> ProxySettings:
+    resources = r.raw("resources") or {}
+    if not isinstance(resources, dict):
+        r.error("resources", "must be an object with requests/limits")
+        resources = {}
+    tolerations = r.raw("tolerations") or []
+    if not isinstance(tolerations, list) or not all(isinstance(t, dict) for t in tolerations):
+        r.error("tolerations", "must be a list of tolerations")
+        tolerations = []
+    return ProxySettings(
+        replicas=r.integer("replicas", 2, minimum=1, maximum=50),
+        service_type=r.enum("serviceType", SERVICE_TYPES, "LoadBalancer"),
+        resources=resources,
+        node_selector=r.string_map("nodeSelector"),
+        tolerations=tuple(tolerations),
+    )
+
+
+def check_name(meta: dict[str, Any], suffix: str, errors: list[FieldError]) -> str:
+    """metadata.name: children are named <name>-<suffix>, so it must leave room."""
+    name = str(meta.get("name") or "")
+    if not DNS_LABEL_RE.match(name) or len(name) > 50:
+        errors.append(FieldError("metadata.name", "must be a DNS label of at most 50 characters "
+                                 f"(children are named <name>-{suffix})"))
+    return name
+
+
+def limits_rules(algorithm: str, limits: Limits, errors: list[FieldError]) -> None:
+    """The CEL rules on algorithm and limits, in the CRD's words."""
+    if algorithm == "first" and limits.max_connections_per_server == 0:
+        errors.append(FieldError("spec.limits.maxConnectionsPerServer",
+                                 "must be set above 0 when algorithm is 'first' "
+                                 "(it fills each server up to this limit)"))
+    if limits.max_connections_per_server > limits.max_connections:
+        errors.append(FieldError("spec.limits.maxConnectionsPerServer",
+                                 "must not exceed spec.limits.maxConnections"))

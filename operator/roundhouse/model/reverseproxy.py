@@ -1,0 +1,497 @@
+"""The ReverseProxy spec: typed, defaulted, validated. Mirrors crds/reverseproxies.yaml.
+
+Every rule of the CRD (OpenAPI schema, list-map keys and CEL rules) is checked here with
+the field path the API server names, so `roundhouse render` refuses the same objects.
+One rule is stricter than the CRD, which cannot compile a regular expression: a
+RegularExpression path or header match that Python's `re` cannot compile is refused
+here (spec.hosts[i].routes[j].match...value), rather than breaking the HAProxy config.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from roundhouse.model.common import (
+    ALGORITHMS,
+    Backend,
+    HealthCheck,
+    Limits,
+    ProxySettings,
+    SessionPersistence,
+    Timeouts,
+    check_name,
+    limits_rules,
+    parse_backend,
+    parse_health_check,
+    parse_limits,
+    parse_persistence,
+    parse_proxy,
+    parse_timeouts,
+    required_value,
+)
+from roundhouse.model.errors import FieldError, SpecError
+from roundhouse.model.loadbalancer import Listener
+from roundhouse.model.reader import Reader
+from roundhouse.model.values import (
+    DNS_LABEL_RE,
+    DNS_NAME_RE,
+    HEADER_NAME_RE,
+    HEADER_VALUE_RE,
+    HOST_NAME_RE,
+    HTTP_PATH_RE,
+)
+
+RP_PROTOCOLS = ("HTTP", "HTTPS")
+PATH_TYPES = ("Exact", "Prefix", "RegularExpression")
+HEADER_MATCH_TYPES = ("Exact", "RegularExpression")
+METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+RETRY_ON = ("connect-failure", "empty-response", "junk-response", "response-timeout",
+            "0rtt-rejected", "all-retryable-errors", "404", "408", "425", "500", "501",
+            "502", "503", "504")
+REDIRECT_SCHEMES = ("http", "https")
+REDIRECT_CODES = (301, 302, 303, 307, 308)
+HSTS_MAX_MS = 2 * 365 * 86_400_000
+
+
+@dataclass(frozen=True)
+class PathMatch:
+    type: str = "Prefix"  # Exact | Prefix (whole segments) | RegularExpression (full match)
+    value: str = "/"
+
+
+@dataclass(frozen=True)
+class HeaderMatch:
+    name: str
+    value: str
+    type: str = "Exact"  # Exact | RegularExpression (full match)
+
+
+@dataclass(frozen=True)
+class RouteMatch:
+    path: PathMatch = field(default_factory=PathMatch)
+    headers: tuple[HeaderMatch, ...] = ()
+    method: str | None = None
+
+
+@dataclass(frozen=True)
+class RouteTimeouts:
+    request_ms: int | None = None
+    server_ms: int | None = None  # None: spec.timeouts.server
+
+
+@dataclass(frozen=True)
+class Retries:
+    attempts: int = 3
+    retry_on: tuple[str, ...] = ("connect-failure",)
+
+
+@dataclass(frozen=True)
+class HeaderChanges:
+    set: tuple[tuple[str, str], ...] = ()  # (name, value), sorted by name
+    add: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.set or self.add or self.remove)
+
+
+@dataclass(frozen=True)
+class Redirect:
+    scheme: str | None = None
+    hostname: str | None = None
+    path: str | None = None
+    status_code: int = 302
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    match: RouteMatch = field(default_factory=RouteMatch)
+    backends: tuple[Backend, ...] = ()
+    redirect: Redirect | None = None
+    timeouts: RouteTimeouts = field(default_factory=RouteTimeouts)
+    retries: Retries | None = None
+    request_headers: HeaderChanges = field(default_factory=HeaderChanges)
+    response_headers: HeaderChanges = field(default_factory=HeaderChanges)
+    rewrite_path_prefix: str | None = None
+
+
+@dataclass(frozen=True)
+class HostTLS:
+    secret_name: str | None = None  # None: covered by the operator-issued certificate
+
+    @property
+    def issued(self) -> bool:
+        return self.secret_name is None
+
+
+@dataclass(frozen=True)
+class Host:
+    hostname: str  # exact, or a wildcard "*.example.com" (one or more labels in front)
+    routes: tuple[Route, ...]
+    tls: HostTLS | None = None
+
+    @property
+    def wildcard(self) -> bool:
+        return self.hostname.startswith("*.")
+
+
+@dataclass(frozen=True)
+class UpstreamTLS:
+    ca_secret_name: str | None = None  # None: the system CAs
+    sni: str | None = None
+    verify: bool = True
+
+
+@dataclass(frozen=True)
+class HSTS:
+    max_age_ms: int = 8760 * 3_600_000
+    include_subdomains: bool = False
+    preload: bool = False
+
+    def header(self) -> str:
+        value = f"max-age={self.max_age_ms // 1000}"
+        if self.include_subdomains:
+            value += "; includeSubDomains"
+        if self.preload:
+            value += "; preload"
+        return value
+
+
+@dataclass(frozen=True)
+class ReverseProxy:
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+    listeners: tuple[Listener, ...]
+    hosts: tuple[Host, ...]
+    default_backend: Backend | None = None
+    upstream_tls: UpstreamTLS | None = None
+    hsts: HSTS | None = None
+    algorithm: str = "roundrobin"
+    session_persistence: SessionPersistence | None = None
+    health_check: HealthCheck | None = None
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    limits: Limits = field(default_factory=Limits)
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+
+    def service_refs(self) -> set[str]:
+        """Every Service a route or the default backend names."""
+        refs = {be.service for h in self.hosts for r in h.routes for be in r.backends}
+        if self.default_backend:
+            refs.add(self.default_backend.service)
+        return refs
+
+    def secret_refs(self) -> set[str]:
+        """User Secrets: host certificates and the upstream CA (not the issued one)."""
+        refs = {h.tls.secret_name for h in self.hosts if h.tls and h.tls.secret_name}
+        if self.upstream_tls and self.upstream_tls.ca_secret_name:
+            refs.add(self.upstream_tls.ca_secret_name)
+        return refs
+
+    def issued_hostnames(self) -> tuple[str, ...]:
+        """Hostnames the one operator-issued certificate (<name>-rp-tls) must cover."""
+        return tuple(sorted(h.hostname for h in self.hosts if h.tls and h.tls.issued))
+
+
+def parse_reverseproxy(obj: dict[str, Any]) -> ReverseProxy:
+    """Parse a ReverseProxy object (as the API returns it, or as a user wrote it).
+
+    Raises SpecError listing every problem, each naming its field.
+    """
+    errors: list[FieldError] = []
+    meta = obj.get("metadata") or {}
+    name = check_name(meta, "rp", errors)
+    spec = Reader(obj.get("spec"), "spec", errors)
+    if not spec.has("listeners"):
+        spec.error("listeners", "Required value")
+    if not spec.has("hosts"):
+        spec.error("hosts", "Required value")
+    listener_readers = list(spec.items("listeners", min_items=1 if spec.has("listeners") else 0,
+                                       max_items=16))
+    listeners = tuple(_listener(r) for r in listener_readers)
+    _unique(listener_readers, ("name",), errors)
+    host_readers = list(spec.items("hosts", min_items=1 if spec.has("hosts") else 0,
+                                   max_items=32))
+    hosts = tuple(_host(r) for r in host_readers)
+    _unique(host_readers, ("hostname",), errors)
+    rp = ReverseProxy(
+        name=name,
+        namespace=str(meta.get("namespace") or "default"),
+        uid=str(meta.get("uid") or ""),
+        generation=int(meta.get("generation") or 0),
+        listeners=listeners,
+        hosts=hosts,
+        default_backend=_default_backend(spec.child("defaultBackend"))
+        if spec.has("defaultBackend") else None,
+        upstream_tls=_upstream_tls(spec.child("upstreamTLS")) if spec.has("upstreamTLS")
+        else None,
+        hsts=_hsts(spec.child("hsts")) if spec.has("hsts") else None,
+        algorithm=spec.enum("algorithm", ALGORITHMS, "roundrobin"),
+        session_persistence=parse_persistence(spec.child("sessionPersistence"))
+        if spec.has("sessionPersistence") else None,
+        health_check=parse_health_check(spec.child("healthCheck"))
+        if spec.has("healthCheck") else None,
+        timeouts=parse_timeouts(spec.child("timeouts")),
+        limits=parse_limits(spec.child("limits")),
+        proxy=parse_proxy(spec.child("proxy")),
+    )
+    _cross_field_rules(rp, errors)
+    if errors:
+        raise SpecError(errors)
+    return rp
+
+
+# ------------------------------------------------------------------------ helpers
+
+
+def _unique(items: list[Reader], keys: tuple[str, ...], errors: list[FieldError]) -> None:
+    """A list-map's keys, reported as the API server does: at the repeated item."""
+    seen: set[str] = set()
+    for r in items:
+        if not all(r.has(k) for k in keys):
+            continue
+        key = json.dumps({k: r.raw(k) for k in keys}, separators=(",", ":"))
+        if key in seen:
+            errors.append(FieldError(r.path, f"Duplicate value: {key}"))
+        seen.add(key)
+
+
+def _bounded(r: Reader, key: str, value: str, pattern: re.Pattern[str], what: str,
+             max_length: int = 253) -> None:
+    if r.has(key) and (len(value) > max_length or not pattern.match(value)):
+        r.error(key, f"{value!r} is not a valid {what}")
+
+
+def _optional_duration(r: Reader, key: str, maximum_ms: int = 86_400_000) -> int | None:
+    return r.duration_ms(key, "1s", maximum_ms=maximum_ms) if r.has(key) else None
+
+
+def _regex(r: Reader, key: str, value: str) -> None:
+    try:
+        re.compile(value)
+    except re.error as err:
+        r.error(key, f"invalid regular expression {value!r}: {err}")
+
+
+# ------------------------------------------------------------------------ blocks
+
+
+def _listener(r: Reader) -> Listener:
+    name = r.string("name", required=True)
+    if r.has("name") and not DNS_LABEL_RE.match(name):
+        r.error("name", f"{name!r} must be a lowercase DNS label (a-z, 0-9, '-')")
+    protocol = r.enum("protocol", RP_PROTOCOLS, "HTTP")
+    redirect = r.boolean("redirectToHTTPS")
+    if redirect and protocol != "HTTP":
+        r.error("redirectToHTTPS", "redirectToHTTPS is only allowed on an HTTP listener")
+    port = r.integer("port", 0, minimum=1, maximum=65535) if r.has("port") \
+        else required_value(r)
+    return Listener(name=name, port=port, protocol=protocol, redirect_to_https=redirect)
+
+
+def _host(r: Reader) -> Host:
+    hostname = r.string("hostname", required=True)
+    _bounded(r, "hostname", hostname, DNS_NAME_RE, "host name (exact, or *.domain)")
+    tls = None
+    if r.has("tls"):
+        t = r.child("tls")
+        secret = t.string("secretName") or None
+        _bounded(t, "secretName", secret or "", HOST_NAME_RE, "Secret name")
+        tls = HostTLS(secret)
+    if not r.has("routes"):
+        r.error("routes", "Required value")
+    route_readers = list(r.items("routes", min_items=1 if r.has("routes") else 0,
+                                 max_items=64))
+    routes = tuple(_route(x) for x in route_readers)
+    _unique(route_readers, ("name",), r.errors)
+    return Host(hostname, routes, tls)
+
+
+def _route(r: Reader) -> Route:
+    name = r.string("name", required=True)
+    if r.has("name") and not DNS_LABEL_RE.match(name):
+        r.error("name", f"{name!r} must be a lowercase DNS label (a-z, 0-9, '-')")
+    match = _match(r.child("match"))
+    backends: tuple[Backend, ...] = ()
+    if r.has("backends"):
+        readers = list(r.items("backends", min_items=1, max_items=16))
+        backends = tuple(parse_backend(b) for b in readers)
+        _unique(readers, ("service", "port"), r.errors)
+        if backends and all(b.weight == 0 for b in backends):
+            r.error("backends", "at least one backend needs a weight above 0")
+    redirect = _redirect(r.child("redirect")) if r.has("redirect") else None
+    if r.has("backends") == r.has("redirect"):
+        r.error("", "a route needs exactly one of backends or redirect")
+    rewrite = None
+    if r.has("rewrite"):
+        w = r.child("rewrite")
+        rewrite = w.string("pathPrefix") or None
+        if w.has("pathPrefix") and (len(rewrite or "") > 1024
+                                    or not HTTP_PATH_RE.match(rewrite or "")):
+            w.error("pathPrefix", f"{rewrite!r} must start with '/' and hold only URL path "
+                    "characters")
+        if not r.has("backends"):
+            r.error("rewrite", "rewrite is only allowed on a route with backends")
+        if w.has("pathPrefix") and match.path.type != "Prefix":
+            r.error("rewrite", "rewrite.pathPrefix needs match.path.type Prefix")
+    return Route(
+        name=name,
+        match=match,
+        backends=backends,
+        redirect=redirect,
+        timeouts=_route_timeouts(r.child("timeouts")),
+        retries=_retries(r.child("retries")) if r.has("retries") else None,
+        request_headers=_header_changes(r.child("requestHeaders")),
+        response_headers=_header_changes(r.child("responseHeaders")),
+        rewrite_path_prefix=rewrite,
+    )
+
+
+def _match(r: Reader) -> RouteMatch:
+    p = r.child("path")
+    path_type = p.enum("type", PATH_TYPES, "Prefix")
+    value = p.string("value", "/")
+    if p.has("value") and (not value or len(value) > 1024 or not HEADER_VALUE_RE.match(value)):
+        p.error("value", f"{value!r} must be 1-1024 characters without control characters")
+    elif path_type != "RegularExpression" and not HTTP_PATH_RE.match(value):
+        p.error("value", "path value must start with '/' and hold only URL path characters "
+                "unless type is RegularExpression")
+    elif path_type == "RegularExpression":
+        _regex(p, "value", value)
+    headers = []
+    for h in r.items("headers", max_items=16):
+        hname = h.string("name", required=True)
+        _bounded(h, "name", hname, HEADER_NAME_RE, "header name (an HTTP token)", 256)
+        htype = h.enum("type", HEADER_MATCH_TYPES, "Exact")
+        hvalue = h.string("value", required=True)
+        if len(hvalue) > 4096 or not HEADER_VALUE_RE.match(hvalue):
+            h.error("value", "must be at most 4096 characters without control characters")
+        elif htype == "RegularExpression":
+            _regex(h, "value", hvalue)
+        headers.append(HeaderMatch(hname, hvalue, htype))
+    method = None
+    if r.has("method"):
+        method = r.enum("method", METHODS, "GET")
+    return RouteMatch(PathMatch(path_type, value), tuple(headers), method)
+
+
+def _route_timeouts(r: Reader) -> RouteTimeouts:
+    return RouteTimeouts(_optional_duration(r, "request"), _optional_duration(r, "server"))
+
+
+def _retries(r: Reader) -> Retries:
+    attempts = r.integer("attempts", 3, minimum=1, maximum=10)
+    raw = r.raw("retryOn")
+    if raw is None:
+        return Retries(attempts)
+    keywords: list[str] = []
+    if not isinstance(raw, list):
+        r.error("retryOn", "must be a list")
+        raw = []
+    if len(raw) > len(RETRY_ON):
+        r.error("retryOn", f"must have at most {len(RETRY_ON)} items")
+    for i, value in enumerate(raw):
+        where = f"retryOn[{i}]"
+        if value not in RETRY_ON:
+            r.error(where, f"Unsupported value: {json.dumps(value)}: supported values: "
+                    + ", ".join(f'"{k}"' for k in RETRY_ON))
+        elif value in keywords:
+            r.error(where, f"Duplicate value: {json.dumps(value)}")
+        else:
+            keywords.append(value)
+    return Retries(attempts, tuple(keywords) or ("connect-failure",))
+
+
+def _header_changes(r: Reader) -> HeaderChanges:
+    maps: dict[str, tuple[tuple[str, str], ...]] = {}
+    for key in ("set", "add"):
+        values = r.string_map(key)
+        if len(values) > 16:
+            r.error(key, "must have at most 16 properties")
+        if not all(HEADER_NAME_RE.match(k) for k in values):
+            r.error(key, "header names must be HTTP tokens (letters, digits and "
+                    "!#%&*+.^_|~-)")
+        for k, v in values.items():
+            if len(v) > 4096 or not HEADER_VALUE_RE.match(v):
+                r.error(f"{key}.{k}", "should match '^[^\\x00-\\x1f\\x7f]*$' (no control "
+                        "characters) and be at most 4096 characters")
+        maps[key] = tuple(sorted(values.items()))
+    remove = r.string_list("remove")
+    if len(remove) > 16:
+        r.error("remove", "must have at most 16 items")
+    seen: set[str] = set()
+    for i, hname in enumerate(remove):
+        if len(hname) > 256 or not HEADER_NAME_RE.match(hname):
+            r.error(f"remove[{i}]", f"{hname!r} is not a valid header name (an HTTP token)")
+        if hname in seen:
+            r.error(f"remove[{i}]", f"Duplicate value: {json.dumps(hname)}")
+        seen.add(hname)
+    return HeaderChanges(maps["set"], maps["add"], tuple(remove))
+
+
+def _redirect(r: Reader) -> Redirect:
+    scheme = r.enum("scheme", REDIRECT_SCHEMES, "https") if r.has("scheme") else None
+    hostname = r.string("hostname") or None
+    _bounded(r, "hostname", hostname or "", HOST_NAME_RE, "host name")
+    path = r.string("path") or None
+    if r.has("path") and (len(path or "") > 1024 or not HTTP_PATH_RE.match(path or "")):
+        r.error("path", f"{path!r} must start with '/' and hold only URL path characters")
+    code = r.raw("statusCode")
+    if code is None:
+        code = 302
+    elif isinstance(code, bool) or code not in REDIRECT_CODES:
+        r.error("statusCode", f"Unsupported value: {json.dumps(code)}: supported values: "
+                + ", ".join(f'"{c}"' for c in REDIRECT_CODES))
+        code = 302
+    if not (r.has("scheme") or r.has("hostname") or r.has("path")):
+        r.error("", "redirect needs at least one of scheme, hostname or path")
+    return Redirect(scheme, hostname, path, int(code))
+
+
+def _default_backend(r: Reader) -> Backend:
+    be = parse_backend(r)
+    return Backend(be.service, be.port)  # no weight: the default backend is one Service
+
+
+def _upstream_tls(r: Reader) -> UpstreamTLS:
+    ca = r.string("caSecretName") or None
+    _bounded(r, "caSecretName", ca or "", HOST_NAME_RE, "Secret name")
+    sni = r.string("sni") or None
+    _bounded(r, "sni", sni or "", HOST_NAME_RE, "server name")
+    return UpstreamTLS(ca, sni, r.boolean("verify", True))
+
+
+def _hsts(r: Reader) -> HSTS:
+    hsts = HSTS(
+        max_age_ms=r.duration_ms("maxAge", "8760h", maximum_ms=HSTS_MAX_MS),
+        include_subdomains=r.boolean("includeSubdomains"),
+        preload=r.boolean("preload"),
+    )
+    if hsts.preload and not hsts.include_subdomains:
+        r.error("preload", "preload needs includeSubdomains")
+    return hsts
+
+
+def _cross_field_rules(rp: ReverseProxy, errors: list[FieldError]) -> None:
+    """The rules the CRD expresses in CEL on spec, kept here in the same words."""
+    ports = [li.port for li in rp.listeners]
+    if len(set(ports)) != len(ports):
+        errors.append(FieldError("spec.listeners", "a listener port is used twice: listener "
+                                 "ports must be unique"))
+    has_https = any(li.protocol == "HTTPS" for li in rp.listeners)
+    if any(li.redirect_to_https for li in rp.listeners) and not has_https:
+        errors.append(FieldError("spec.listeners",
+                                 "redirectToHTTPS needs an HTTPS listener to redirect to"))
+    if any(h.tls for h in rp.hosts) and not has_https:
+        errors.append(FieldError("spec.hosts", "a host with tls needs an HTTPS listener"))
+    if has_https and not any(h.tls for h in rp.hosts):
+        errors.append(FieldError("spec.listeners",
+                                 "an HTTPS listener needs at least one host with tls"))
+    if rp.hsts and not has_https:
+        errors.append(FieldError("spec.hsts", "hsts needs an HTTPS listener"))
+    limits_rules(rp.algorithm, rp.limits, errors)

@@ -1,0 +1,97 @@
+"""Which route a request takes: the renderer's precedence, replayed in Python. Pure.
+
+The graph holds each frontend's rules in precedence order (see graph_reverseproxy);
+the renderer emits them in that order and HAProxy takes the first that matches.
+`select_route` walks the same order with the same match semantics, so tests can check
+routing tables without HAProxy, and the e2e tier can replay them through it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from roundhouse.graph import Frontend, ProxyGraph, RouteRule, VirtualHost
+from roundhouse.model.reverseproxy import HeaderMatch
+
+
+def request_host(host: str) -> str:
+    """The Host header as the rules see it: without a port, lowercased."""
+    return host.split(":", 1)[0].lower()
+
+
+def host_matches(vhost: VirtualHost, host: str) -> bool:
+    if vhost.wildcard:
+        return host.endswith(vhost.hostname[1:])  # ".example.com": one or more labels
+    return host == vhost.hostname
+
+
+def path_matches(rule: RouteRule, path: str) -> bool:
+    if rule.path_type == "Exact":
+        return path == rule.path
+    if rule.path_type == "Prefix":
+        return rule.path == "" or path == rule.path or path.startswith(rule.path + "/")
+    return re.fullmatch(rule.path, path) is not None
+
+
+def header_matches(match: HeaderMatch, headers: Mapping[str, str]) -> bool:
+    lowered = {k.lower(): v for k, v in headers.items()}
+    value = lowered.get(match.name.lower())
+    if value is None:
+        return False
+    if match.type == "Exact":
+        return value == match.value
+    return re.fullmatch(match.value, value) is not None
+
+
+def _frontend(graph: ProxyGraph, name: str | None) -> Frontend:
+    if name is not None:
+        return next(f for f in graph.frontends if f.name in (name, f"fe_{name}"))
+    return next(f for f in graph.frontends if f.routing is not None)
+
+
+def select_rule(graph: ProxyGraph, host: str, path: str, method: str = "GET",
+                headers: Mapping[str, str] | None = None, *,
+                frontend: str | None = None) -> RouteRule | None:
+    """The rule a request takes on a frontend (default: the first that routes)."""
+    fe = _frontend(graph, frontend)
+    if fe.routing is None:
+        return None
+    name = request_host(host)
+    path_only = path.split("?", 1)[0]
+    vhost = next((v for v in fe.routing.hosts if host_matches(v, name)), None)
+    if vhost is None:
+        return None
+    for rule in fe.routing.rules:
+        if (rule.host_id == vhost.id and path_matches(rule, path_only)
+                and (rule.method is None or rule.method == method)
+                and all(header_matches(h, headers or {}) for h in rule.headers)):
+            return rule
+    return None
+
+
+def select_route(graph: ProxyGraph, host: str, path: str, method: str = "GET",
+                 headers: Mapping[str, str] | None = None, *,
+                 frontend: str | None = None) -> str:
+    """The pool name, "redirect:<route id>", or "404" (default pool when there is one)."""
+    rule = select_rule(graph, host, path, method, headers, frontend=frontend)
+    if rule is not None:
+        return f"redirect:{rule.id}" if rule.redirect else str(rule.pool)
+    fe = _frontend(graph, frontend)
+    return fe.default_pool or "404"
+
+
+def redirect_location(graph: ProxyGraph, rule: RouteRule, host: str, path: str, *,
+                      frontend: str | None = None) -> str:
+    """The Location HAProxy answers for a redirect rule (query string kept)."""
+    assert rule.redirect is not None
+    r = rule.redirect
+    if r.hostname:
+        authority = r.hostname
+    elif r.strip_port:
+        authority = host.split(":", 1)[0] + (f":{r.port}" if r.port else "")
+    else:
+        authority = host
+    query = path[path.index("?"):] if "?" in path else ""
+    target = (r.path + query) if r.path else path
+    return f"{r.scheme}://{authority}{target}"

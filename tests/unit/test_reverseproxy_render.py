@@ -1,0 +1,253 @@
+"""ReverseProxy through the one renderer: golden files, the real `haproxy -c` on every
+example and on generated specs, the routing table, hashes, and the agent's CA files."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+
+from roundhouse.agent.source import Source, ca_fingerprint
+from roundhouse.graph import ClusterState
+from roundhouse.graph_reverseproxy import build_reverseproxy_graph
+from roundhouse.model import parse_reverseproxy
+from roundhouse.render.haproxy import RenderOptions, quote, render_haproxy
+from roundhouse.routing import redirect_location, select_route, select_rule
+from roundhouse.testing import write_placeholder_certificates
+from tests.unit.agent_harness import FakeAPI, issue_cert
+from tests.unit.cluster_fixtures import endpoint, endpoint_slice, service
+from tests.unit.conftest import REPO, HaproxyCheck
+from tests.unit.rp_fixtures import (
+    RP_EXAMPLE_FILES,
+    cluster_for,
+    example_object,
+    offline_cluster,
+    rp_object,
+)
+from tests.unit.strategies import valid_reverseproxies
+
+GOLDEN = Path(__file__).parent / "golden"
+ROUTING_TABLE = yaml.safe_load((REPO / "tests" / "cases" / "routing-table.yaml").read_text())
+
+
+def example_graph(path: Path):  # type: ignore[no-untyped-def]
+    obj = example_object(path)
+    return build_reverseproxy_graph(parse_reverseproxy(obj),
+                                    offline_cluster(obj["metadata"]["name"]))
+
+
+def check_config(graph: Any) -> tuple[subprocess.CompletedProcess[str], str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        write_placeholder_certificates(
+            Path(tmp), [c.file for c in graph.certificates if c.kind == "pair"],
+            [c.file for c in graph.certificates if c.kind == "ca"])
+        rendered = render_haproxy(graph, RenderOptions(runtime_dir=tmp, cert_dir=tmp))
+        cfg = Path(tmp) / "haproxy.cfg"
+        cfg.write_text(rendered.config)
+        result = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True,
+                                text=True, check=False)
+    return result, rendered.config
+
+
+# ------------------------------------------------------------------ examples
+
+
+def test_there_are_reverseproxy_examples() -> None:
+    assert len(RP_EXAMPLE_FILES) >= 2
+
+
+@pytest.mark.parametrize("path", RP_EXAMPLE_FILES, ids=lambda p: p.stem)
+def test_example_matches_golden_file(path: Path) -> None:
+    config = render_haproxy(example_graph(path)).config
+    golden = GOLDEN / f"{path.stem}.cfg"
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        golden.write_text(config)
+    assert golden.exists(), f"missing golden file {golden}: create it with UPDATE_GOLDEN=1"
+    assert config == golden.read_text(), f"regenerate with UPDATE_GOLDEN=1 if intended: {golden}"
+
+
+@pytest.mark.parametrize("path", RP_EXAMPLE_FILES, ids=lambda p: p.stem)
+def test_example_passes_haproxy_check(path: Path, haproxy_binary: str) -> None:
+    graph = example_graph(path)
+    assert not graph.problems, graph.problems
+    result, config = check_config(graph)
+    assert result.returncode == 0, result.stdout + result.stderr + config
+
+
+def test_routing_table_spec_passes_haproxy_check(haproxy_binary: str) -> None:
+    obj = ROUTING_TABLE["reverseproxy"]
+    graph = build_reverseproxy_graph(parse_reverseproxy(obj), cluster_for(obj))
+    result, config = check_config(graph)
+    assert result.returncode == 0, result.stdout + result.stderr + config
+
+
+@settings(max_examples=100, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(valid_reverseproxies())
+def test_generated_specs_pass_haproxy_check(obj: dict[str, Any]) -> None:
+    rp = parse_reverseproxy(obj)
+    graph = build_reverseproxy_graph(rp, cluster_for(obj))
+    assert not [p for p in graph.problems if p.condition == "TLSReady"], graph.problems
+    result, config = check_config(graph)
+    assert result.returncode == 0, f"{result.stdout}{result.stderr}\n---\n{config}"
+    # Same input, same bytes.
+    assert render_haproxy(build_reverseproxy_graph(rp, cluster_for(obj))).config == \
+        render_haproxy(build_reverseproxy_graph(rp, cluster_for(obj))).config
+
+
+# ------------------------------------------------------------------ routing table
+
+
+def test_routing_table_has_enough_cases() -> None:
+    assert len(ROUTING_TABLE["cases"]) >= 30
+
+
+def _expected(graph: Any, default_service: str | None, case: dict[str, Any]) -> str:
+    rule = select_rule(graph, case["host"], case["path"], case.get("method", "GET"),
+                       case.get("headers") or {})
+    if rule is None:
+        return default_service or "404"
+    if rule.redirect:
+        return "redirect:" + redirect_location(graph, rule, case["host"], case["path"])
+    (service_name,) = rule.services
+    return service_name
+
+
+@pytest.mark.parametrize("case", ROUTING_TABLE["cases"],
+                         ids=lambda c: f"{c.get('method', 'GET')} {c['host']}{c['path']}"
+                         f"{' ' + json.dumps(c['headers']) if c.get('headers') else ''}")
+def test_routing_table(case: dict[str, Any]) -> None:
+    obj = ROUTING_TABLE["reverseproxy"]
+    rp = parse_reverseproxy(obj)
+    graph = build_reverseproxy_graph(rp, cluster_for(obj))
+    default = rp.default_backend.service if rp.default_backend else None
+    assert _expected(graph, default, case) == str(case["expect"])
+
+
+def test_select_route_names_pools_redirects_and_404() -> None:
+    obj = rp_object(hosts=[{"hostname": "a.test", "routes": [
+        {"name": "r", "match": {"path": {"value": "/r"}}, "redirect": {"scheme": "https"}},
+        {"name": "w", "match": {"path": {"value": "/w"}},
+         "backends": [{"service": "web", "port": 80}]}]}])
+    graph = build_reverseproxy_graph(parse_reverseproxy(obj), cluster_for(obj))
+    assert select_route(graph, "a.test", "/w/x") == "rt_a.test_w"
+    assert select_route(graph, "a.test", "/r") == "redirect:rd_a.test_r"
+    assert select_route(graph, "a.test", "/other") == "404"
+    assert select_route(graph, "b.test", "/w") == "404"
+    cfg = render_haproxy(graph).config
+    assert 'http-request return status 404 content-type text/plain string' in cfg
+
+
+# ------------------------------------------------------------------ rendering details
+
+
+def rendered(**spec: Any) -> str:
+    obj = rp_object(**spec)
+    return render_haproxy(build_reverseproxy_graph(parse_reverseproxy(obj),
+                                                   cluster_for(obj))).config
+
+
+def test_https_binds_every_certificate_with_alpn_and_hsts() -> None:
+    cfg = rendered(listeners=[{"name": "https", "port": 443, "protocol": "HTTPS"}],
+                   hosts=[{"hostname": "a.test", "tls": {}, "routes": [
+                       {"name": "r", "backends": [{"service": "web", "port": 80}]}]},
+                       {"hostname": "b.test", "tls": {"secretName": "b-tls"}, "routes": [
+                           {"name": "r", "backends": [{"service": "web", "port": 80}]}]}],
+                   hsts={"maxAge": "1h"})
+    assert "bind :443 ssl crt site-rp-tls.pem crt b-tls.pem alpn h2,http/1.1" in cfg
+    assert 'http-response set-header Strict-Transport-Security "max-age=3600"' in cfg
+    assert "proto=https" in cfg
+
+
+def test_upstream_tls_verifies_with_ca_and_sni() -> None:
+    cfg = rendered(upstreamTLS={"caSecretName": "ca", "sni": "api.internal"},
+                   healthCheck={"type": "HTTP"})
+    assert "ca-base /var/run/roundhouse/certs" in cfg
+    assert ("default-server check inter 2s rise 2 fall 3 ssl verify required ca-file "
+            "ca.ca.pem sni str(api.internal) check-ssl check-sni api.internal") in cfg
+    system = rendered(upstreamTLS={})
+    assert "ssl verify required ca-file @system-ca" in system and "ca-base" not in system
+    assert "ssl verify none" in rendered(upstreamTLS={"verify": False})
+
+
+def test_route_features_are_rendered_in_its_backend() -> None:
+    cfg = rendered(hosts=[{"hostname": "a.test", "routes": [{
+        "name": "api", "match": {"path": {"value": "/api/"}},
+        "backends": [{"service": "web", "port": 80}],
+        "timeouts": {"request": "5s", "server": "90s"},
+        "retries": {"attempts": 4, "retryOn": ["connect-failure", "503"]},
+        "requestHeaders": {"set": {"X-A": "50% 'q'"}, "add": {"X-B": "b c"},
+                           "remove": ["X-C"]},
+        "responseHeaders": {"set": {"X-D": "d"}},
+        "rewrite": {"pathPrefix": "/v2/"}}]}])
+    backend = cfg.split("backend rt_a.test_api", 1)[1]
+    for line in ("retries 4", "retry-on conn-failure 503", "timeout server 90s",
+                 "option http-buffer-request", "timeout http-request 5s",
+                 "http-request replace-path '^/api(/.*)$' '/v2\\1'",
+                 "http-request replace-path '^/api$' /v2",
+                 "http-request del-header X-C",
+                 "http-request set-header X-A \"50%% 'q'\"",
+                 "http-request add-header X-B 'b c'",
+                 "http-response set-header X-D d"):
+        assert line in backend, line
+
+
+def test_quoting_keeps_every_value_one_literal_word() -> None:
+    assert quote("plain/value") == "plain/value"
+    assert quote("a b#c$d") == "'a b#c$d'"
+    assert quote("it's \"$x\" \\") == '"it\'s \\"\\$x\\" \\\\"'
+
+
+def endpoints_cluster(n: int, ready: bool = True) -> ClusterState:
+    eps = [endpoint(f"web-{i}", f"10.244.0.{i}", ready=ready) for i in range(1, n + 1)]
+    return ClusterState({"web": service()}, [endpoint_slice("web", eps)])
+
+
+def test_endpoint_changes_keep_the_structure_hash() -> None:
+    rp = parse_reverseproxy(rp_object(defaultBackend={"service": "web", "port": 80}))
+    a, b, c = (render_haproxy(build_reverseproxy_graph(rp, cl)) for cl in (
+        endpoints_cluster(2), endpoints_cluster(5), endpoints_cluster(2, ready=False)))
+    assert a.structure_hash == b.structure_hash == c.structure_hash
+    assert len({a.config_hash, b.config_hash, c.config_hash}) == 3
+
+
+def test_server_state_lists_ca_entries_with_their_kind() -> None:
+    graph = example_graph(REPO / "examples" / "reverseproxy-upstream-tls.yaml")
+    state = render_haproxy(graph).server_state
+    assert state["certificates"] == [{"file": "internal-ca.ca.pem", "secret": "internal-ca",
+                                      "fingerprint": graph.certificates[0].fingerprint,
+                                      "kind": "ca"}]
+
+
+# ------------------------------------------------------------------ the agent side
+
+
+def test_agent_writes_the_ca_crt_of_a_ca_entry() -> None:
+    cert = issue_cert()
+    servers = {"version": 1, "configHash": "c", "structureHash": "s", "pools": {},
+               "certificates": [{"file": "internal-ca.ca.pem", "secret": "internal-ca",
+                                 "fingerprint": ca_fingerprint(cert.crt.encode()),
+                                 "kind": "ca"}]}
+    api = FakeAPI({"metadata": {"name": "x-rp", "resourceVersion": "1"},
+                   "data": {"haproxy.cfg": "global\n", "servers.json": json.dumps(servers)}})
+    api.secrets["internal-ca"] = {"metadata": {"name": "internal-ca"}, "data": {
+        "ca.crt": base64.b64encode(cert.crt.encode()).decode()}}
+    desired = Source(api, "ns", "x-rp", None, "pod").fetch()
+    assert desired.certificates["internal-ca.ca.pem"] == cert.crt.strip() + "\n"
+
+
+def test_cli_renders_reverseproxies_and_checks_them(haproxy_check: HaproxyCheck) -> None:
+    from roundhouse.cli import main
+
+    for path in RP_EXAMPLE_FILES:
+        assert main(["render", "-f", str(path), "--services",
+                     str(REPO / "examples" / "offline-cluster.yaml"), "--check",
+                     "--haproxy-cfg"]) == 0
