@@ -140,6 +140,8 @@ def test_route_to_a_missing_service_is_reported_and_recovers(
     # The rest is served: the config holds the other route's backend.
     assert condition(get_rp(kube, namespace, "site"), "Accepted")["status"] == "True"
     sample_app(kube, namespace, "ghost", replicas=1)
+    # The Service first (ghost has no endpoints yet), then its EndpointSlice: 4/4.
     good = wait_for(lambda: (c := condition(get_rp(kube, namespace, "site"), "BackendsHealthy"))
-                    .get("status") == "True" and c, 60, "BackendsHealthy=True")
-    assert good["message"] == "4/4 endpoints are ready", good
+                    .get("message") == "4/4 endpoints are ready" and c, 60,
+                    "BackendsHealthy=True with 4/4")
+    assert good["status"] == "True" and good["reason"] == "AllReady", good
