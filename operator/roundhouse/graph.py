@@ -385,9 +385,10 @@ def pair_certificate(secret_name: str, issued: bool, where: str, namespace: str,
     if not secret.usable:
         missing = [k for k, ok in (("tls.crt", secret.has_cert), ("tls.key", secret.has_key))
                    if not ok]
+        why = f"has no valid {' or '.join(missing)}" if missing else secret.problem
         problems.append(Problem("TLSReady", "InvalidSecret",
-                                f"{where}: Secret {secret_name!r} has no valid "
-                                f"{' or '.join(missing)}", retry=True))
+                                f"{where}: Secret {secret_name!r}: {why}" if not missing
+                                else f"{where}: Secret {secret_name!r} {why}", retry=True))
         return None
     return Certificate(f"{secret_name}.pem", secret_name, secret.fingerprint, issued)
 

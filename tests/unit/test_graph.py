@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
+
 import pytest
 
+from roundhouse import tls as rtls
 from roundhouse.graph import (
     DRAIN,
     MAINT,
@@ -13,7 +17,7 @@ from roundhouse.graph import (
     issued_secret_name,
 )
 from roundhouse.model import parse_loadbalancer
-from roundhouse.model.cluster import TLSSecret
+from roundhouse.model.cluster import TLSSecret, parse_tls_secret
 from tests.unit.cluster_fixtures import endpoint, endpoint_slice, pods, service, state
 from tests.unit.conftest import lb_object
 
@@ -139,6 +143,36 @@ def test_secret_without_key_is_invalid() -> None:
                   "tls": {"secretName": "half"}}]
     g = graph(state(1, secrets={"half": TLSSecret("half", True, False, "x")}), listeners=listeners)
     assert g.problems[0].reason == "InvalidSecret" and "tls.key" in g.problems[0].message
+
+
+def _secret(name: str, cert_pem: str, key_pem: str) -> dict[str, object]:
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+    return {"metadata": {"name": name}, "type": "kubernetes.io/tls",
+            "data": {"tls.crt": b64(cert_pem), "tls.key": b64(key_pem)}}
+
+
+def test_a_key_that_does_not_match_its_certificate_is_caught_before_the_proxy() -> None:
+    now = dt.datetime.now(dt.UTC)
+    ca = rtls.issue_ca("test CA", now)
+    one, two = (rtls.issue_serving(ca, ("a.test",), now) for _ in range(2))
+    assert parse_tls_secret(_secret("good", one.cert_pem, one.key_pem)).usable
+    bad = parse_tls_secret(_secret("bad", one.cert_pem, two.key_pem))
+    assert not bad.usable
+    assert bad.problem == "tls.key does not match the certificate in tls.crt"
+    assert one.key_pem not in bad.problem and two.key_pem not in bad.problem
+    garbage = parse_tls_secret(_secret("junk", "-----BEGIN CERTIFICATE-----\nAAAA\n"
+                                       "-----END CERTIFICATE-----\n", one.key_pem))
+    assert garbage.problem == "tls.crt is not a valid PEM certificate"
+    listeners = [{"name": "http", "port": 80, "protocol": "HTTP"},
+                 {"name": "https", "port": 443, "protocol": "HTTPS",
+                  "tls": {"secretName": "bad"}}]
+    g = graph(state(1, secrets={"bad": bad}), listeners=listeners)
+    assert [f.name for f in g.frontends] == ["fe_http"]  # the rest keeps serving
+    (problem,) = g.problems
+    assert (problem.condition, problem.reason) == ("TLSReady", "InvalidSecret")
+    assert problem.message == ("spec.listeners[1].tls: Secret 'bad': tls.key does not match "
+                               "the certificate in tls.crt")
 
 
 def test_issued_certificate_covers_the_service_names() -> None:

@@ -10,6 +10,9 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
 
 @dataclass(frozen=True)
 class ServicePort:
@@ -69,10 +72,13 @@ class TLSSecret:
     # ca.crt (any Secret type): a CA bundle that verifies upstream servers (upstreamTLS).
     has_ca: bool = False
     ca_fingerprint: str = ""  # sha256 of ca.crt, same scheme as the agent's ca_fingerprint
+    # Why a present pair is still unusable (tls.key does not match tls.crt, ...): caught
+    # here, in status, instead of by the proxies refusing the configuration.
+    problem: str = ""
 
     @property
     def usable(self) -> bool:
-        return self.has_cert and self.has_key
+        return self.has_cert and self.has_key and not self.problem
 
 
 def parse_service(obj: dict[str, Any]) -> Service:
@@ -124,9 +130,32 @@ def parse_tls_secret(obj: dict[str, Any]) -> TLSSecret:
     key = _decode(data.get("tls.key"))
     ca = _decode(data.get("ca.crt"))
     digest = hashlib.sha256(crt + b"\0" + key).hexdigest()[:32]
-    return TLSSecret(str(obj["metadata"]["name"]), b"BEGIN CERTIFICATE" in crt,
-                     b"PRIVATE KEY" in key, digest, has_ca=b"BEGIN CERTIFICATE" in ca,
-                     ca_fingerprint=ca_fingerprint(ca) if ca else "")
+    has_cert, has_key = b"BEGIN CERTIFICATE" in crt, b"PRIVATE KEY" in key
+    return TLSSecret(str(obj["metadata"]["name"]), has_cert, has_key, digest,
+                     has_ca=b"BEGIN CERTIFICATE" in ca,
+                     ca_fingerprint=ca_fingerprint(ca) if ca else "",
+                     problem=pair_problem(crt, key) if has_cert and has_key else "")
+
+
+def pair_problem(crt: bytes, key: bytes) -> str:
+    """"" when tls.key is the private key of the first certificate in tls.crt.
+
+    Messages never quote key material, only what is wrong.
+    """
+    try:
+        cert = x509.load_pem_x509_certificate(crt)
+    except ValueError:
+        return "tls.crt is not a valid PEM certificate"
+    try:
+        private = serialization.load_pem_private_key(key, password=None)
+    except (ValueError, TypeError):
+        return "tls.key is not a valid unencrypted PEM private key"
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    encoding = serialization.Encoding.DER
+    if private.public_key().public_bytes(encoding, public) != cert.public_key().public_bytes(
+            encoding, public):
+        return "tls.key does not match the certificate in tls.crt"
+    return ""
 
 
 def ca_fingerprint(ca: bytes) -> str:
