@@ -317,6 +317,38 @@ class KubeBackends:
             self._service_created = False
 
 
+@dataclass
+class DeploymentBackends(KubeBackends):
+    """The echo Pods of Deployments (conftest.sample_app in kubeconfig mode), with
+    netns.Backends' interface for what tests use: `backends` (by Pod name), stop_server,
+    start_server, set_ready, by_address. The Deployments own the Pods: register()
+    records a ready Pod, remove() and close() only forget (the namespace goes with
+    the test), guard() and check_routes() have nothing to check."""
+
+    def register(self, pod: str, address: str, node: str = "") -> KubeBackend:
+        backend = self.backends[pod] = KubeBackend(pod, address, node)
+        return backend
+
+    def remove(self, pod: str, wait: bool = True) -> None:
+        self.backends.pop(pod, None)
+
+    def close(self) -> None:
+        self.backends.clear()
+
+    def guard(self) -> None:
+        pass
+
+    def check_routes(self) -> None:
+        pass
+
+
+def ready_pods(api: client.ApiClient, namespace: str, selector: str) -> list[Any]:
+    """Running, Ready, not terminating Pods matching `selector`."""
+    pods = core_api(api).list_namespaced_pod(namespace, label_selector=selector).items
+    return [p for p in pods if p.status.pod_ip and p.status.phase == "Running"
+            and p.metadata.deletion_timestamp is None and pod_ready(p)]
+
+
 def parse_control_reply(raw: Any) -> dict[str, Any]:
     """The echo control port's JSON, however the client handed it over (str, bytes,
     or the `str(dict)` the generated client makes of a JSON object)."""
@@ -366,6 +398,9 @@ class PortForward:
     manager that yields the local port once it accepts connections.
 
     target: e.g. `svc/web-lb` (see for_lb()). kubectl forwards to one Pod behind it.
+    restart: keep kubectl running: a watcher thread starts it again on the same local
+    port whenever it exits (kubectl port-forward exits when a forwarded connection is
+    refused, e.g. by a listener HAProxy does not serve yet, or when its Pod goes).
     """
 
     namespace: str
@@ -375,8 +410,13 @@ class PortForward:
     kubeconfig: str | None = None
     kubectl: str | None = None
     timeout: float = 30.0
+    restart: bool = False
     proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
     _output: list[bytes] = field(default_factory=list)
+    _stopping: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _watcher: threading.Thread | None = None
 
     @classmethod
     def for_lb(cls, namespace: str, lb: str, port: int, **kw: Any) -> PortForward:
@@ -389,21 +429,33 @@ class PortForward:
         return [*cmd, "port-forward", "--namespace", self.namespace, "--address", "127.0.0.1",
                 self.target, f"{self.local_port}:{self.remote_port}"]
 
+    def _spawn(self) -> tuple[subprocess.Popen[bytes], threading.Thread]:
+        proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        reader = threading.Thread(target=self._drain, args=(proc,), daemon=True)
+        reader.start()
+        self.proc = proc
+        return proc, reader
+
     def __enter__(self) -> int:
         if self.local_port == 0:
             self.local_port = free_port()
-        self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        reader = threading.Thread(target=self._drain, daemon=True)
-        reader.start()
+        self._stopping.clear()
+        with self._lock:
+            proc, reader = self._spawn()
         deadline = time.monotonic() + self.timeout
         while True:
-            if self.proc.poll() is not None:
+            if proc.poll() is not None:
                 reader.join(2)
                 raise RuntimeError(f"{' '.join(self.command())} exited "
-                                   f"({self.proc.returncode}): {self.output()[-800:]}")
+                                   f"({proc.returncode}): {self.output()[-800:]}")
             try:
                 with socket.create_connection(("127.0.0.1", self.local_port), timeout=1.0):
+                    if self.restart and (self._watcher is None
+                                         or not self._watcher.is_alive()):
+                        self._watcher = threading.Thread(target=self._watch, daemon=True,
+                                                         name=f"port-forward-{self.local_port}")
+                        self._watcher.start()
                     return self.local_port
             except OSError as err:
                 if time.monotonic() > deadline:
@@ -416,23 +468,56 @@ class PortForward:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _drain(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        for line in self.proc.stdout:
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def ensure(self) -> int:
+        """The local port, (re)starting kubectl on the same port when it is not running
+        (kubectl port-forward exits when its Pod goes or the stream breaks)."""
+        if self.alive() or (self._watcher is not None and self._watcher.is_alive()):
+            return self.local_port  # running, or the watcher is restarting it
+        return self.__enter__()
+
+    def _watch(self) -> None:
+        while not self._stopping.is_set():
+            proc = self.proc
+            if proc is None:
+                return
+            try:
+                proc.wait(0.5)
+            except subprocess.TimeoutExpired:
+                continue
+            if self._stopping.wait(0.2):  # a moment, so a crash loop cannot spin
+                return
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                self.restarts += 1
+                self._spawn()
+
+    def _drain(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
             self._output.append(line)
 
     def output(self) -> str:
         return b"".join(self._output).decode(errors="replace")
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        self._stopping.set()
+        with self._lock:
+            proc = self.proc
+        if self._watcher is not None:
+            self._watcher.join(5)
+            self._watcher = None
+        if proc is None or proc.poll() is not None:
             return
-        self.proc.terminate()
+        proc.terminate()
         try:
-            self.proc.wait(10)
+            proc.wait(10)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+            proc.kill()
+            proc.wait(10)
 
 
 def node_endpoint(api: client.ApiClient, namespace: str, service: str,

@@ -148,9 +148,22 @@ def get(port: int, *, host: str = HOST, path: str = "/", timeout: float = 5.0,
     return r
 
 
+# X-Seen-* headers that describe the request, not one of its headers.
+_SEEN_META = {"path", "method", "tls", "sni", "alpn", "body-length", "body-sha256",
+              "headers"}
+
+
 def decode_seen_headers(reply: Reply | str) -> Headers:
-    """The request headers the backend saw (its X-Seen-Headers), case-insensitive."""
+    """The request headers the backend saw, case-insensitive: its X-Seen-Headers (the
+    netns backends send them all in one), else its X-Seen-<Header> headers (the echo
+    image, e2e/kind/echo, sends one per request header)."""
     raw = reply.headers.get("X-Seen-Headers") if isinstance(reply, Reply) else reply
+    if raw is None and isinstance(reply, Reply):
+        pairs = [(name[len("X-Seen-"):], value) for name, value in reply.headers.items()
+                 if name.lower().startswith("x-seen-")
+                 and name[len("X-Seen-"):].lower() not in _SEEN_META]
+        if pairs:
+            return Headers(pairs)
     if raw is None:
         assert isinstance(reply, Reply)
         raise ValueError(f"no X-Seen-Headers in the reply (HTTP {reply.status}, "
@@ -350,6 +363,23 @@ def websocket_echo(port: int, message: str, *, host: str, path: str = "/",
                            server_hostname=server_hostname, timeout=timeout) as ws:
         ws.send_text(message)
         return ws.recv_text()
+
+
+def websocket_roundtrip(port: int, message: str, *, host: str, path: str = "/",
+                        tls: ssl.SSLContext | None = None, server_hostname: str | None = None,
+                        timeout: float = 5.0) -> tuple[str | None, str]:
+    """Handshake and one text message: (the backend that took the upgrade, its
+    X-Backend; the echoed text). The netns backends prefix the echo with "<pod>: ", the
+    echo image does not: a prefix naming that same backend is removed, any other stays
+    (so it cannot match `message`)."""
+    with WebSocket.connect(port, host=host, path=path, tls=tls,
+                           server_hostname=server_hostname, timeout=timeout) as ws:
+        backend = ws.headers.get("X-Backend")
+        ws.send_text(message)
+        echoed = ws.recv_text()
+    if backend and echoed.startswith(f"{backend}: "):
+        echoed = echoed[len(backend) + 2:]
+    return backend, echoed
 
 
 def _read_head(sock: socket.socket, limit: int = 65536) -> tuple[bytes, bytes]:

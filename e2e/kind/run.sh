@@ -9,7 +9,8 @@
 #      `kind load` the images (and HAProxy's) into it
 #   3. `helm install` manifests/roundhouse with the image set to the loaded tag,
 #      wait for the operator rollout
-#   4. E2E_CLUSTER=kubeconfig KUBECONFIG=<kind's> pytest tests/e2e
+#   4. E2E_CLUSTER=kubeconfig KUBECONFIG=<kind's> pytest tests/e2e: the same suite
+#      as `make test-e2e`, against this cluster (e2e/harness/modes.py)
 #   5. on failure, collect logs, events and LoadBalancers into $ARTIFACTS;
 #      always delete the cluster (unless KEEP_CLUSTER=1)
 #
@@ -254,9 +255,11 @@ main() {
     read -r -a args <<< "$E2E_KIND_PYTEST_ARGS"
   fi
   log "pytest ${args[*]}"
+  # The same tests as `make test-e2e`, on this cluster (tests/e2e/conftest.py: the
+  # operator is the Helm release's, backends are echo Pods, the proxies real Pods).
   E2E_CLUSTER=kubeconfig KUBECONFIG="$KUBECONFIG_FILE" \
     E2E_ECHO_IMAGE="$ECHO_IMAGE" E2E_OPERATOR_NAMESPACE="$OPERATOR_NAMESPACE" \
-    E2E_ARTIFACTS="$ARTIFACTS" \
+    E2E_OPERATOR_RELEASE="$RELEASE" E2E_ARTIFACTS="$ARTIFACTS" \
     "$PY" -m pytest "${args[@]}" --junitxml="$ARTIFACTS/junit.xml"
   log "passed"
 }

@@ -16,7 +16,6 @@ real proxy Pods to delete).
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,12 +24,11 @@ from typing import Any
 
 import pytest
 from e2e.harness import kube_backends as kb
+from e2e.harness.modes import kubeconfig_only
 from kubernetes import client
-from kubernetes import config as kube_config
 
 pytestmark = [
-    pytest.mark.skipif(os.environ.get("E2E_CLUSTER") != "kubeconfig",
-                       reason="needs a real cluster: E2E_CLUSTER=kubeconfig (make e2e-kind)"),
+    kubeconfig_only("kwok has no kubelet, kube-proxy or proxy Pods that really stop"),
     pytest.mark.timeout(900),
 ]
 
@@ -71,9 +69,8 @@ def lb_ready(api: client.ApiClient, namespace: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def kind_lb() -> Iterator[KindLB]:
-    api: client.ApiClient = kube_config.new_client_from_config(  # type: ignore[no-untyped-call]
-        config_file=os.environ.get("KUBECONFIG"))
+def kind_lb(kube: client.ApiClient) -> Iterator[KindLB]:
+    api = kube  # the session's, from $KUBECONFIG (tests/e2e/conftest.py)
     core = kb.core_api(api)
     namespace = f"kind-ha-{uuid.uuid4().hex[:6]}"
     core.create_namespace({"metadata": {"name": namespace,

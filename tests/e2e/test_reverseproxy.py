@@ -1,5 +1,6 @@
 """ReverseProxy through the real data plane: operator -> ConfigMap -> agent -> HAProxy ->
-backends in network namespaces, with real HTTP, TLS and WebSocket traffic.
+backends (network namespaces locally, echo Pods on a real cluster), with real HTTP, TLS
+and WebSocket traffic; listener ports are reached at env.local_port(<port>).
 
 Every backend answers with its Pod name; a Pod of app `api` is named `api-<hash>-<id>`,
 so `app_of(reply)` tells which Service a request reached.
@@ -19,7 +20,7 @@ import yaml
 from e2e.harness import traffic
 from e2e.harness.netns import Backends
 from kubernetes import client
-from tests.e2e.conftest import LISTENER_PORT, Env
+from tests.e2e.conftest import LISTENER_PORT, Env, local_only
 from tests.integration.operator_process import condition, get_rp, wait_for
 
 from roundhouse import tls as rtls
@@ -174,8 +175,9 @@ def test_host_path_header_routing_canary_weights_and_redirect(
     assert set(counts) == {"web", "canary"}, counts
     assert 150 <= counts["canary"] <= 250, counts
     # WebSocket upgrade through the proxy, echoed by a web backend.
-    echoed = traffic.websocket_echo(env.port, "hello", host="shop.e2e.test", path="/ws")
-    assert echoed.startswith("web-") and echoed.endswith(": hello"), echoed
+    backend, echoed = traffic.websocket_roundtrip(env.port, "hello", host="shop.e2e.test",
+                                                  path="/ws")
+    assert backend and backend.startswith("web-") and echoed == "hello", (backend, echoed)
     ready = wait_for(lambda: (c := condition(get_rp(env.kube, env.namespace, "shop"),
                                              "Ready")).get("status") == "True" and c, 60,
                      "Ready=True")
@@ -203,10 +205,11 @@ def test_each_hostname_gets_its_own_certificate_with_hsts_and_h2(
                          60, "the issued Secret").data["ca.crt"]
     issued_ctx = ssl.create_default_context(cadata=base64.b64decode(issued_ca).decode())
     user_ctx = ssl.create_default_context(cadata=user_ca.cert_pem)
-    a = wait_for(lambda: (r := traffic.request(HTTPS_PORT, host="issued.e2e.test",
+    https_port = env.local_port(HTTPS_PORT)
+    a = wait_for(lambda: (r := traffic.request(https_port, host="issued.e2e.test",
                                                tls=issued_ctx)).status == 200 and r, 90,
                  "issued.e2e.test over HTTPS")
-    b = wait_for(lambda: (r := traffic.request(HTTPS_PORT, host="user.e2e.test",
+    b = wait_for(lambda: (r := traffic.request(https_port, host="user.e2e.test",
                                                tls=user_ctx)).status == 200 and r, 90,
                  "user.e2e.test over HTTPS")
     assert a.peer_cert is not None and b.peer_cert is not None
@@ -215,11 +218,12 @@ def test_each_hostname_gets_its_own_certificate_with_hsts_and_h2(
     assert "issued.e2e.test" in a_names and "user.e2e.test" not in a_names
     assert b_names == {"user.e2e.test"}
     # The wrong CA for a hostname fails the handshake: each name has its own certificate.
-    wrong = traffic.request(HTTPS_PORT, host="user.e2e.test", tls=issued_ctx)
+    wrong = traffic.request(https_port, host="user.e2e.test", tls=issued_ctx)
     assert wrong.error is not None
     # HSTS on HTTPS responses only; HTTP answers with a 301 to HTTPS.
     assert a.headers.get("Strict-Transport-Security") == "max-age=31536000; includeSubDomains"
-    plain = traffic.request(LISTENER_PORT, host="user.e2e.test", path="/p?q=1")
+    plain = traffic.request(env.local_port(LISTENER_PORT), host="user.e2e.test",
+                            path="/p?q=1")
     assert plain.status == 301, plain
     assert plain.headers.get("Location") == f"https://user.e2e.test:{HTTPS_PORT}/p?q=1" or \
         plain.headers.get("Location", "").startswith("https://user.e2e.test"), plain.headers
@@ -227,11 +231,11 @@ def test_each_hostname_gets_its_own_certificate_with_hsts_and_h2(
     # The backend is told the original scheme.
     assert traffic.decode_seen_headers(a).get("X-Forwarded-Proto") == "https"
     # HTTP/2 offered by ALPN on the TLS listener, and WebSocket over TLS.
-    assert traffic.negotiated_alpn(HTTPS_PORT, "issued.e2e.test", issued_ctx) == "h2"
-    echoed = traffic.websocket_echo(HTTPS_PORT, "over tls", host="issued.e2e.test",
-                                    tls=ssl.create_default_context(
-                                        cadata=base64.b64decode(issued_ca).decode()))
-    assert echoed.endswith(": over tls"), echoed
+    assert traffic.negotiated_alpn(https_port, "issued.e2e.test", issued_ctx) == "h2"
+    backend, echoed = traffic.websocket_roundtrip(
+        https_port, "over tls", host="issued.e2e.test",
+        tls=ssl.create_default_context(cadata=base64.b64decode(issued_ca).decode()))
+    assert backend and echoed == "over tls", (backend, echoed)
 
 
 # ------------------------------------------------------------------- upstream TLS
@@ -253,6 +257,8 @@ def _ca_secret(core: client.CoreV1Api, namespace: str, name: str, ca_pem: str,
         core.replace_namespaced_secret(name, namespace, body)
 
 
+@local_only("the backends serve TLS on a second port (netns.Backends.enable_tls) and report "
+            "the TLS and SNI they saw (X-Seen-TLS/SNI); the echo image does neither")
 def test_reencryption_verifies_the_backend_and_refuses_a_wrong_ca(
         rp_env_factory: Callable[..., Env], tmp_path: Path) -> None:
     now = dt.datetime.now(dt.UTC)

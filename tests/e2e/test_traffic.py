@@ -1,7 +1,9 @@
-"""Traffic through the real data plane: operator -> ConfigMap -> agent -> HAProxy -> netns.
+"""Traffic through the real data plane: operator -> ConfigMap -> agent -> HAProxy -> backends.
 
-Every request goes to 127.0.0.1:<listener port> (HAProxy on the host) and is answered
-by an HTTP server in the network namespace that owns the kwok Pod's IP.
+Every request goes to 127.0.0.1:env.local_port(<listener port>) and is answered by a
+backend with its Pod name. Locally (E2E_CLUSTER=local) that is HAProxy on the host and an
+HTTP server in the network namespace that owns the kwok Pod's IP; on a real cluster
+(E2E_CLUSTER=kubeconfig) a port-forward to the proxy Pod and echo Pods.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from typing import Any
 
 from e2e.harness import traffic
 from kubernetes import client
-from tests.e2e.conftest import Env, measure, set_ready
+from tests.e2e.conftest import LISTENER_PORT, Env, measure
 from tests.integration.operator_process import condition, get_lb, wait_for
+
+TLS_PORT = LISTENER_PORT + 363  # 28443
 
 
 def _ready_env(env_factory: Callable[..., Env], **spec: Any) -> Env:
@@ -38,8 +42,9 @@ def test_not_ready_backend_stops_getting_traffic_without_reload(
         env_factory: Callable[..., Env]) -> None:
     """Each backend in turn: NotReady -> no new requests within 1 s; Ready -> back.
 
-    Times are measured from the Pod status patch to the last (first) reply from that
-    backend, with 3 clients sending requests back to back.
+    Times are measured from the Pod status change (env.set_ready: the patch locally, the
+    kubelet's report on a real cluster) to the last (first) reply from that backend,
+    with 3 clients sending requests back to back.
     """
     env = _ready_env(env_factory)
     proxy = env.proxy
@@ -53,11 +58,10 @@ def test_not_ready_backend_stops_getting_traffic_without_reload(
     try:
         for victim in sorted(everyone):
             time.sleep(1.0)
-            t0 = time.monotonic()
-            set_ready(env.kube, env.namespace, victim, False)
+            t0 = env.set_ready(victim, False)
             time.sleep(3.0)
             t_back = time.monotonic()
-            set_ready(env.kube, env.namespace, victim, True)
+            env.set_ready(victim, True)
             back = measure(lambda v=victim, t=t_back: any(
                 r.backend == v and r.at > t for r in list(load.replies)), 30,
                 f"{victim} answering again")
@@ -155,12 +159,11 @@ def test_https_with_operator_issued_certificate(env_factory: Callable[..., Env])
     import base64
     import ssl
 
-    from tests.e2e.conftest import LISTENER_PORT
-    tls_port = LISTENER_PORT + 363
     env = _ready_env(env_factory, listeners=[
         {"name": "http", "port": LISTENER_PORT, "protocol": "HTTP"},
-        {"name": "https", "port": tls_port, "protocol": "HTTPS",
+        {"name": "https", "port": TLS_PORT, "protocol": "HTTPS",
          "tls": {"dnsNames": ["web.e2e.test"]}}])
+    tls_port = env.local_port(TLS_PORT)
     secret = client.CoreV1Api(env.kube).read_namespaced_secret("web-lb-tls", env.namespace)
     ca = base64.b64decode(secret.data["ca.crt"]).decode()
     ctx = ssl.create_default_context(cadata=ca)
@@ -234,12 +237,11 @@ def test_certificate_rotation_is_hot_swapped(env_factory: Callable[..., Env]) ->
     import base64
     import ssl
 
-    from tests.e2e.conftest import LISTENER_PORT
-    tls_port = LISTENER_PORT + 363
     env = _ready_env(env_factory, listeners=[
         {"name": "http", "port": LISTENER_PORT, "protocol": "HTTP"},
-        {"name": "https", "port": tls_port, "protocol": "HTTPS",
+        {"name": "https", "port": TLS_PORT, "protocol": "HTTPS",
          "tls": {"dnsNames": ["web.e2e.test"]}}])
+    tls_port = env.local_port(TLS_PORT)
     proxy = env.proxy
     assert proxy is not None
     core = client.CoreV1Api(env.kube)
@@ -268,7 +270,7 @@ def test_certificate_rotation_is_hot_swapped(env_factory: Callable[..., Env]) ->
     new_pem = base64.b64decode(new.data["tls.crt"]).decode()
     wait_for(lambda: ssl.DER_cert_to_PEM_cert(served_cert()).split("-----")[2].split()
              == new_pem.split("-----")[2].split(), 60, "HAProxy serving the new certificate")
-    print("agent log:\n" + proxy.agent_log.read_text()[-1500:])
+    print("proxy logs:\n" + proxy.logs())
     ca = base64.b64decode(new.data["ca.crt"]).decode()
     r = traffic.get(tls_port, tls=ssl.create_default_context(cadata=ca),
                     server_hostname="web.e2e.test")
@@ -311,8 +313,7 @@ def test_http_redirect_to_https_keeps_port_path_and_query(
         env_factory: Callable[..., Env]) -> None:
     import http.client
 
-    from tests.e2e.conftest import LISTENER_PORT
-    tls_port = LISTENER_PORT + 363
+    tls_port = TLS_PORT
     redirect_port = LISTENER_PORT + 1
     env = _ready_env(env_factory, listeners=[
         {"name": "http", "port": LISTENER_PORT, "protocol": "HTTP"},
@@ -320,7 +321,8 @@ def test_http_redirect_to_https_keeps_port_path_and_query(
          "redirectToHTTPS": True},
         {"name": "https", "port": tls_port, "protocol": "HTTPS",
          "tls": {"dnsNames": ["web.e2e.test"]}}])
-    conn = http.client.HTTPConnection("127.0.0.1", redirect_port, timeout=5)
+    # The Host header names the listener port, as a client of the proxy would.
+    conn = http.client.HTTPConnection("127.0.0.1", env.local_port(redirect_port), timeout=5)
     try:
         conn.request("GET", "/a/b?x=1&y=2", headers={"Host": f"web.e2e.test:{redirect_port}"})
         resp = conn.getresponse()
