@@ -388,7 +388,9 @@ def pair_certificate(secret_name: str, issued: bool, where: str, namespace: str,
         why = f"has no valid {' or '.join(missing)}" if missing else secret.problem
         problems.append(Problem("TLSReady", "InvalidSecret",
                                 f"{where}: Secret {secret_name!r}: {why}" if not missing
-                                else f"{where}: Secret {secret_name!r} {why}", retry=True))
+                                else f"{where}: Secret {secret_name!r} {why}"))
+        # No timed retry: the Secret exists, so its next edit re-reconciles through the
+        # Secret watch; retrying every 15 s would only repeat the same verdict in the log.
         return None
     return Certificate(f"{secret_name}.pem", secret_name, secret.fingerprint, issued)
 

@@ -203,8 +203,7 @@ def _upstream_tls(rp: ReverseProxy, cluster: ClusterState,
         return UpstreamTLSConfig(True, None, u.sni), True
     if not secret.has_ca:
         problems.append(Problem("TLSReady", "InvalidSecret",
-                                f"{where}: Secret {u.ca_secret_name!r} has no valid ca.crt",
-                                retry=True))
+                                f"{where}: Secret {u.ca_secret_name!r} has no valid ca.crt"))
         return UpstreamTLSConfig(True, None, u.sni), True
     return UpstreamTLSConfig(True, f"{u.ca_secret_name}.ca.pem", u.sni), False
 

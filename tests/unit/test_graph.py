@@ -170,7 +170,8 @@ def test_a_key_that_does_not_match_its_certificate_is_caught_before_the_proxy() 
     g = graph(state(1, secrets={"bad": bad}), listeners=listeners)
     assert [f.name for f in g.frontends] == ["fe_http"]  # the rest keeps serving
     (problem,) = g.problems
-    assert (problem.condition, problem.reason) == ("TLSReady", "InvalidSecret")
+    assert (problem.condition, problem.reason, problem.retry) == ("TLSReady", "InvalidSecret",
+                                                                  False)
     assert problem.message == ("spec.listeners[1].tls: Secret 'bad': tls.key does not match "
                                "the certificate in tls.crt")
 
