@@ -89,5 +89,8 @@ def cluster_for(obj: dict[str, Any], *, secrets: bool = True) -> ClusterState:
         found = {n: TLSSecret(n, True, True, f"fp-{n}") for n in names}
         ca = (spec.get("upstreamTLS") or {}).get("caSecretName")
         if ca:
-            found[ca] = TLSSecret(ca, False, False, "", has_ca=True, ca_fingerprint="ca-fp")
+            # One Secret may be both a serving pair and the upstream CA bundle.
+            pair = ca in found
+            found[ca] = TLSSecret(ca, pair, pair, f"fp-{ca}" if pair else "", has_ca=True,
+                                  ca_fingerprint="ca-fp")
     return ClusterState(services, slices, found)

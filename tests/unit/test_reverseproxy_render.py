@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 
 from roundhouse.agent.source import Source, ca_fingerprint
 from roundhouse.graph import ClusterState
@@ -92,6 +92,14 @@ def test_routing_table_spec_passes_haproxy_check(haproxy_binary: str) -> None:
 @settings(max_examples=100, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(valid_reverseproxies())
+# Found by CI: one Secret as a host's certificate and the upstream CA at once.
+@example({"apiVersion": "roundhouse.dev/v1alpha1", "kind": "ReverseProxy",
+          "metadata": {"name": "0", "namespace": "default"},
+          "spec": {"listeners": [{"name": "0", "port": 1},
+                                 {"name": "1", "port": 2, "protocol": "HTTPS"}],
+                   "hosts": [{"hostname": "0", "tls": {"secretName": "000"},
+                              "routes": [{"name": "0", "redirect": {"path": "/"}}]}],
+                   "upstreamTLS": {"caSecretName": "000"}}})
 def test_generated_specs_pass_haproxy_check(obj: dict[str, Any]) -> None:
     rp = parse_reverseproxy(obj)
     graph = build_reverseproxy_graph(rp, cluster_for(obj))
