@@ -57,9 +57,10 @@ bench: $(STAMP) system-deps binaries  ## benchmarks (JSON): readiness propagatio
 	$(PY) bench/propagation.py
 	$(PY) bench/overhead.py
 
-lint: $(STAMP)  ## ruff + mypy (strict) on the package
+lint: $(STAMP)  ## ruff, mypy (strict) and the import layers of DESIGN.md (import-linter)
 	$(VENV)/bin/ruff check operator tests e2e bench
 	$(VENV)/bin/mypy
+	cd operator && ../$(VENV)/bin/lint-imports --config ../pyproject.toml
 
 manifests: binaries  ## sync CRDs into the chart and render manifests/install.yaml
 	manifests/render.sh

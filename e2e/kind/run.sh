@@ -29,10 +29,11 @@ KEEP_CLUSTER="${KEEP_CLUSTER:-0}"
 COLLECT_LOGS="${COLLECT_LOGS:-on-failure}"
 ARTIFACTS="${ARTIFACTS:-$ROOT/_artifacts/kind}"
 # The node images of a kind release are only guaranteed with that release; pin the
-# digest its release notes list (kind v0.33.0: Kubernetes v1.36.4, the minor the
-# local control plane of e2e/cluster/build-binaries.sh runs).
+# default that release builds in (kind v0.33.0's pkg/apis/config/defaults/image.go:
+# Kubernetes v1.37.0, one minor above the local control plane of
+# e2e/cluster/build-binaries.sh, within kubectl's version skew).
 KIND_VERSION="${KIND_VERSION:-v0.33.0}"
-KIND_NODE_IMAGE="${KIND_NODE_IMAGE:-kindest/node:v1.36.4@sha256:099e049362a1526b2db71494e1947aae99bd16290d7c895f2b7ea312e3cbfaed}"
+KIND_NODE_IMAGE="${KIND_NODE_IMAGE:-kindest/node:v1.37.0@sha256:a1ed56cfb0e7b93589bdf97c8cd566405a265939e3620fc4f5de89adff580ae5}"
 KIND_CONFIG="${KIND_CONFIG:-$HERE/kind-config.yaml}"
 IMAGE_TAG="${IMAGE_TAG:-e2e-kind}"
 OPERATOR_REPOSITORY="${OPERATOR_REPOSITORY:-roundhouse}"
