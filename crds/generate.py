@@ -528,6 +528,20 @@ def crd(kind: str, plural: str, short_names: list[str], description: str,
 # --------------------------------------------------------------------- LoadBalancer
 
 
+def upstream_tls(plain: str) -> Schema:
+    return obj(
+        f"Connect to the backends with TLS (re-encryption). Absent: {plain}.",
+        {
+            "caSecretName": string("A Secret whose ca.crt verifies the backends' "
+                                   "certificates; absent: the system CAs.",
+                                   max_length=253, pattern=DNS_SUBDOMAIN),
+            "sni": string("The server name to send; absent: none.", max_length=253,
+                          pattern=DNS_SUBDOMAIN),
+            "verify": boolean("Verify the backends' certificates. Defaults to true.",
+                              default=True),
+        })
+
+
 def loadbalancer_spec() -> Schema:
     listener = obj(
         "A port the proxy listens on.",
@@ -588,6 +602,7 @@ def loadbalancer_spec() -> Schema:
             "timeouts": timeouts(),
             "limits": limits(),
             "proxy": proxy(),
+            "upstreamTLS": upstream_tls("plain TCP/HTTP"),
         },
         required=["listeners", "backends"],
         rules=[
@@ -598,6 +613,10 @@ def loadbalancer_spec() -> Schema:
                  "|| self.listeners.exists(l, l.protocol == 'HTTP' || l.protocol == 'HTTPS')",
                  "Cookie persistence needs an HTTP or HTTPS listener; use SourceIP for TCP",
                  field_path=".sessionPersistence.type"),
+            rule("!has(self.upstreamTLS) || "
+                 "!self.listeners.exists(l, l.protocol == 'TLSPassthrough')",
+                 "cannot be used with a TLSPassthrough listener, whose stream is already "
+                 "the client's TLS", field_path=".upstreamTLS"),
             ALGORITHM_FIRST,
         ],
     )
@@ -811,17 +830,7 @@ def reverseproxy_spec() -> Schema:
                 },
                 rules=[rule("!self.preload || self.includeSubdomains",
                             "preload needs includeSubdomains", field_path=".preload")]),
-            "upstreamTLS": obj(
-                "Connect to the backends with TLS. Absent: plain HTTP.",
-                {
-                    "caSecretName": string("A Secret whose ca.crt verifies the backends' "
-                                           "certificates; absent: the system CAs.",
-                                           max_length=253, pattern=DNS_SUBDOMAIN),
-                    "sni": string("The server name to send; absent: none.", max_length=253,
-                                  pattern=DNS_SUBDOMAIN),
-                    "verify": boolean("Verify the backends' certificates. Defaults to true.",
-                                      default=True),
-                }),
+            "upstreamTLS": upstream_tls("plain HTTP"),
             "algorithm": algorithm(),
             "sessionPersistence": session_persistence(),
             "healthCheck": health_check(),

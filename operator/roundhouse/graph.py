@@ -8,6 +8,7 @@ Output is sorted and stable, so the same inputs give byte-identical configs.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from roundhouse.model.loadbalancer import (
     LoadBalancer,
     SessionPersistence,
     Timeouts,
+    UpstreamTLS,
 )
 from roundhouse.model.reverseproxy import HeaderChanges, HeaderMatch
 
@@ -50,7 +52,7 @@ class Server:
 
 @dataclass(frozen=True)
 class UpstreamTLSConfig:
-    """How a pool's servers are reached over TLS (ReverseProxy upstreamTLS)."""
+    """How a pool's servers are reached over TLS (spec.upstreamTLS, both kinds)."""
 
     verify: bool
     ca_file: str | None = None  # under ca-base; None with verify: the system CAs
@@ -207,13 +209,16 @@ def build_loadbalancer_graph(lb: LoadBalancer, cluster: ClusterState) -> ProxyGr
         [(f"spec.backends[{i}]", be) for i, be in enumerate(lb.backends)], lb.namespace,
         cluster, problems)
     cookie_key = cookie_key_for(lb.namespace, lb.uid)
+    upstream = resolve_upstream_tls(lb.upstream_tls, lb.namespace, cluster, problems)
     modes = sorted({"http" if li.is_http else "tcp" for li in lb.listeners})
     pools = tuple(
         Pool(
             name=f"be_{mode}",
             mode=mode,
             algorithm=lb.algorithm,
-            servers=assign_slots(endpoints, cluster.previous_slots.get(f"be_{mode}", {})),
+            servers=refuse_unverifiable(
+                assign_slots(endpoints, cluster.previous_slots.get(f"be_{mode}", {})),
+                upstream),
             # Cookies only exist in HTTP; SourceIP stickiness works in both modes.
             persistence=lb.session_persistence
             if lb.session_persistence and (mode == "http" or
@@ -222,10 +227,13 @@ def build_loadbalancer_graph(lb: LoadBalancer, cluster: ClusterState) -> ProxyGr
             health_check=lb.health_check,
             max_connections_per_server=lb.limits.max_connections_per_server,
             cookie_key=cookie_key,
+            upstream_tls=upstream.config if upstream else None,
         )
         for mode in modes
     )
     certificates, cert_for = _resolve_certificates(lb, cluster, problems)
+    if upstream and upstream.ca:
+        certificates = tuple(sorted((*certificates, upstream.ca), key=lambda c: c.file))
     https = lb.https_listener
     frontends = []
     for li in sorted(lb.listeners, key=lambda x: x.port):
@@ -393,6 +401,43 @@ def pair_certificate(secret_name: str, issued: bool, where: str, namespace: str,
         # Secret watch; retrying every 15 s would only repeat the same verdict in the log.
         return None
     return Certificate(f"{secret_name}.pem", secret_name, secret.fingerprint, issued)
+
+
+@dataclass(frozen=True)
+class ResolvedUpstreamTLS:
+    config: UpstreamTLSConfig
+    ca: Certificate | None  # the CA file the agent writes from the Secret's ca.crt
+    refuse: bool  # verify is on but the CA is unusable: never connect unverified
+
+
+def resolve_upstream_tls(u: UpstreamTLS | None, namespace: str, cluster: ClusterState,
+                         problems: list[Problem]) -> ResolvedUpstreamTLS | None:
+    """spec.upstreamTLS -> how the pools reach their servers, with the CA it needs."""
+    if u is None:
+        return None
+    if not u.verify or u.ca_secret_name is None:
+        return ResolvedUpstreamTLS(UpstreamTLSConfig(u.verify, None, u.sni), None, False)
+    where = "spec.upstreamTLS.caSecretName"
+    secret = cluster.secrets.get(u.ca_secret_name)
+    if secret is None or not secret.has_ca:
+        problems.append(
+            Problem("TLSReady", "SecretNotFound",
+                    f"{where}: Secret {u.ca_secret_name!r} not found in namespace "
+                    f"{namespace!r}", retry=True) if secret is None
+            else Problem("TLSReady", "InvalidSecret",
+                         f"{where}: Secret {u.ca_secret_name!r} has no valid ca.crt"))
+        return ResolvedUpstreamTLS(UpstreamTLSConfig(True, None, u.sni), None, True)
+    ca = Certificate(f"{u.ca_secret_name}.ca.pem", secret.name, secret.ca_fingerprint, False,
+                     kind="ca")
+    return ResolvedUpstreamTLS(UpstreamTLSConfig(True, ca.file, u.sni), ca, False)
+
+
+def refuse_unverifiable(servers: tuple[Server, ...],
+                        upstream: ResolvedUpstreamTLS | None) -> tuple[Server, ...]:
+    """With a CA that must verify but is missing, every server is in maintenance (503)."""
+    if upstream is None or not upstream.refuse:
+        return servers
+    return tuple(dataclasses.replace(s, state=MAINT) for s in servers)
 
 
 def issued_dns_names(lb: LoadBalancer) -> tuple[str, ...]:

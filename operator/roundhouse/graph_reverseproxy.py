@@ -26,12 +26,10 @@ through to a less specific route) and records a Problem.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from collections.abc import Mapping
 
 from roundhouse.graph import (
-    MAINT,
     Certificate,
     ClusterState,
     Frontend,
@@ -50,7 +48,9 @@ from roundhouse.graph import (
     cookie_key_for,
     issued_secret_name,
     pair_certificate,
+    refuse_unverifiable,
     resolve_backends,
+    resolve_upstream_tls,
 )
 from roundhouse.model.common import Backend
 from roundhouse.model.loadbalancer import Listener
@@ -111,12 +111,10 @@ def build_reverseproxy_graph(rp: ReverseProxy, cluster: ClusterState, *,
         else:
             hosts.append((i, h))
 
-    upstream, refuse = _upstream_tls(rp, cluster, problems)
+    upstream = resolve_upstream_tls(rp.upstream_tls, rp.namespace, cluster, problems)
     certificates: dict[str, Certificate] = {}
-    if upstream and upstream.ca_file and rp.upstream_tls and rp.upstream_tls.ca_secret_name:
-        secret = cluster.secrets[rp.upstream_tls.ca_secret_name]
-        certificates[upstream.ca_file] = Certificate(
-            upstream.ca_file, secret.name, secret.ca_fingerprint, False, kind="ca")
+    if upstream and upstream.ca:
+        certificates[upstream.ca.file] = upstream.ca
 
     pools: list[Pool] = []
     seen: dict[str, WeightedEndpoint] = {}
@@ -126,9 +124,8 @@ def build_reverseproxy_graph(rp: ReverseProxy, cluster: ClusterState, *,
         endpoints = resolve_backends(backends, rp.namespace, cluster, problems)
         seen.update({e.key: e for e in endpoints})
         servers = assign_slots(endpoints, cluster.previous_slots.get(name, {}))
-        if refuse:  # verify is on but the CA is missing: never connect unverified
-            servers = tuple(dataclasses.replace(s, state=MAINT) for s in servers)
-        pools.append(_pool(rp, name, servers, route, upstream, cookie_key))
+        pools.append(_pool(rp, name, refuse_unverifiable(servers, upstream), route,
+                           upstream.config if upstream else None, cookie_key))
 
     for i, h in hosts:
         for j, r in enumerate(h.routes):
@@ -186,26 +183,6 @@ def _pool(rp: ReverseProxy, name: str, servers: tuple[Server, ...], route: Route
     )
 
 
-def _upstream_tls(rp: ReverseProxy, cluster: ClusterState,
-                  problems: list[Problem]) -> tuple[UpstreamTLSConfig | None, bool]:
-    """(how to reach servers, whether to refuse: verify is on but the CA is unusable)."""
-    u = rp.upstream_tls
-    if u is None:
-        return None, False
-    if not u.verify or u.ca_secret_name is None:
-        return UpstreamTLSConfig(u.verify, None, u.sni), False
-    where = "spec.upstreamTLS.caSecretName"
-    secret = cluster.secrets.get(u.ca_secret_name)
-    if secret is None:
-        problems.append(Problem("TLSReady", "SecretNotFound",
-                                f"{where}: Secret {u.ca_secret_name!r} not found in namespace "
-                                f"{rp.namespace!r}", retry=True))
-        return UpstreamTLSConfig(True, None, u.sni), True
-    if not secret.has_ca:
-        problems.append(Problem("TLSReady", "InvalidSecret",
-                                f"{where}: Secret {u.ca_secret_name!r} has no valid ca.crt"))
-        return UpstreamTLSConfig(True, None, u.sni), True
-    return UpstreamTLSConfig(True, f"{u.ca_secret_name}.ca.pem", u.sni), False
 
 
 def _host_certificates(rp: ReverseProxy, hosts: list[tuple[int, Host]],

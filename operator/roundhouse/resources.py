@@ -46,7 +46,10 @@ def service_refs(model: Model) -> set[str]:
 def secret_refs(model: Model) -> set[str]:
     """User-provided Secrets: serving certificates and upstream CAs (not issued ones)."""
     if isinstance(model, LoadBalancer):
-        return {li.tls.secret_name for li in model.listeners if li.tls and li.tls.secret_name}
+        refs = {li.tls.secret_name for li in model.listeners if li.tls and li.tls.secret_name}
+        if model.upstream_tls and model.upstream_tls.ca_secret_name:
+            refs.add(model.upstream_tls.ca_secret_name)
+        return refs
     return model.secret_refs()
 
 

@@ -18,6 +18,7 @@ make sense locally.
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 import uuid
@@ -234,6 +235,24 @@ def lb_body(name: str = "web", port: int = LISTENER_PORT, **spec: Any) -> dict[s
     return body
 
 
+def add_https_port(kube: client.ApiClient, namespace: str) -> None:
+    """The sample app's Service gains port `https` (443 -> the backends' TLS port 8443)."""
+    client.CoreV1Api(kube).patch_namespaced_service("web", namespace, {"spec": {"ports": [
+        {"name": "http", "port": 80, "targetPort": 8080},
+        {"name": "https", "port": 443, "targetPort": 8443}]}})
+
+
+def ca_secret(core: client.CoreV1Api, namespace: str, name: str, ca_pem: str,
+              create: bool = True) -> None:
+    """An Opaque Secret holding only ca.crt: what upstreamTLS.caSecretName names."""
+    body = {"metadata": {"name": name}, "type": "Opaque",
+            "data": {"ca.crt": base64.b64encode(ca_pem.encode()).decode()}}
+    if create:
+        core.create_namespaced_secret(namespace, body)
+    else:
+        core.replace_namespaced_secret(name, namespace, body)
+
+
 def running_pods(kube: client.ApiClient, namespace: str, selector: str
                  ) -> list[client.V1Pod]:
     pods = client.CoreV1Api(kube).list_namespaced_pod(namespace, label_selector=selector).items
@@ -391,13 +410,13 @@ class Env:
 
 
 def make_env(kube: client.ApiClient, cp: Any, log_dir: Path, replicas: int = 3,
-             backends: Backends | None = None, before: Callable[[Env], None] | None = None,
+             servers: Backends | None = None, before: Callable[[Env], None] | None = None,
              **spec: Any) -> Env:
-    """`backends`: a Backends variant (e.g. TLS-serving); `before`: runs just before
-    the LoadBalancer is created."""
+    """`servers`: a Backends variant (e.g. TLS-serving); `before`: runs just before
+    the LoadBalancer is created; `spec`: LoadBalancer spec fields (incl. `backends`)."""
     namespace = new_namespace(kube)
     core = client.CoreV1Api(kube)
-    env = Env(kube, cp, namespace, log_dir, backends or new_backends(kube, namespace, log_dir))
+    env = Env(kube, cp, namespace, log_dir, servers or new_backends(kube, namespace, log_dir))
     env.cleanups.append(lambda: core.delete_namespace(namespace))
     try:
         env.backends.guard()
@@ -465,9 +484,9 @@ def env_factory(operator: Any, kube: client.ApiClient,
                 control_plane: Any, tmp_path: Path) -> Iterator[Callable[..., Env]]:
     made: list[Env] = []
 
-    def factory(replicas: int = 3, backends: Backends | None = None,
+    def factory(replicas: int = 3, servers: Backends | None = None,
                 before: Callable[[Env], None] | None = None, **spec: Any) -> Env:
-        env = make_env(kube, control_plane, tmp_path, replicas, backends, before, **spec)
+        env = make_env(kube, control_plane, tmp_path, replicas, servers, before, **spec)
         made.append(env)
         return env
 

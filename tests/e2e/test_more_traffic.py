@@ -31,6 +31,8 @@ from kubernetes import client
 from tests.e2e.conftest import (
     LISTENER_PORT,
     Env,
+    add_https_port,
+    ca_secret,
     local_only,
     set_ready,
 )
@@ -134,7 +136,7 @@ def test_tls_passthrough_shows_the_backends_certificate(env_factory: Callable[..
     ca = rtls.issue_ca("e2e backend CA", dt.datetime.now(dt.UTC))
     backends = TLSBackends(tmp_path)
     backends.ca = ca
-    env = env_factory(backends=backends, listeners=[
+    env = env_factory(servers=backends, listeners=[
         {"name": "pass", "port": TLS_PORT, "protocol": "TLSPassthrough"}])
     everyone = set(env.backends.backends)
     ctx = ssl.create_default_context(cadata=ca.cert_pem)
@@ -449,3 +451,49 @@ def test_bad_user_secrets_never_reach_the_serving_proxy(env_factory: Callable[..
     assert why in programmed["message"], programmed
     tls_now = condition(get_lb(env.kube, env.namespace, "web"), "TLSReady")
     assert tls_now["status"] == "True", tls_now  # a well-formed pair: the proxy decides
+
+
+# -- 7. re-encryption to the backends (LoadBalancer upstreamTLS) --------------------------------
+
+@local_only("the backends serve TLS on a second port (netns.Backends.enable_tls) and report "
+            "the TLS and SNI they saw (X-Seen-TLS/SNI); the echo image does neither")
+def test_loadbalancer_reencrypts_verifies_and_waits_for_its_ca(
+        env_factory: Callable[..., Env], tmp_path: Path) -> None:
+    """HTTPS in, TLS out: the backends see TLS with the configured SNI and are checked over
+    TLS; without the CA Secret nothing is sent unverified (503, TLSReady=False), and it
+    recovers by itself when the Secret appears; a CA that did not sign them: 503."""
+    now = dt.datetime.now(dt.UTC)
+    backend_ca = rtls.issue_ca("e2e LB backend CA", now)
+    other_ca = rtls.issue_ca("e2e LB other CA", now)
+    serving = rtls.issue_serving(backend_ca, ("web.backend.internal",), now)
+    servers = Backends(tmp_path)
+    servers.enable_tls(serving.cert_pem, serving.key_pem)
+
+    env = env_factory(
+        replicas=2, servers=servers, before=lambda e: add_https_port(e.kube, e.namespace),
+        backends=[{"service": "web", "port": "https"}],
+        upstreamTLS={"caSecretName": "lb-backend-ca", "sni": "web.backend.internal"},
+        healthCheck={"type": "HTTP", "path": "/", "interval": "500ms"})
+    # No CA yet: TLSReady=False naming the field, and no request reaches a backend.
+    tls_ready = wait_for(lambda: (c := condition(get_lb(env.kube, env.namespace, "web"),
+                                                 "TLSReady")).get("reason") == "SecretNotFound"
+                         and c, 60, "TLSReady=False/SecretNotFound")
+    assert tls_ready["status"] == "False" and "spec.upstreamTLS.caSecretName" in tls_ready[
+        "message"], tls_ready
+    wait_for(lambda: traffic.request(env.port).status == 503, 60, "503 without the CA")
+    # The CA appears: the operator re-reconciles on the Secret watch, traffic flows over TLS.
+    ca_secret(client.CoreV1Api(env.kube), env.namespace, "lb-backend-ca", backend_ca.cert_pem)
+    reply = wait_for(lambda: (r := traffic.request(env.port)).status == 200 and r, 90,
+                     "traffic once the CA Secret exists")
+    assert reply.seen("TLS") not in (None, "none"), reply.headers
+    assert reply.seen("SNI") == "web.backend.internal", reply.headers
+    counts = traffic.spread(env.port, 30)
+    print(f"re-encrypted, 30 requests: {dict(counts)}")
+    assert set(counts) == set(env.backends.backends), counts
+    wait_for(lambda: condition(get_lb(env.kube, env.namespace, "web"), "TLSReady")
+             .get("status") == "True", 60, "TLSReady=True")
+    # A CA that did not sign the backends' certificate: never sent, 503.
+    ca_secret(client.CoreV1Api(env.kube), env.namespace, "lb-backend-ca", other_ca.cert_pem,
+              create=False)
+    wait_for(lambda: traffic.request(env.port).status == 503, 60, "503 with the wrong CA")
+    assert sum(traffic.request(env.port).status != 503 for _ in range(20)) == 0

@@ -20,7 +20,7 @@ import yaml
 from e2e.harness import traffic
 from e2e.harness.netns import Backends
 from kubernetes import client
-from tests.e2e.conftest import LISTENER_PORT, Env, local_only
+from tests.e2e.conftest import LISTENER_PORT, Env, add_https_port, ca_secret, local_only
 from tests.integration.operator_process import condition, get_rp, wait_for
 
 from roundhouse import tls as rtls
@@ -241,22 +241,6 @@ def test_each_hostname_gets_its_own_certificate_with_hsts_and_h2(
 # ------------------------------------------------------------------- upstream TLS
 
 
-def _tls_service(kube: client.ApiClient, namespace: str) -> None:
-    client.CoreV1Api(kube).patch_namespaced_service("web", namespace, {"spec": {"ports": [
-        {"name": "http", "port": 80, "targetPort": 8080},
-        {"name": "https", "port": 443, "targetPort": 8443}]}})
-
-
-def _ca_secret(core: client.CoreV1Api, namespace: str, name: str, ca_pem: str,
-               create: bool = True) -> None:
-    body = {"metadata": {"name": name}, "type": "Opaque",
-            "data": {"ca.crt": base64.b64encode(ca_pem.encode()).decode()}}
-    if create:
-        core.create_namespaced_secret(namespace, body)
-    else:
-        core.replace_namespaced_secret(name, namespace, body)
-
-
 @local_only("the backends serve TLS on a second port (netns.Backends.enable_tls) and report "
             "the TLS and SNI they saw (X-Seen-TLS/SNI); the echo image does neither")
 def test_reencryption_verifies_the_backend_and_refuses_a_wrong_ca(
@@ -269,8 +253,8 @@ def test_reencryption_verifies_the_backend_and_refuses_a_wrong_ca(
     backends.enable_tls(backend.cert_pem, backend.key_pem)
 
     def before(env: Env) -> None:
-        _tls_service(env.kube, env.namespace)
-        _ca_secret(client.CoreV1Api(env.kube), env.namespace, "backend-ca", backend_ca.cert_pem)
+        add_https_port(env.kube, env.namespace)
+        ca_secret(client.CoreV1Api(env.kube), env.namespace, "backend-ca", backend_ca.cert_pem)
 
     body = rp("secure", [{"hostname": "secure.e2e.test", "routes": [
         {"name": "all", "backends": [{"service": "web", "port": "https"}]}]}],
@@ -282,7 +266,7 @@ def test_reencryption_verifies_the_backend_and_refuses_a_wrong_ca(
     pods = {app_of(traffic.request(env.port, host="secure.e2e.test")) for _ in range(10)}
     assert pods == {"web"}
     # A CA that did not sign the backends' certificate: the proxy refuses to send.
-    _ca_secret(client.CoreV1Api(env.kube), env.namespace, "backend-ca", other_ca.cert_pem,
+    ca_secret(client.CoreV1Api(env.kube), env.namespace, "backend-ca", other_ca.cert_pem,
                create=False)
     refused = wait_for(lambda: (r := traffic.request(env.port, host="secure.e2e.test"))
                        .status == 503 and r, 60, "503 once the CA does not match")

@@ -195,6 +195,15 @@ def proxy(draw: st.DrawFn) -> Obj:
 
 
 @st.composite
+def upstream_tls(draw: st.DrawFn) -> Obj:
+    upstream: Obj = {}
+    _maybe(draw, upstream, "caSecretName", dns_subdomains())
+    _maybe(draw, upstream, "sni", dns_subdomains())
+    _maybe(draw, upstream, "verify", st.booleans())
+    return upstream
+
+
+@st.composite
 def loadbalancer_specs(draw: st.DrawFn) -> Obj:
     """A valid LoadBalancer spec."""
     spec: Obj = {"listeners": draw(listeners()), "backends": draw(backends())}
@@ -209,6 +218,8 @@ def loadbalancer_specs(draw: st.DrawFn) -> Obj:
     if algorithm == "first" or draw(st.booleans()):
         spec["limits"] = draw(limits(algorithm))
     _maybe(draw, spec, "proxy", proxy())
+    if not any(li.get("protocol") == "TLSPassthrough" for li in spec["listeners"]):
+        _maybe(draw, spec, "upstreamTLS", upstream_tls())
     return spec
 
 
@@ -374,12 +385,7 @@ def reverseproxy_specs(draw: st.DrawFn) -> Obj:
             hsts["includeSubdomains"] = True
             _maybe(draw, hsts, "preload", st.booleans())
         spec["hsts"] = hsts
-    if draw(st.booleans()):
-        upstream: Obj = {}
-        _maybe(draw, upstream, "caSecretName", dns_subdomains())
-        _maybe(draw, upstream, "sni", dns_subdomains())
-        _maybe(draw, upstream, "verify", st.booleans())
-        spec["upstreamTLS"] = upstream
+    _maybe(draw, spec, "upstreamTLS", upstream_tls())
     algorithm = draw(st.sampled_from(ALGORITHMS))
     if algorithm != "roundrobin" or draw(st.booleans()):
         spec["algorithm"] = algorithm

@@ -445,7 +445,8 @@ def _model_value(lb: LoadBalancer, schema_path: str) -> Any:
     for part in schema_path.removeprefix("spec.").split("."):
         key = part.removesuffix("[]")
         snake = {"sessionPersistence": "session_persistence",
-                 "redirectToHTTPS": "redirect_to_https"}.get(key, _snake(key))
+                 "redirectToHTTPS": "redirect_to_https",
+                 "upstreamTLS": "upstream_tls"}.get(key, _snake(key))
         if hasattr(value, snake + "_ms"):
             snake += "_ms"
         value = getattr(value, snake)
@@ -457,7 +458,7 @@ def _model_value(lb: LoadBalancer, schema_path: str) -> Any:
 def test_every_crd_default_is_the_model_default() -> None:
     """Parse an object that leaves every defaulted field out, then compare each default
     the CRD declares with the value the model chose."""
-    lb = parse_loadbalancer(_minimal(sessionPersistence={}, healthCheck={}))
+    lb = parse_loadbalancer(_minimal(sessionPersistence={}, healthCheck={}, upstreamTLS={}))
     with_tls = parse_loadbalancer(_minimal(listeners=[
         {"name": "a", "port": 443, "protocol": "HTTPS", "tls": {}}]))
     checked = []

@@ -7,6 +7,7 @@ import datetime as dt
 
 import pytest
 
+from roundhouse import resources
 from roundhouse import tls as rtls
 from roundhouse.graph import (
     DRAIN,
@@ -16,8 +17,10 @@ from roundhouse.graph import (
     build_loadbalancer_graph,
     issued_secret_name,
 )
+from roundhouse.handlers import indexes
 from roundhouse.model import parse_loadbalancer
 from roundhouse.model.cluster import TLSSecret, parse_tls_secret
+from roundhouse.render import objects
 from tests.unit.cluster_fixtures import endpoint, endpoint_slice, pods, service, state
 from tests.unit.conftest import lb_object
 
@@ -202,3 +205,56 @@ def test_redirect_points_at_the_https_listener_port() -> None:
     g = graph(state(1, secrets={name: TLSSecret(name, True, True, "f")}), listeners=listeners)
     http = next(f for f in g.frontends if f.name == "fe_http")
     assert http.redirect_https_port == 8443
+
+
+CA = TLSSecret("internal-ca", False, False, "", has_ca=True, ca_fingerprint="cafp")
+
+
+@pytest.mark.parametrize("listeners", [
+    [{"name": "https", "port": 443, "protocol": "HTTPS"}],
+    [{"name": "pg", "port": 5432, "protocol": "TCP"}, {"name": "http", "port": 80}],
+])
+def test_upstream_tls_reaches_every_pool_with_the_ca(listeners: list[dict[str, object]]) -> None:
+    name = issued_secret_name("LoadBalancer", "web")
+    g = graph(state(3, secrets={"internal-ca": CA, name: TLSSecret(name, True, True, "f")}),
+              listeners=listeners, upstreamTLS={"caSecretName": "internal-ca", "sni": "w.in"})
+    assert not g.problems
+    assert g.pools and all(
+        p.upstream_tls is not None and (p.upstream_tls.verify, p.upstream_tls.ca_file,
+                                        p.upstream_tls.sni) == (True, "internal-ca.ca.pem", "w.in")
+        for p in g.pools)
+    ca = [c for c in g.certificates if c.kind == "ca"]
+    assert [(c.file, c.secret, c.fingerprint) for c in ca] == [
+        ("internal-ca.ca.pem", "internal-ca", "cafp")]
+    role = objects.agent_role(objects.Owner("LoadBalancer", "web", "default", "u"), g)
+    assert "internal-ca" in role["rules"][-1]["resourceNames"]
+
+
+@pytest.mark.parametrize(("secrets", "reason"), [
+    ({}, "SecretNotFound"),
+    ({"internal-ca": TLSSecret("internal-ca", True, True, "f")}, "InvalidSecret"),  # no ca.crt
+])
+def test_unusable_upstream_ca_never_connects_unverified(secrets: dict[str, TLSSecret],
+                                                        reason: str) -> None:
+    g = graph(state(3, secrets=secrets), upstreamTLS={"caSecretName": "internal-ca"})
+    (problem,) = g.problems
+    assert (problem.condition, problem.reason) == ("TLSReady", reason)
+    assert "spec.upstreamTLS.caSecretName" in problem.message
+    assert all(s.state == MAINT for p in g.pools for s in p.servers)
+    assert not any(c.kind == "ca" for c in g.certificates)
+
+
+def test_upstream_tls_without_verify_needs_no_ca() -> None:
+    g = graph(state(3), upstreamTLS={"caSecretName": "internal-ca", "verify": False})
+    assert not g.problems and not g.certificates
+    (pool,) = g.pools
+    assert pool.upstream_tls is not None and not pool.upstream_tls.verify
+    assert sum(1 for s in pool.servers if s.state == READY) == 3
+
+
+def test_upstream_ca_secret_is_a_reference_that_re_reconciles() -> None:
+    lb = parse_loadbalancer(lb_object(upstreamTLS={"caSecretName": "internal-ca"}))
+    assert "internal-ca" in resources.secret_refs(lb)
+    refs = indexes.rh_lb_refs(namespace="default", name="web",
+                              spec=lb_object(upstreamTLS={"caSecretName": "internal-ca"})["spec"])
+    assert refs[("Secret", "default", "internal-ca")] == ("LoadBalancer", "web")

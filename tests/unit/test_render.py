@@ -10,7 +10,12 @@ import yaml
 
 from roundhouse.graph import ClusterState, build_loadbalancer_graph, issued_secret_name
 from roundhouse.model import parse_loadbalancer
-from roundhouse.model.cluster import TLSSecret, parse_endpoint_slice, parse_service
+from roundhouse.model.cluster import (
+    TLSSecret,
+    parse_endpoint_slice,
+    parse_service,
+    parse_tls_secret,
+)
 from roundhouse.render.haproxy import render_haproxy, server_line, status_port
 from tests.unit.cluster_fixtures import endpoint, endpoint_slice, service, state
 from tests.unit.conftest import EXAMPLES, HaproxyCheck, lb_object
@@ -26,8 +31,10 @@ def offline_cluster(lb_name: str) -> ClusterState:
     services = {s.name: s for s in (parse_service(d) for d in docs if d["kind"] == "Service")}
     slices = [s for s in (parse_endpoint_slice(d) for d in docs
                           if d["kind"] == "EndpointSlice") if s]
+    secrets = {s.name: s for s in (parse_tls_secret(d) for d in docs if d["kind"] == "Secret")}
     name = issued_secret_name("LoadBalancer", lb_name)
-    return ClusterState(services, slices, {name: TLSSecret(name, True, True, "golden")})
+    return ClusterState(services, slices,
+                        {**secrets, name: TLSSecret(name, True, True, "golden")})
 
 
 def example_graph(path: Path):  # type: ignore[no-untyped-def]
@@ -73,13 +80,23 @@ def test_example_passes_haproxy_check(path: Path, haproxy_check: HaproxyCheck) -
                    {"name": "http", "port": 80, "protocol": "HTTP", "redirectToHTTPS": True}]},
     {"listeners": [{"name": "https", "port": 8443, "protocol": "HTTPS"},
                    {"name": "http", "port": 8080, "protocol": "HTTP", "redirectToHTTPS": True}]},
+    {"listeners": [{"name": "https", "port": 443, "protocol": "HTTPS"}],
+     "upstreamTLS": {"caSecretName": "internal-ca", "sni": "web.internal"},
+     "healthCheck": {"type": "HTTP", "path": "/healthz"},
+     "sessionPersistence": {"type": "Cookie"}},
+    {"listeners": [{"name": "pg", "port": 5432, "protocol": "TCP"},
+                   {"name": "http", "port": 80, "protocol": "HTTP"}],
+     "upstreamTLS": {"verify": False}, "healthCheck": {"type": "TCP"}},
+    {"upstreamTLS": {}},  # the system CAs
 ])
 def test_feature_table_passes_haproxy_check(spec: dict[str, object],
                                             haproxy_check: HaproxyCheck) -> None:
     name = issued_secret_name("LoadBalancer", "web")
     cluster = state(3, extra=[endpoint("t", "10.244.0.9", ready=False, serving=True,
                                        terminating=True)],
-                    secrets={name: TLSSecret(name, True, True, "f")})
+                    secrets={name: TLSSecret(name, True, True, "f"),
+                             "internal-ca": TLSSecret("internal-ca", False, False, "",
+                                                      has_ca=True, ca_fingerprint="c")})
     graph = build_loadbalancer_graph(parse_loadbalancer(lb_object(**spec)), cluster)
     result = haproxy_check(graph)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -174,3 +191,17 @@ def test_source_ip_stickiness_is_capped_at_haproxys_timer_limit() -> None:
     lb = parse_loadbalancer(lb_object(sessionPersistence={"type": "SourceIP", "maxAge": "720h"}))
     cfg = render_haproxy(build_loadbalancer_graph(lb, state(1))).config
     assert "stick-table type ip size 1m expire 576h" in cfg
+
+
+@pytest.mark.parametrize(("spec", "host"), [
+    ({"healthCheck": {"type": "HTTP", "host": "web.example.com"}}, "web.example.com"),
+    ({"healthCheck": {"type": "HTTP"}, "upstreamTLS": {"sni": "web.internal", "verify": False}},
+     "web.internal"),
+    ({"healthCheck": {"type": "HTTP"}}, "localhost"),
+])
+def test_http_checks_always_send_a_host_header(spec: dict[str, object], host: str) -> None:
+    """HTTP/1.1 without Host gets a 400 from Go, nginx and Tomcat: every server would be down."""
+    graph = build_loadbalancer_graph(parse_loadbalancer(lb_object(**spec)), state(3))
+    config = render_haproxy(graph).config
+    (line,) = [x.strip() for x in config.splitlines() if x.strip().startswith("http-check send")]
+    assert line == f"http-check send meth GET uri / ver HTTP/1.1 hdr Host {host}"

@@ -40,8 +40,12 @@ def cluster_for(obj: dict[str, Any]) -> ClusterState:
     for li in spec["listeners"]:
         if (li.get("tls") or {}).get("secretName"):
             secrets[li["tls"]["secretName"]] = None
-    return ClusterState(services, slices,
-                        {n: TLSSecret(n, True, True, "x") for n in secrets})
+    ca = (spec.get("upstreamTLS") or {}).get("caSecretName")
+    pairs = {n: TLSSecret(n, True, True, "x") for n in secrets}
+    if ca:  # a Secret may be both a serving pair and the upstream CA
+        pairs[ca] = TLSSecret(ca, ca in secrets, ca in secrets, "x", has_ca=True,
+                              ca_fingerprint="c")
+    return ClusterState(services, slices, pairs)
 
 
 @settings(max_examples=EXAMPLES_CHECKED, deadline=None,

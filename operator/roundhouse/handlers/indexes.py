@@ -97,6 +97,9 @@ def rh_lb_refs(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> Any:
         secret = ((listener or {}).get("tls") or {}).get("secretName")
         if secret:
             refs[("Secret", namespace, str(secret))] = ("LoadBalancer", name)
+    ca = (spec.get("upstreamTLS") or {}).get("caSecretName")
+    if ca:
+        refs[("Secret", namespace, str(ca))] = ("LoadBalancer", name)
     return refs or None
 
 

@@ -11,6 +11,7 @@ from roundhouse.model.loadbalancer import (
     ProxySettings,
     SessionPersistence,
     Timeouts,
+    UpstreamTLS,
     parse_loadbalancer,
 )
 from roundhouse.model.reverseproxy import (
@@ -26,7 +27,6 @@ from roundhouse.model.reverseproxy import (
     Route,
     RouteMatch,
     RouteTimeouts,
-    UpstreamTLS,
     parse_reverseproxy,
 )
 

@@ -5,6 +5,7 @@ crds/generate.py (one source for both CRDs), so both kinds validate them alike.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,15 @@ class Timeouts:
     server_ms: int = 50_000
     queue_ms: int = 30_000
     tunnel_ms: int = 3_600_000
+
+
+@dataclass(frozen=True)
+class UpstreamTLS:
+    """Re-encryption to the backends (both kinds): verified unless verify is false."""
+
+    ca_secret_name: str | None = None  # None: the system CAs
+    sni: str | None = None
+    verify: bool = True
 
 
 @dataclass(frozen=True)
@@ -163,6 +173,21 @@ def parse_proxy(r: Reader) -> ProxySettings:
         node_selector=r.string_map("nodeSelector"),
         tolerations=tuple(tolerations),
     )
+
+
+def bounded(r: Reader, key: str, value: str, pattern: re.Pattern[str], what: str,
+            max_length: int = 253) -> None:
+    """A present string field must match its pattern within the CRD's maxLength."""
+    if r.has(key) and (len(value) > max_length or not pattern.match(value)):
+        r.error(key, f"{value!r} is not a valid {what}")
+
+
+def parse_upstream_tls(r: Reader) -> UpstreamTLS:
+    ca = r.string("caSecretName") or None
+    bounded(r, "caSecretName", ca or "", HOST_NAME_RE, "Secret name")
+    sni = r.string("sni") or None
+    bounded(r, "sni", sni or "", HOST_NAME_RE, "server name")
+    return UpstreamTLS(ca, sni, r.boolean("verify", True))
 
 
 def check_name(meta: dict[str, Any], suffix: str, errors: list[FieldError]) -> str:

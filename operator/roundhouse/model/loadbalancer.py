@@ -13,6 +13,7 @@ from roundhouse.model.common import (
     ProxySettings,
     SessionPersistence,
     Timeouts,
+    UpstreamTLS,
     check_name,
     limits_rules,
     parse_backend,
@@ -21,6 +22,7 @@ from roundhouse.model.common import (
     parse_persistence,
     parse_proxy,
     parse_timeouts,
+    parse_upstream_tls,
     required_value,
 )
 from roundhouse.model.errors import FieldError, SpecError
@@ -41,6 +43,7 @@ __all__ = [
     "ProxySettings",
     "SessionPersistence",
     "Timeouts",
+    "UpstreamTLS",
     "parse_loadbalancer",
 ]
 
@@ -83,6 +86,7 @@ class LoadBalancer:
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
     proxy: ProxySettings = field(default_factory=ProxySettings)
+    upstream_tls: UpstreamTLS | None = None
 
     @property
     def https_listener(self) -> Listener | None:
@@ -117,6 +121,8 @@ def parse_loadbalancer(obj: dict[str, Any]) -> LoadBalancer:
         timeouts=parse_timeouts(spec.child("timeouts")),
         limits=parse_limits(spec.child("limits")),
         proxy=parse_proxy(spec.child("proxy")),
+        upstream_tls=parse_upstream_tls(spec.child("upstreamTLS")) if spec.has("upstreamTLS")
+        else None,
     )
     _cross_field_rules(lb, errors)
     if errors:
@@ -184,4 +190,8 @@ def _cross_field_rules(lb: LoadBalancer, errors: list[FieldError]) -> None:
         errors.append(FieldError("spec.sessionPersistence.type",
                                  "Cookie persistence needs an HTTP or HTTPS listener; "
                                  "use SourceIP for TCP"))
+    if lb.upstream_tls and any(li.protocol == "TLSPassthrough" for li in lb.listeners):
+        errors.append(FieldError("spec.upstreamTLS",
+                                 "cannot be used with a TLSPassthrough listener, whose "
+                                 "stream is already the client's TLS"))
     limits_rules(lb.algorithm, lb.limits, errors)

@@ -22,6 +22,8 @@ from roundhouse.model.common import (
     ProxySettings,
     SessionPersistence,
     Timeouts,
+    UpstreamTLS,
+    bounded,
     check_name,
     limits_rules,
     parse_backend,
@@ -30,6 +32,7 @@ from roundhouse.model.common import (
     parse_persistence,
     parse_proxy,
     parse_timeouts,
+    parse_upstream_tls,
     required_value,
 )
 from roundhouse.model.errors import FieldError, SpecError
@@ -140,13 +143,6 @@ class Host:
 
 
 @dataclass(frozen=True)
-class UpstreamTLS:
-    ca_secret_name: str | None = None  # None: the system CAs
-    sni: str | None = None
-    verify: bool = True
-
-
-@dataclass(frozen=True)
 class HSTS:
     max_age_ms: int = 8760 * 3_600_000
     include_subdomains: bool = False
@@ -228,7 +224,7 @@ def parse_reverseproxy(obj: dict[str, Any]) -> ReverseProxy:
         hosts=hosts,
         default_backend=_default_backend(spec.child("defaultBackend"))
         if spec.has("defaultBackend") else None,
-        upstream_tls=_upstream_tls(spec.child("upstreamTLS")) if spec.has("upstreamTLS")
+        upstream_tls=parse_upstream_tls(spec.child("upstreamTLS")) if spec.has("upstreamTLS")
         else None,
         hsts=_hsts(spec.child("hsts")) if spec.has("hsts") else None,
         algorithm=spec.enum("algorithm", ALGORITHMS, "roundrobin"),
@@ -261,12 +257,6 @@ def _unique(items: list[Reader], keys: tuple[str, ...], errors: list[FieldError]
         seen.add(key)
 
 
-def _bounded(r: Reader, key: str, value: str, pattern: re.Pattern[str], what: str,
-             max_length: int = 253) -> None:
-    if r.has(key) and (len(value) > max_length or not pattern.match(value)):
-        r.error(key, f"{value!r} is not a valid {what}")
-
-
 def _optional_duration(r: Reader, key: str, maximum_ms: int = 86_400_000) -> int | None:
     return r.duration_ms(key, "1s", maximum_ms=maximum_ms) if r.has(key) else None
 
@@ -296,12 +286,12 @@ def _listener(r: Reader) -> Listener:
 
 def _host(r: Reader) -> Host:
     hostname = r.string("hostname", required=True)
-    _bounded(r, "hostname", hostname, DNS_NAME_RE, "host name (exact, or *.domain)")
+    bounded(r, "hostname", hostname, DNS_NAME_RE, "host name (exact, or *.domain)")
     tls = None
     if r.has("tls"):
         t = r.child("tls")
         secret = t.string("secretName") or None
-        _bounded(t, "secretName", secret or "", HOST_NAME_RE, "Secret name")
+        bounded(t, "secretName", secret or "", HOST_NAME_RE, "Secret name")
         tls = HostTLS(secret)
     if not r.has("routes"):
         r.error("routes", "Required value")
@@ -366,7 +356,7 @@ def _match(r: Reader) -> RouteMatch:
     headers = []
     for h in r.items("headers", max_items=16):
         hname = h.string("name", required=True)
-        _bounded(h, "name", hname, HEADER_NAME_RE, "header name (an HTTP token)", 256)
+        bounded(h, "name", hname, HEADER_NAME_RE, "header name (an HTTP token)", 256)
         htype = h.enum("type", HEADER_MATCH_TYPES, "Exact")
         hvalue = h.string("value", required=True)
         if len(hvalue) > 4096 or not HEADER_VALUE_RE.match(hvalue):
@@ -437,7 +427,7 @@ def _header_changes(r: Reader) -> HeaderChanges:
 def _redirect(r: Reader) -> Redirect:
     scheme = r.enum("scheme", REDIRECT_SCHEMES, "https") if r.has("scheme") else None
     hostname = r.string("hostname") or None
-    _bounded(r, "hostname", hostname or "", HOST_NAME_RE, "host name")
+    bounded(r, "hostname", hostname or "", HOST_NAME_RE, "host name")
     path = r.string("path") or None
     if r.has("path") and (len(path or "") > 1024 or not HTTP_PATH_RE.match(path or "")):
         r.error("path", f"{path!r} must start with '/' and hold only URL path characters")
@@ -456,14 +446,6 @@ def _redirect(r: Reader) -> Redirect:
 def _default_backend(r: Reader) -> Backend:
     be = parse_backend(r)
     return Backend(be.service, be.port)  # no weight: the default backend is one Service
-
-
-def _upstream_tls(r: Reader) -> UpstreamTLS:
-    ca = r.string("caSecretName") or None
-    _bounded(r, "caSecretName", ca or "", HOST_NAME_RE, "Secret name")
-    sni = r.string("sni") or None
-    _bounded(r, "sni", sni or "", HOST_NAME_RE, "server name")
-    return UpstreamTLS(ca, sni, r.boolean("verify", True))
 
 
 def _hsts(r: Reader) -> HSTS:

@@ -162,6 +162,15 @@ def upstream_tls(pool: Pool) -> str:
     return out
 
 
+def check_host(pool: Pool) -> str:
+    """The Host header of HTTP checks. HTTP/1.1 requires one, and HAProxy adds none: Go's
+    net/http, nginx and Tomcat answer 400 without it, which would mark every server down."""
+    hc = pool.health_check
+    if hc and hc.host:
+        return hc.host
+    return pool.upstream_tls.sni if pool.upstream_tls and pool.upstream_tls.sni else "localhost"
+
+
 @cache
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(
@@ -187,6 +196,7 @@ def _render(graph: ProxyGraph, options: RenderOptions, *, masked: bool) -> str:
         conditions=route_conditions,
         location=redirect_location,
         upstream_tls=upstream_tls,
+        check_host=check_host,
         retry_on=retry_on,
         hv=header_value,
     )
