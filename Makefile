@@ -60,7 +60,7 @@ bench: $(STAMP) system-deps binaries  ## benchmarks (JSON): readiness propagatio
 lint: $(STAMP)  ## ruff, mypy (strict) and the import layers of DESIGN.md (import-linter)
 	$(VENV)/bin/ruff check operator tests e2e bench
 	$(VENV)/bin/mypy
-	cd operator && ../$(VENV)/bin/lint-imports --config ../pyproject.toml
+	cd operator && ../$(VENV)/bin/lint-imports --no-cache --config ../pyproject.toml
 
 manifests: binaries  ## sync CRDs into the chart and render manifests/install.yaml
 	manifests/render.sh
