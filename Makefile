@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 EXAMPLES := $(filter-out examples/sample-app.yaml examples/offline-cluster.yaml,$(wildcard examples/*.yaml))
 
-.PHONY: help venv system-deps binaries test test-unit test-integration test-e2e demo bench lint render manifests manifests-check \
+.PHONY: help venv system-deps binaries haproxy-lts test test-unit test-integration test-e2e test-e2e-lts demo bench lint render manifests manifests-check \
         cluster-up cluster-down clean
 
 help:  ## list the targets
@@ -31,6 +31,9 @@ system-deps:  ## Debian's haproxy (the tests' `haproxy -c`) and iproute2, if mis
 binaries:  ## build (or reuse) kube-apiserver, etcd, controllers, kwok, helm from Go modules
 	@e2e/cluster/build-binaries.sh >/dev/null
 
+haproxy-lts:  ## fetch (or reuse) HAProxy 3.2, the LTS branch the manifests run, for the tests
+	@[ -n "$${ROUNDHOUSE_HAPROXY_LTS:-}" ] || e2e/cluster/fetch-haproxy-lts.sh >/dev/null
+
 render: $(STAMP) system-deps  ## render every example offline and validate it with the real haproxy -c
 	@for f in $(EXAMPLES); do \
 	  echo "== roundhouse render -f $$f --services examples/offline-cluster.yaml --check"; \
@@ -39,7 +42,7 @@ render: $(STAMP) system-deps  ## render every example offline and validate it wi
 	@echo; echo "== haproxy.cfg of examples/https-issued-cookie.yaml:"; \
 	$(VENV)/bin/roundhouse render -f examples/https-issued-cookie.yaml --services examples/offline-cluster.yaml --haproxy-cfg
 
-test-unit: $(STAMP) system-deps  ## unit tier: model, graph, render, tls, schema, agent (no cluster)
+test-unit: $(STAMP) system-deps haproxy-lts  ## unit tier: model, graph, render, tls, schema, agent (no cluster); haproxy -c and the agent on 2.6 and 3.2
 	$(PYTEST) tests/unit -q
 
 test-integration: $(STAMP) binaries  ## integration tier: real kube-apiserver, etcd, controllers, kwok
@@ -48,7 +51,13 @@ test-integration: $(STAMP) binaries  ## integration tier: real kube-apiserver, e
 test-e2e: $(STAMP) system-deps binaries  ## end to end: operator + agent + HAProxy + netns backends (root)
 	$(PYTEST) tests/e2e -q -o testpaths=tests/e2e
 
-test: test-unit test-integration test-e2e  ## every tier that runs on this machine
+test-e2e-lts: $(STAMP) system-deps binaries haproxy-lts  ## the end-to-end tier again, with HAProxy 3.2 (the manifests' LTS) as the data plane
+	@lts="$${ROUNDHOUSE_HAPROXY_LTS:-$$(e2e/cluster/fetch-haproxy-lts.sh 2>/dev/null)}"; \
+	if [ "$$lts" = none ]; then echo "test-e2e-lts: skipped (ROUNDHOUSE_HAPROXY_LTS=none)"; exit 0; fi; \
+	echo "end to end with $$("$$lts" -v | sed -n 1p)"; \
+	E2E_HAPROXY="$$lts" $(PYTEST) tests/e2e -q -o testpaths=tests/e2e
+
+test: test-unit test-integration test-e2e test-e2e-lts  ## every tier that runs on this machine
 
 demo: $(STAMP) system-deps binaries  ## local control plane + operator + 3 backends + a LoadBalancer, real traffic (root)
 	$(PY) e2e/demo.py $(DEMO_ARGS)

@@ -69,13 +69,15 @@ class ProxyStandIn:
 
     def __init__(self, *, namespace: str, configmap: str, status_configmap: str,
                  pod_name: str, kubeconfig: str | Path, log_dir: Path,
-                 haproxy_bin: str = "haproxy") -> None:
+                 haproxy_bin: str | None = None) -> None:
         self.namespace = namespace
         self.configmap = configmap
         self.status_configmap = status_configmap
         self.pod_name = pod_name
         self.kubeconfig = str(kubeconfig)
         self.log_dir = Path(log_dir)
+        # E2E_HAPROXY: another HAProxy (make test-e2e-lts: the LTS branch the manifests run).
+        haproxy_bin = haproxy_bin or os.environ.get("E2E_HAPROXY") or "haproxy"
         self.haproxy_bin = shutil.which(haproxy_bin) or haproxy_bin
         self.dir = Path(tempfile.mkdtemp(prefix="roundhouse-e2e-proxy-"))
         os.chmod(self.dir, 0o755)

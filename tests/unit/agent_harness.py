@@ -239,7 +239,8 @@ class HAProxy:
         self.client.wait_until_up(timeout)
 
     def worker(self) -> int:
-        workers = self.client.show_proc().workers
+        """The worker serving new connections (after a failed reload on 3.x: an old one)."""
+        workers = self.client.show_proc().serving
         assert len(workers) == 1, workers
         return workers[0]
 

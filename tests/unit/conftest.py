@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import copy
+import functools
+import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,26 +39,63 @@ def lb_object(**spec: Any) -> dict[str, Any]:
 HaproxyCheck = Callable[[ProxyGraph], subprocess.CompletedProcess[str]]
 
 
-@pytest.fixture(scope="session")
-def haproxy_binary() -> str:
-    path = shutil.which("haproxy")
-    if path is None:
+@functools.cache
+def haproxy_binaries() -> tuple[str, ...]:
+    """Debian's haproxy (2.6) and one of the LTS branch the manifests run (3.2, from
+    e2e/cluster/fetch-haproxy-lts.sh, or $ROUNDHOUSE_HAPROXY_LTS): every rendered config
+    must pass both, and the agent is tested against both. ROUNDHOUSE_HAPROXY_LTS=none:
+    only the system's (a machine with no Debian mirror; the kind job runs the LTS image)."""
+    system = shutil.which("haproxy")
+    if system is None:
         pytest.fail("the unit tier needs the real haproxy binary (apt-get install haproxy); "
                     ".ci/run installs it")
-    return path
+    lts = os.environ.get("ROUNDHOUSE_HAPROXY_LTS")
+    if lts == "none":
+        return (system,)
+    if not lts:
+        done = subprocess.run([str(REPO / "e2e" / "cluster" / "fetch-haproxy-lts.sh")],
+                              capture_output=True, text=True, timeout=600, check=False)
+        if done.returncode != 0:
+            pytest.fail(f"cannot get the LTS haproxy: {done.stderr.strip()}")
+        lts = done.stdout.strip().splitlines()[-1]
+    return system, lts
+
+
+def haproxy_version(binary: str) -> str:
+    """'2.6.12-1+deb12u4', '3.2.26-1': the first line of `haproxy -v`, third word."""
+    out = subprocess.run([binary, "-v"], capture_output=True, text=True, check=True).stdout
+    return out.split()[2]
+
+
+@pytest.fixture(scope="session", params=[0, 1], ids=["haproxy-debian", "haproxy-lts"])
+def haproxy_binary(request: pytest.FixtureRequest) -> str:
+    """Each test that runs HAProxy itself runs once per binary of haproxy_binaries()."""
+    binaries = haproxy_binaries()
+    if request.param >= len(binaries):
+        pytest.skip("no LTS haproxy on this machine (ROUNDHOUSE_HAPROXY_LTS=none)")
+    return binaries[request.param]
+
+
+def check_graph(graph: ProxyGraph) -> tuple[subprocess.CompletedProcess[str], str]:
+    """Render `graph` with throwaway certificates and run `haproxy -c` on it with every
+    binary of haproxy_binaries(): (the first failure, else the last result; the config)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        write_placeholder_certificates(
+            Path(tmp), [c.file for c in graph.certificates if c.kind == "pair"],
+            [c.file for c in graph.certificates if c.kind == "ca"])
+        config = render_haproxy(graph, RenderOptions(runtime_dir=tmp, cert_dir=tmp)).config
+        cfg = Path(tmp) / "haproxy.cfg"
+        cfg.write_text(config)
+        for binary in haproxy_binaries():
+            result = subprocess.run([binary, "-c", "-f", str(cfg)], capture_output=True,
+                                    text=True, check=False)
+            if result.returncode != 0:
+                result.stdout = f"[haproxy {haproxy_version(binary)}]\n{result.stdout}"
+                break
+    return result, config
 
 
 @pytest.fixture
-def haproxy_check(haproxy_binary: str, tmp_path: Path) -> HaproxyCheck:
-    """Render a graph into tmp_path with throwaway certificates and run `haproxy -c`."""
-
-    def check(graph: ProxyGraph) -> subprocess.CompletedProcess[str]:
-        write_placeholder_certificates(tmp_path, [c.file for c in graph.certificates])
-        rendered = render_haproxy(graph, RenderOptions(runtime_dir=str(tmp_path),
-                                                       cert_dir=str(tmp_path)))
-        cfg = tmp_path / "haproxy.cfg"
-        cfg.write_text(rendered.config)
-        return subprocess.run([haproxy_binary, "-c", "-f", str(cfg)], capture_output=True,
-                              text=True, check=False)
-
-    return check
+def haproxy_check() -> HaproxyCheck:
+    """check_graph, returning only the haproxy result."""
+    return lambda graph: check_graph(graph)[0]

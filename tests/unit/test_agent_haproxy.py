@@ -163,6 +163,10 @@ def test_invalid_config_without_haproxy_c_is_rolled_back(haproxy_binary: str) ->
         assert cfg.read_text() == running  # restored for the next (re)start
         assert r.haproxy.worker() == worker  # the old worker keeps serving
         assert set(r.spread(9)) == {"a", "b", "c"}
+        # An agent (re)started now finds HAProxy up, though 3.x lists that worker as old.
+        fresh = Agent(r.scenario.runtime_dir, haproxy_bin="/nonexistent/haproxy",
+                      metrics=AgentMetrics())
+        assert fresh.client.wait_until_up(timeout=5).serving == (worker,)
         result = r.agent.apply(r.scenario.desired())
         assert result.action == "reload", result
         assert r.haproxy.worker() != worker

@@ -46,6 +46,26 @@ def test_show_proc_32() -> None:
     assert procs.workers == (1271,) and procs.old_workers == ()
 
 
+# 3.2 after a reload that failed: the worker that keeps serving is listed as an old one.
+PROC_32_FAILED = """\
+#<PID>          <type>          <reloads>       <uptime>        <version>
+18862           master          2 [failed: 1]   0d00h00m07s     3.2.26-1
+# workers
+# old workers
+18800           worker          2               0d00h01m07s     3.2.26-1
+18865           worker          1               0d00h00m07s     3.2.26-1
+# programs
+
+"""
+
+
+def test_show_proc_32_after_a_failed_reload_serves_from_the_newest_old_worker() -> None:
+    procs = parse_show_proc(PROC_32_FAILED)
+    assert procs.workers == () and procs.old_workers == (18865, 18800)
+    assert procs.serving == (18865,)
+    assert parse_show_proc(PROC_26).serving == (25555,)
+
+
 def test_show_proc_garbage() -> None:
     with pytest.raises(RuntimeAPIError):
         parse_show_proc("Unknown command.\n")

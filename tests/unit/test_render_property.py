@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -12,9 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from roundhouse.graph import ClusterState, build_loadbalancer_graph, issued_secret_name
 from roundhouse.model import parse_loadbalancer
 from roundhouse.model.cluster import TLSSecret
-from roundhouse.render.haproxy import RenderOptions, render_haproxy
-from roundhouse.testing import write_placeholder_certificates
+from roundhouse.render.haproxy import render_haproxy
 from tests.unit.cluster_fixtures import endpoint, endpoint_slice, service
+from tests.unit.conftest import check_graph
 from tests.unit.strategies import valid_loadbalancers
 
 EXAMPLES_CHECKED = 200
@@ -55,14 +52,8 @@ def test_generated_specs_pass_haproxy_check(obj: dict[str, Any]) -> None:
     lb = parse_loadbalancer(obj)
     graph = build_loadbalancer_graph(lb, cluster_for(obj))
     assert not [p for p in graph.problems if p.condition == "TLSReady"]
-    with tempfile.TemporaryDirectory() as tmp:
-        write_placeholder_certificates(Path(tmp), [c.file for c in graph.certificates])
-        rendered = render_haproxy(graph, RenderOptions(runtime_dir=tmp, cert_dir=tmp))
-        cfg = Path(tmp) / "haproxy.cfg"
-        cfg.write_text(rendered.config)
-        result = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True,
-                                text=True, check=False)
-    assert result.returncode == 0, f"{result.stdout}{result.stderr}\n---\n{rendered.config}"
+    result, config = check_graph(graph)
+    assert result.returncode == 0, f"{result.stdout}{result.stderr}\n---\n{config}"
     # Same input, same bytes.
-    assert render_haproxy(build_loadbalancer_graph(lb, cluster_for(obj)),
-                          RenderOptions(runtime_dir=tmp, cert_dir=tmp)).config == rendered.config
+    assert render_haproxy(build_loadbalancer_graph(lb, cluster_for(obj))).config == \
+        render_haproxy(graph).config

@@ -6,8 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +17,11 @@ from roundhouse.agent.source import Source, ca_fingerprint
 from roundhouse.graph import ClusterState
 from roundhouse.graph_reverseproxy import build_reverseproxy_graph
 from roundhouse.model import parse_reverseproxy
-from roundhouse.render.haproxy import RenderOptions, quote, render_haproxy
+from roundhouse.render.haproxy import quote, render_haproxy
 from roundhouse.routing import redirect_location, select_route, select_rule
-from roundhouse.testing import write_placeholder_certificates
 from tests.unit.agent_harness import FakeAPI, issue_cert
 from tests.unit.cluster_fixtures import endpoint, endpoint_slice, service
-from tests.unit.conftest import REPO, HaproxyCheck
+from tests.unit.conftest import REPO, HaproxyCheck, check_graph
 from tests.unit.rp_fixtures import (
     RP_EXAMPLE_FILES,
     cluster_for,
@@ -42,19 +39,6 @@ def example_graph(path: Path):  # type: ignore[no-untyped-def]
     obj = example_object(path)
     return build_reverseproxy_graph(parse_reverseproxy(obj),
                                     offline_cluster(obj["metadata"]["name"]))
-
-
-def check_config(graph: Any) -> tuple[subprocess.CompletedProcess[str], str]:
-    with tempfile.TemporaryDirectory() as tmp:
-        write_placeholder_certificates(
-            Path(tmp), [c.file for c in graph.certificates if c.kind == "pair"],
-            [c.file for c in graph.certificates if c.kind == "ca"])
-        rendered = render_haproxy(graph, RenderOptions(runtime_dir=tmp, cert_dir=tmp))
-        cfg = Path(tmp) / "haproxy.cfg"
-        cfg.write_text(rendered.config)
-        result = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True,
-                                text=True, check=False)
-    return result, rendered.config
 
 
 # ------------------------------------------------------------------ examples
@@ -78,14 +62,14 @@ def test_example_matches_golden_file(path: Path) -> None:
 def test_example_passes_haproxy_check(path: Path, haproxy_binary: str) -> None:
     graph = example_graph(path)
     assert not graph.problems, graph.problems
-    result, config = check_config(graph)
+    result, config = check_graph(graph)
     assert result.returncode == 0, result.stdout + result.stderr + config
 
 
 def test_routing_table_spec_passes_haproxy_check(haproxy_binary: str) -> None:
     obj = ROUTING_TABLE["reverseproxy"]
     graph = build_reverseproxy_graph(parse_reverseproxy(obj), cluster_for(obj))
-    result, config = check_config(graph)
+    result, config = check_graph(graph)
     assert result.returncode == 0, result.stdout + result.stderr + config
 
 
@@ -104,7 +88,7 @@ def test_generated_specs_pass_haproxy_check(obj: dict[str, Any]) -> None:
     rp = parse_reverseproxy(obj)
     graph = build_reverseproxy_graph(rp, cluster_for(obj))
     assert not [p for p in graph.problems if p.condition == "TLSReady"], graph.problems
-    result, config = check_config(graph)
+    result, config = check_graph(graph)
     assert result.returncode == 0, f"{result.stdout}{result.stderr}\n---\n{config}"
     # Same input, same bytes.
     assert render_haproxy(build_reverseproxy_graph(rp, cluster_for(obj))).config == \

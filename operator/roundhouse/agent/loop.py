@@ -42,7 +42,7 @@ def wait_for_haproxy(agent: Agent, stop: threading.Event, timeout: float) -> boo
             procs = agent.client.wait_until_up(timeout=min(5.0, max(0.1, deadline -
                                                                    time.monotonic())))
             log.info("HAProxy is up: master %d, worker(s) %s", procs.master_pid,
-                     ", ".join(map(str, procs.workers)))
+                     ", ".join(map(str, procs.serving)))
             return True
         except RuntimeAPIError as err:
             if time.monotonic() >= deadline:

@@ -36,7 +36,14 @@ class ProcTable:
     reloads: int
     failed_reloads: int  # 2.6: failed reloads since the last success; -1 when not shown
     workers: tuple[int, ...]  # the current worker(s)
-    old_workers: tuple[int, ...]  # still finishing their connections after a reload
+    old_workers: tuple[int, ...]  # from earlier loads, newest (fewest reloads) first
+
+    @property
+    def serving(self) -> tuple[int, ...]:
+        """The worker(s) taking new connections. Normally the current ones; but after a
+        failed reload HAProxy 3.x lists the worker that goes on serving among the old
+        workers (2.6 keeps it under workers), so then it is the newest old one."""
+        return self.workers or self.old_workers[:1]
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,7 @@ def parse_show_proc(text: str) -> ProcTable:
     master_pid = reloads = 0
     failed = -1
     workers: list[int] = []
-    old: list[int] = []
+    old: list[tuple[int, int]] = []  # (reloads survived, pid)
     section = ""
     for line in text.splitlines():
         stripped = line.strip()
@@ -76,11 +83,14 @@ def parse_show_proc(text: str) -> ProcTable:
             m = re.search(r"\[failed:\s*(\d+)\]", stripped)
             if m:
                 failed = int(m.group(1))
+        elif kind == "worker" and section.startswith("old"):
+            old.append((int(fields[2]) if len(fields) > 2 and fields[2].isdigit() else 0, pid))
         elif kind == "worker":
-            (old if section.startswith("old") else workers).append(pid)
+            workers.append(pid)
     if not master_pid:
         raise RuntimeAPIError(f"unexpected `show proc` answer: {text[:200]!r}")
-    return ProcTable(master_pid, reloads, failed, tuple(workers), tuple(old))
+    old.sort(key=lambda entry: entry[0])  # stable: listing order among equals
+    return ProcTable(master_pid, reloads, failed, tuple(workers), tuple(p for _, p in old))
 
 
 def parse_servers_state(text: str) -> list[ServerRuntimeState]:
@@ -183,7 +193,7 @@ class RuntimeClient:
         while True:
             try:
                 procs = self.show_proc()
-                if procs.workers:
+                if procs.serving:
                     self.command("show info")
                     return procs
                 error: Exception = RuntimeAPIError("no worker yet")
