@@ -12,11 +12,13 @@
 #
 # Cached by version in ${ROUNDHOUSE_CACHE:-~/.cache/roundhouse}/haproxy/<version>/; the
 # newest cached build of the series is used without asking the network, until
-# HAPROXY_LTS_REFRESH=1. Knobs: HAPROXY_LTS_SERIES (3.2), HAPROXY_LTS_SUITE (sid).
+# HAPROXY_LTS_REFRESH=1. Knobs: HAPROXY_LTS_SERIES (3.2), HAPROXY_LTS_SUITES.
 set -euo pipefail
 
 SERIES="${HAPROXY_LTS_SERIES:-3.2}"
-SUITE="${HAPROXY_LTS_SUITE:-sid}"
+# The first suites carry the series today; the later ones keep it within reach once
+# unstable moves on to a newer branch.
+SUITES="${HAPROXY_LTS_SUITES:-sid forky trixie-backports}"
 CACHE="${ROUNDHOUSE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/roundhouse}/haproxy"
 ARCH="$(dpkg --print-architecture)"
 TRIPLET="$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)"
@@ -78,7 +80,7 @@ mkdir -p "$WORK/lists/partial" "$WORK/cache/archives/partial" "$WORK/debs"
 cat > "$WORK/unstable.sources" <<EOF
 Types: deb
 URIs: $URI
-Suites: $SUITE
+Suites: $SUITES
 Components: main
 Architectures: $ARCH
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
@@ -87,24 +89,23 @@ APT=(-o "Dir::Etc::SourceList=$WORK/unstable.sources" -o Dir::Etc::SourceParts=/
      -o "Dir::State::Lists=$WORK/lists" -o Dir::State::status=/dev/null
      -o "Dir::Cache=$WORK/cache" -o APT::Sandbox::User=root -o Debug::NoLocking=1)
 
-log "resolving haproxy $SERIES.x in Debian $SUITE"
+log "resolving haproxy $SERIES.x in Debian $SUITES"
 if ! apt-get "${APT[@]}" -qq update >/dev/null 2>"$WORK/update.err"; then
   if cached="$(newest_cached)"; then
     log "package index unreachable ($(tail -n 1 "$WORK/update.err")); using cached $cached"
     printf '%s\n' "$cached"; exit 0
   fi
-  die "cannot read the Debian $SUITE index: $(tail -n 1 "$WORK/update.err")"
+  die "cannot read the Debian index ($SUITES): $(tail -n 1 "$WORK/update.err")"
 fi
-VERSION="$(apt-cache "${APT[@]}" policy haproxy | sed -n 's/^[[:space:]]*Candidate:[[:space:]]*//p')"
-UPSTREAM="${VERSION#*:}"; UPSTREAM="${UPSTREAM%%-*}"
-case "$UPSTREAM" in
-  "$SERIES".*) ;;
-  *) if cached="$(newest_cached)"; then
-       log "Debian $SUITE has haproxy $VERSION, not $SERIES.x; using cached $cached"
-       printf '%s\n' "$cached"; exit 0
-     fi
-     die "Debian $SUITE has haproxy $VERSION, not $SERIES.x (set HAPROXY_LTS_SERIES)" ;;
-esac
+# The newest version of the series in any of the suites (no epoch in haproxy's versions).
+VERSION="$(apt-cache "${APT[@]}" madison haproxy | awk -F'|' '{gsub(/ /, "", $2); print $2}' \
+           | grep "^$SERIES\." | sort -V | tail -n 1 || true)"
+if [ -z "$VERSION" ]; then
+  offered="$(apt-cache "${APT[@]}" madison haproxy | awk -F'|' '{gsub(/ /, "", $2); print $2}' \
+             | tr '\n' ' ')"
+  die "no haproxy $SERIES.x in Debian $SUITES (offered: ${offered:-none}); set HAPROXY_LTS_SERIES"
+fi
+UPSTREAM="${VERSION%%-*}"
 DEST="$CACHE/$UPSTREAM-${VERSION##*-}"
 if works "$DEST/bin/haproxy"; then
   log "haproxy $VERSION: cached"
@@ -113,7 +114,7 @@ fi
 
 # haproxy's shared-library dependencies and theirs (not adduser & co: nothing runs them).
 direct="$(apt-cache "${APT[@]}" depends --no-recommends --no-suggests --no-conflicts \
-            --no-breaks --no-replaces --no-enhances haproxy \
+            --no-breaks --no-replaces --no-enhances "haproxy=$VERSION" \
           | sed -n 's/^[[:space:]]*Depends:[[:space:]]*\(lib[^[:space:]]*\|zlib1g\).*/\1/p' \
           | sort -u)"
 closure="$(apt-cache "${APT[@]}" depends --recurse --no-recommends --no-suggests \
