@@ -357,10 +357,28 @@ def limits() -> Schema:
                 "requests queue. 0: unlimited, no queueing. Must be above 0 with "
                 "algorithm first, and at most maxConnections. Defaults to 0.",
                 minimum=0, maximum=100_000, default=0),
+            "maxConnectionsPerClient": integer(
+                "Maximum concurrent connections from one client address to one proxy "
+                "replica, 0-100000; further connections are refused. 0: unlimited. At "
+                "most maxConnections. Defaults to 0.",
+                minimum=0, maximum=100_000, default=0),
+            "requestRatePerClient": obj(
+                "At most `requests` HTTP requests from one client address in any `period` "
+                "(a sliding window, per proxy replica); further requests get 429 with "
+                "Retry-After. Only with an HTTP or HTTPS listener. Absent: unlimited.",
+                {
+                    "requests": integer("Requests allowed per period, 1-1000000.",
+                                        minimum=1, maximum=1_000_000),
+                    "period": duration("period", "The window.", default="1s", max_hours=1),
+                },
+                required=["requests"]),
         },
         rules=[rule("self.maxConnectionsPerServer <= self.maxConnections",
                     "maxConnectionsPerServer must not exceed spec.limits.maxConnections",
-                    field_path=".maxConnectionsPerServer")],
+                    field_path=".maxConnectionsPerServer"),
+               rule("self.maxConnectionsPerClient <= self.maxConnections",
+                    "maxConnectionsPerClient must not exceed spec.limits.maxConnections",
+                    field_path=".maxConnectionsPerClient")],
         default={},
     )
 
@@ -613,6 +631,11 @@ def loadbalancer_spec() -> Schema:
                  "|| self.listeners.exists(l, l.protocol == 'HTTP' || l.protocol == 'HTTPS')",
                  "Cookie persistence needs an HTTP or HTTPS listener; use SourceIP for TCP",
                  field_path=".sessionPersistence.type"),
+            rule("!has(self.limits.requestRatePerClient) || "
+                 "self.listeners.exists(l, l.protocol == 'HTTP' || l.protocol == 'HTTPS')",
+                 "requestRatePerClient needs an HTTP or HTTPS listener; use "
+                 "maxConnectionsPerClient for TCP",
+                 field_path=".limits.requestRatePerClient"),
             rule("!has(self.upstreamTLS) || "
                  "!self.listeners.exists(l, l.protocol == 'TLSPassthrough')",
                  "cannot be used with a TLSPassthrough listener, whose stream is already "

@@ -62,7 +62,9 @@ def _desired(graph: ProxyGraph, owner: objects.Owner, model: LoadBalancer | Reve
         resources=model.proxy.resources,
         node_selector=model.proxy.node_selector,
         tolerations=model.proxy.tolerations,
-        preserve_client_ip=bool(persistence and persistence.type == "SourceIP"),
+        # Source-address persistence and per-client limits need the client's own address.
+        preserve_client_ip=bool(persistence and persistence.type == "SourceIP")
+        or model.limits.per_client,
     )
     children = (
         objects.service_account(owner),

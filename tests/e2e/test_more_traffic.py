@@ -497,3 +497,47 @@ def test_loadbalancer_reencrypts_verifies_and_waits_for_its_ca(
               create=False)
     wait_for(lambda: traffic.request(env.port).status == 503, 60, "503 with the wrong CA")
     assert sum(traffic.request(env.port).status != 503 for _ in range(20)) == 0
+
+
+# -- 8. per-client limits ----------------------------------------------------------------------
+
+def test_request_rate_per_client_answers_429_then_recovers(
+        env_factory: Callable[..., Env]) -> None:
+    """10 requests per 3 s from one client: a burst of 16 gets its first 10 through and
+    429 + Retry-After for the rest; once the window has passed, requests pass again."""
+    env = env_factory(replicas=2, limits={"maxConnections": 4000,
+                                          "requestRatePerClient": {"requests": 10,
+                                                                   "period": "3s"}})
+    wait_for(lambda: traffic.request(env.port).status == 200, 90, "traffic")
+    time.sleep(6.5)  # two whole windows: HAProxy's rate also weighs the previous one
+    burst = [traffic.request(env.port) for _ in range(16)]
+    statuses = [r.status for r in burst]
+    print(f"burst of 16 at 10/3s: {statuses}")
+    assert statuses[:10] == [200] * 10, statuses
+    # At most one more can pass, if the burst straddled a window boundary.
+    assert statuses.count(200) <= 11 and set(statuses[11:]) == {429}, statuses
+    refused = burst[-1]
+    assert refused.headers.get("Retry-After") == "3", refused.headers
+    assert "Too Many Requests" in refused.body
+    time.sleep(6.5)
+    assert [traffic.request(env.port).status for _ in range(5)] == [200] * 5
+
+
+@local_only("holds idle TCP connections open to the proxy; through kubectl port-forward "
+            "each is a stream of one forwarding connection, and a refused one is the "
+            "forward's error, not the client's")
+def test_connections_per_client_are_capped(env_factory: Callable[..., Env]) -> None:
+    env = env_factory(replicas=2, limits={"maxConnections": 4000,
+                                          "maxConnectionsPerClient": 3})
+    wait_for(lambda: traffic.get(env.port).error is None, 90, "traffic")
+    with contextlib.ExitStack() as stack:
+        idle = [stack.enter_context(socket.create_connection(("127.0.0.1", env.port), 5))
+                for _ in range(3)]
+        time.sleep(0.3)  # let HAProxy accept and count all three
+        fourth = traffic.get(env.port)
+        print(f"a 4th connection while 3 are open: {fourth.error}")
+        assert fourth.error is not None and fourth.status == 0, fourth
+        idle[0].close()
+        again = wait_for(lambda: (r := traffic.get(env.port)).error is None and r, 10,
+                         "a connection once one of the three closed")
+        assert again.backend in env.backends.backends

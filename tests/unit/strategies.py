@@ -155,13 +155,18 @@ def timeouts(draw: st.DrawFn) -> Obj:
 
 
 @st.composite
-def limits(draw: st.DrawFn, algorithm: str) -> Obj:
+def limits(draw: st.DrawFn, algorithm: str, http: bool = True) -> Obj:
     out: Obj = {}
     _maybe(draw, out, "maxConnections", st.integers(1, 1_000_000))
     total = out.get("maxConnections", 10_000)
     low = 1 if algorithm == "first" else 0
     if low or draw(st.booleans()):
         out["maxConnectionsPerServer"] = draw(st.integers(low, min(100_000, total)))
+    _maybe(draw, out, "maxConnectionsPerClient", st.integers(0, min(100_000, total)))
+    if http and draw(st.booleans()):
+        rate: Obj = {"requests": draw(st.integers(1, 1_000_000))}
+        _maybe(draw, rate, "period", durations(3_600_000))
+        out["requestRatePerClient"] = rate
     return out
 
 
@@ -216,7 +221,7 @@ def loadbalancer_specs(draw: st.DrawFn) -> Obj:
     _maybe(draw, spec, "healthCheck", health_check())
     _maybe(draw, spec, "timeouts", timeouts())
     if algorithm == "first" or draw(st.booleans()):
-        spec["limits"] = draw(limits(algorithm))
+        spec["limits"] = draw(limits(algorithm, http=cookie_allowed))
     _maybe(draw, spec, "proxy", proxy())
     if not any(li.get("protocol") == "TLSPassthrough" for li in spec["listeners"]):
         _maybe(draw, spec, "upstreamTLS", upstream_tls())

@@ -404,7 +404,8 @@ def test_validator_defaults_like_the_api_server() -> None:
     assert spec["timeouts"] == {"connect": "5s", "client": "50s", "server": "50s",
                                 "queue": "30s", "tunnel": "1h"}
     assert spec["sessionPersistence"] == {"type": "Cookie", "maxAge": "1h"}
-    assert spec["limits"] == {"maxConnections": 10_000, "maxConnectionsPerServer": 0}
+    assert spec["limits"] == {"maxConnections": 10_000, "maxConnectionsPerServer": 0,
+                              "maxConnectionsPerClient": 0}
     assert spec["proxy"] == {"replicas": 2, "serviceType": "LoadBalancer"}
 
 
@@ -458,7 +459,8 @@ def _model_value(lb: LoadBalancer, schema_path: str) -> Any:
 def test_every_crd_default_is_the_model_default() -> None:
     """Parse an object that leaves every defaulted field out, then compare each default
     the CRD declares with the value the model chose."""
-    lb = parse_loadbalancer(_minimal(sessionPersistence={}, healthCheck={}, upstreamTLS={}))
+    lb = parse_loadbalancer(_minimal(sessionPersistence={}, healthCheck={}, upstreamTLS={},
+                                     limits={"requestRatePerClient": {"requests": 5}}))
     with_tls = parse_loadbalancer(_minimal(listeners=[
         {"name": "a", "port": 443, "protocol": "HTTPS", "tls": {}}]))
     checked = []
@@ -500,7 +502,9 @@ def test_model_dataclass_defaults_match_the_crd() -> None:
     assert dataclasses.asdict(Timeouts()) == {f"{k}_ms": parse_duration_ms(v)
                                               for k, v in spec["timeouts"].items()}
     assert dataclasses.astuple(Limits()) == (spec["limits"]["maxConnections"],
-                                             spec["limits"]["maxConnectionsPerServer"])
+                                             spec["limits"]["maxConnectionsPerServer"],
+                                             spec["limits"]["maxConnectionsPerClient"],
+                                             None)  # requestRatePerClient: absent
     assert (ProxySettings().replicas, ProxySettings().service_type) == (
         spec["proxy"]["replicas"], spec["proxy"]["serviceType"])
 

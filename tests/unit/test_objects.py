@@ -115,8 +115,14 @@ def test_service_exposes_each_listener() -> None:
     assert svc["spec"]["externalTrafficPolicy"] == "Cluster"
 
 
-def test_source_ip_persistence_keeps_client_addresses() -> None:
-    svc = children(sessionPersistence={"type": "SourceIP"})["Service/web-lb"]
+@pytest.mark.parametrize("spec", [
+    {"sessionPersistence": {"type": "SourceIP"}},
+    {"limits": {"maxConnectionsPerClient": 10}},
+    {"limits": {"requestRatePerClient": {"requests": 100}}},
+])
+def test_client_addresses_are_kept_when_something_keys_on_them(spec: dict[str, Any]) -> None:
+    """SourceIP stickiness and per-client limits see the client, not a node's SNAT."""
+    svc = children(**spec)["Service/web-lb"]
     assert svc["spec"]["externalTrafficPolicy"] == "Local"
 
 

@@ -88,6 +88,12 @@ def test_example_passes_haproxy_check(path: Path, haproxy_check: HaproxyCheck) -
                    {"name": "http", "port": 80, "protocol": "HTTP"}],
      "upstreamTLS": {"verify": False}, "healthCheck": {"type": "TCP"}},
     {"upstreamTLS": {}},  # the system CAs
+    {"limits": {"maxConnectionsPerClient": 5,
+                "requestRatePerClient": {"requests": 50, "period": "10s"}}},
+    {"listeners": [{"name": "pg", "port": 5432, "protocol": "TCP"},
+                   {"name": "tls", "port": 443, "protocol": "TLSPassthrough"}],
+     "limits": {"maxConnectionsPerClient": 2}},
+    {"limits": {"requestRatePerClient": {"requests": 1, "period": "1h"}}},
 ])
 def test_feature_table_passes_haproxy_check(spec: dict[str, object],
                                             haproxy_check: HaproxyCheck) -> None:
@@ -205,3 +211,29 @@ def test_http_checks_always_send_a_host_header(spec: dict[str, object], host: st
     config = render_haproxy(graph).config
     (line,) = [x.strip() for x in config.splitlines() if x.strip().startswith("http-check send")]
     assert line == f"http-check send meth GET uri / ver HTTP/1.1 hdr Host {host}"
+
+
+def test_per_client_limits_track_every_listener_and_limit_requests_on_http_only() -> None:
+    spec = {"listeners": [{"name": "http", "port": 80}, {"name": "pg", "port": 5432,
+                                                          "protocol": "TCP"}],
+            "limits": {"maxConnectionsPerClient": 7,
+                       "requestRatePerClient": {"requests": 30, "period": "1500ms"}}}
+    config = render_haproxy(build_loadbalancer_graph(
+        parse_loadbalancer(lb_object(**spec)), state(3))).config
+    sections = {b.strip().split("\n", 1)[0]: b for b in config.split("\n\n") if b.strip()}
+    http, tcp = sections["frontend fe_http"], sections["frontend fe_pg"]
+    for fe in (http, tcp):
+        assert "tcp-request connection track-sc0 src table rh_clients" in fe
+        assert "tcp-request connection reject if { sc0_conn_cur gt 7 }" in fe
+    assert ("http-request return status 429 content-type text/plain string "
+            '"429 Too Many Requests" hdr Retry-After 2 if { sc0_http_req_rate gt 30 }') in http
+    assert "429" not in tcp
+    table = sections["# The per-client table: current connections and the request rate over "
+                     "the window."]
+    assert "stick-table type ipv6 size 1m expire 1m store conn_cur,http_req_rate(1500ms)" in table
+
+
+def test_no_per_client_table_without_per_client_limits() -> None:
+    config = render_haproxy(build_loadbalancer_graph(
+        parse_loadbalancer(lb_object()), state(3))).config
+    assert "rh_clients" not in config and "track-sc0" not in config

@@ -65,9 +65,23 @@ class UpstreamTLS:
 
 
 @dataclass(frozen=True)
+class RequestRate:
+    """At most `requests` HTTP requests per client address in any `period` (sliding)."""
+
+    requests: int
+    period_ms: int = 1000
+
+
+@dataclass(frozen=True)
 class Limits:
     max_connections: int = 10_000
     max_connections_per_server: int = 0  # 0: unlimited, no queueing
+    max_connections_per_client: int = 0  # 0: unlimited; per source address, per replica
+    request_rate_per_client: RequestRate | None = None  # HTTP listeners only
+
+    @property
+    def per_client(self) -> bool:
+        return bool(self.max_connections_per_client or self.request_rate_per_client)
 
 
 @dataclass(frozen=True)
@@ -150,10 +164,20 @@ def parse_timeouts(r: Reader) -> Timeouts:
 
 
 def parse_limits(r: Reader) -> Limits:
+    rate = None
+    if r.has("requestRatePerClient"):
+        rr = r.child("requestRatePerClient")
+        if not rr.has("requests"):
+            rr.error("requests", "Required value")
+        rate = RequestRate(rr.integer("requests", 1, minimum=1, maximum=1_000_000),
+                           rr.duration_ms("period", "1s", maximum_ms=3_600_000))
     return Limits(
         max_connections=r.integer("maxConnections", 10_000, minimum=1, maximum=1_000_000),
         max_connections_per_server=r.integer("maxConnectionsPerServer", 0, minimum=0,
                                              maximum=100_000),
+        max_connections_per_client=r.integer("maxConnectionsPerClient", 0, minimum=0,
+                                             maximum=100_000),
+        request_rate_per_client=rate,
     )
 
 
@@ -207,4 +231,7 @@ def limits_rules(algorithm: str, limits: Limits, errors: list[FieldError]) -> No
                                  "(it fills each server up to this limit)"))
     if limits.max_connections_per_server > limits.max_connections:
         errors.append(FieldError("spec.limits.maxConnectionsPerServer",
+                                 "must not exceed spec.limits.maxConnections"))
+    if limits.max_connections_per_client > limits.max_connections:
+        errors.append(FieldError("spec.limits.maxConnectionsPerClient",
                                  "must not exceed spec.limits.maxConnections"))

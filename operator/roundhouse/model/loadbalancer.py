@@ -190,6 +190,10 @@ def _cross_field_rules(lb: LoadBalancer, errors: list[FieldError]) -> None:
         errors.append(FieldError("spec.sessionPersistence.type",
                                  "Cookie persistence needs an HTTP or HTTPS listener; "
                                  "use SourceIP for TCP"))
+    if lb.limits.request_rate_per_client and not any(li.is_http for li in lb.listeners):
+        errors.append(FieldError("spec.limits.requestRatePerClient",
+                                 "needs an HTTP or HTTPS listener; use "
+                                 "maxConnectionsPerClient for TCP"))
     if lb.upstream_tls and any(li.protocol == "TLSPassthrough" for li in lb.listeners):
         errors.append(FieldError("spec.upstreamTLS",
                                  "cannot be used with a TLSPassthrough listener, whose "

@@ -162,6 +162,9 @@ def upstream_tls(pool: Pool) -> str:
     return out
 
 
+CLIENTS_TABLE = "rh_clients"  # never a pool name: those start with be_ or rt_
+
+
 def check_host(pool: Pool) -> str:
     """The Host header of HTTP checks. HTTP/1.1 requires one, and HAProxy adds none: Go's
     net/http, nginx and Tomcat answer 400 without it, which would mark every server down."""
@@ -197,6 +200,10 @@ def _render(graph: ProxyGraph, options: RenderOptions, *, masked: bool) -> str:
         location=redirect_location,
         upstream_tls=upstream_tls,
         check_host=check_host,
+        clients_table=CLIENTS_TABLE,
+        # An idle entry outlives the rate window, so a client's count survives it.
+        clients_expire_ms=max(60_000, 2 * (graph.limits.request_rate_per_client.period_ms
+                                           if graph.limits.request_rate_per_client else 0)),
         retry_on=retry_on,
         hv=header_value,
     )
