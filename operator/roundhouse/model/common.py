@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from roundhouse.model.errors import FieldError
 from roundhouse.model.reader import Reader
@@ -212,6 +212,44 @@ def parse_upstream_tls(r: Reader) -> UpstreamTLS:
     sni = r.string("sni") or None
     bounded(r, "sni", sni or "", HOST_NAME_RE, "server name")
     return UpstreamTLS(ca, sni, r.boolean("verify", True))
+
+
+class Identity(TypedDict):
+    namespace: str
+    uid: str
+    generation: int
+
+
+class SharedBlocks(TypedDict):
+    """The spec blocks both kinds share, as keyword arguments of either dataclass."""
+
+    algorithm: str
+    session_persistence: SessionPersistence | None
+    health_check: HealthCheck | None
+    timeouts: Timeouts
+    limits: Limits
+    proxy: ProxySettings
+    upstream_tls: UpstreamTLS | None
+
+
+def identity(meta: dict[str, Any]) -> Identity:
+    return Identity(namespace=str(meta.get("namespace") or "default"),
+                    uid=str(meta.get("uid") or ""), generation=int(meta.get("generation") or 0))
+
+
+def parse_shared_blocks(spec: Reader) -> SharedBlocks:
+    def optional(key: str, parse: Any) -> Any:
+        return parse(spec.child(key)) if spec.has(key) else None
+
+    return SharedBlocks(
+        algorithm=spec.enum("algorithm", ALGORITHMS, "roundrobin"),
+        session_persistence=optional("sessionPersistence", parse_persistence),
+        health_check=optional("healthCheck", parse_health_check),
+        timeouts=parse_timeouts(spec.child("timeouts")),
+        limits=parse_limits(spec.child("limits")),
+        proxy=parse_proxy(spec.child("proxy")),
+        upstream_tls=optional("upstreamTLS", parse_upstream_tls),
+    )
 
 
 def check_name(meta: dict[str, Any], suffix: str, errors: list[FieldError]) -> str:

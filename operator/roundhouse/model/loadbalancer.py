@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from roundhouse.model.common import (
-    ALGORITHMS,
     Backend,
     HealthCheck,
     Limits,
@@ -15,14 +14,10 @@ from roundhouse.model.common import (
     Timeouts,
     UpstreamTLS,
     check_name,
+    identity,
     limits_rules,
     parse_backend,
-    parse_health_check,
-    parse_limits,
-    parse_persistence,
-    parse_proxy,
-    parse_timeouts,
-    parse_upstream_tls,
+    parse_shared_blocks,
     required_value,
 )
 from roundhouse.model.errors import FieldError, SpecError
@@ -104,26 +99,8 @@ def parse_loadbalancer(obj: dict[str, Any]) -> LoadBalancer:
     spec = Reader(obj.get("spec"), "spec", errors)
     listeners = tuple(_listener(r) for r in spec.items("listeners", min_items=1, max_items=16))
     backends = tuple(parse_backend(r) for r in spec.items("backends", min_items=1, max_items=32))
-    algorithm = spec.enum("algorithm", ALGORITHMS, "roundrobin")
-    persistence = parse_persistence(spec.child("sessionPersistence")) if spec.has(
-        "sessionPersistence") else None
-    health = parse_health_check(spec.child("healthCheck")) if spec.has("healthCheck") else None
-    lb = LoadBalancer(
-        name=name,
-        namespace=str(meta.get("namespace") or "default"),
-        uid=str(meta.get("uid") or ""),
-        generation=int(meta.get("generation") or 0),
-        listeners=listeners,
-        backends=backends,
-        algorithm=algorithm,
-        session_persistence=persistence,
-        health_check=health,
-        timeouts=parse_timeouts(spec.child("timeouts")),
-        limits=parse_limits(spec.child("limits")),
-        proxy=parse_proxy(spec.child("proxy")),
-        upstream_tls=parse_upstream_tls(spec.child("upstreamTLS")) if spec.has("upstreamTLS")
-        else None,
-    )
+    lb = LoadBalancer(name=name, **identity(meta), listeners=listeners, backends=backends,
+                      **parse_shared_blocks(spec))
     _cross_field_rules(lb, errors)
     if errors:
         raise SpecError(errors)

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from roundhouse.model.common import (
-    ALGORITHMS,
     Backend,
     HealthCheck,
     Limits,
@@ -25,14 +24,10 @@ from roundhouse.model.common import (
     UpstreamTLS,
     bounded,
     check_name,
+    identity,
     limits_rules,
     parse_backend,
-    parse_health_check,
-    parse_limits,
-    parse_persistence,
-    parse_proxy,
-    parse_timeouts,
-    parse_upstream_tls,
+    parse_shared_blocks,
     required_value,
 )
 from roundhouse.model.errors import FieldError, SpecError
@@ -217,24 +212,13 @@ def parse_reverseproxy(obj: dict[str, Any]) -> ReverseProxy:
     _unique(host_readers, ("hostname",), errors)
     rp = ReverseProxy(
         name=name,
-        namespace=str(meta.get("namespace") or "default"),
-        uid=str(meta.get("uid") or ""),
-        generation=int(meta.get("generation") or 0),
+        **identity(meta),
         listeners=listeners,
         hosts=hosts,
         default_backend=_default_backend(spec.child("defaultBackend"))
         if spec.has("defaultBackend") else None,
-        upstream_tls=parse_upstream_tls(spec.child("upstreamTLS")) if spec.has("upstreamTLS")
-        else None,
         hsts=_hsts(spec.child("hsts")) if spec.has("hsts") else None,
-        algorithm=spec.enum("algorithm", ALGORITHMS, "roundrobin"),
-        session_persistence=parse_persistence(spec.child("sessionPersistence"))
-        if spec.has("sessionPersistence") else None,
-        health_check=parse_health_check(spec.child("healthCheck"))
-        if spec.has("healthCheck") else None,
-        timeouts=parse_timeouts(spec.child("timeouts")),
-        limits=parse_limits(spec.child("limits")),
-        proxy=parse_proxy(spec.child("proxy")),
+        **parse_shared_blocks(spec),
     )
     _cross_field_rules(rp, errors)
     if errors:
