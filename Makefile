@@ -62,9 +62,10 @@ test: test-unit test-integration test-e2e test-e2e-lts  ## every tier that runs 
 demo: $(STAMP) system-deps binaries  ## local control plane + operator + 3 backends + a LoadBalancer, real traffic (root)
 	$(PY) e2e/demo.py $(DEMO_ARGS)
 
-bench: $(STAMP) system-deps binaries  ## benchmarks (JSON): readiness propagation, proxy overhead
+bench: $(STAMP) system-deps binaries  ## benchmarks (JSON): readiness propagation, proxy overhead, pipeline cost
 	$(PY) bench/propagation.py
 	$(PY) bench/overhead.py
+	$(PY) bench/pipeline.py
 
 lint: $(STAMP)  ## ruff, mypy (strict) and the import layers of DESIGN.md (import-linter)
 	$(VENV)/bin/ruff check operator tests e2e bench
