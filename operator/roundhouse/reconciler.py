@@ -109,10 +109,10 @@ class Reconciler:
 
     def _cluster_state(self, model: resources.Model, idx: Indexes) -> ClusterState:
         ns = model.namespace
-        services = {svc: found for svc in sorted(resources.service_refs(model))
+        services = {svc: found for svc in sorted(model.service_refs())
                     if (found := idx.first(idx.services, (ns, svc))) is not None}
         slices = [s for svc in services for s in (idx.slices.get((ns, svc)) or [])]
-        wanted = set(resources.secret_refs(model))
+        wanted = model.secret_refs()
         if resources.issued_names(model):
             wanted.add(issued_secret_name(resources.kind_of(model), model.name))
         secrets: dict[str, TLSSecret] = {}

@@ -37,22 +37,6 @@ def owner(model: Model) -> objects.Owner:
     return objects.Owner(kind_of(model), model.name, model.namespace, model.uid)
 
 
-def service_refs(model: Model) -> set[str]:
-    if isinstance(model, LoadBalancer):
-        return {be.service for be in model.backends}
-    return model.service_refs()
-
-
-def secret_refs(model: Model) -> set[str]:
-    """User-provided Secrets: serving certificates and upstream CAs (not issued ones)."""
-    if isinstance(model, LoadBalancer):
-        refs = {li.tls.secret_name for li in model.listeners if li.tls and li.tls.secret_name}
-        if model.upstream_tls and model.upstream_tls.ca_secret_name:
-            refs.add(model.upstream_tls.ca_secret_name)
-        return refs
-    return model.secret_refs()
-
-
 def issued_names(model: Model) -> tuple[str, ...]:
     """The DNS names of the operator-issued certificate; empty when none is needed."""
     if isinstance(model, LoadBalancer):

@@ -7,7 +7,6 @@ import datetime as dt
 
 import pytest
 
-from roundhouse import resources
 from roundhouse import tls as rtls
 from roundhouse.graph import (
     DRAIN,
@@ -254,7 +253,7 @@ def test_upstream_tls_without_verify_needs_no_ca() -> None:
 
 def test_upstream_ca_secret_is_a_reference_that_re_reconciles() -> None:
     lb = parse_loadbalancer(lb_object(upstreamTLS={"caSecretName": "internal-ca"}))
-    assert "internal-ca" in resources.secret_refs(lb)
+    assert "internal-ca" in lb.secret_refs()
     refs = indexes.rh_lb_refs(namespace="default", name="web",
                               spec=lb_object(upstreamTLS={"caSecretName": "internal-ca"})["spec"])
     assert refs[("Secret", "default", "internal-ca")] == ("LoadBalancer", "web")

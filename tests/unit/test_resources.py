@@ -98,8 +98,8 @@ def test_issued_names_of_a_reverseproxy_cover_its_hosts_and_its_service() -> Non
     names = resources.issued_names(model)
     assert "a.example.com" in names and "*.example.org" not in names
     assert "shop-rp.shop.svc" in names
-    assert resources.secret_refs(model) == {"mine"}
-    assert resources.service_refs(model) == {"web"}
+    assert model.secret_refs() == {"mine"}
+    assert model.service_refs() == {"web"}
     assert resources.owner(model).kind == "ReverseProxy"
 
 

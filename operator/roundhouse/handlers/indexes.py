@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -86,6 +87,14 @@ def rh_rp_claims(namespace: str, body: kopf.Body, **_: Any) -> Any:
     return {namespace: claim_of(body)}
 
 
+def _upstream_ca_ref(namespace: str, spec: kopf.Spec, me: tuple[str, str]
+                     ) -> dict[tuple[str, str, str], tuple[str, str]]:
+    """spec.upstreamTLS.caSecretName, which both kinds have."""
+    upstream = spec.get("upstreamTLS")
+    ca = upstream.get("caSecretName") if isinstance(upstream, Mapping) else None
+    return {("Secret", namespace, str(ca)): me} if ca else {}
+
+
 @kopf.index("roundhouse.dev", "v1alpha1", "loadbalancers")
 def rh_lb_refs(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> Any:
     """Which LoadBalancers refer to which Service / Secret, for level-based re-reconciles."""
@@ -97,9 +106,7 @@ def rh_lb_refs(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> Any:
         secret = ((listener or {}).get("tls") or {}).get("secretName")
         if secret:
             refs[("Secret", namespace, str(secret))] = ("LoadBalancer", name)
-    ca = (spec.get("upstreamTLS") or {}).get("caSecretName")
-    if ca:
-        refs[("Secret", namespace, str(ca))] = ("LoadBalancer", name)
+    refs.update(_upstream_ca_ref(namespace, spec, ("LoadBalancer", name)))
     return refs or None
 
 
@@ -125,7 +132,5 @@ def rh_rp_refs(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> Any:
             for backend in (route or {}).get("backends") or []:
                 if isinstance(backend, dict) and backend.get("service"):
                     refs[("Service", namespace, str(backend["service"]))] = me
-    ca = (spec.get("upstreamTLS") or {}).get("caSecretName")
-    if ca:
-        refs[("Secret", namespace, str(ca))] = me
+    refs.update(_upstream_ca_ref(namespace, spec, me))
     return refs or None

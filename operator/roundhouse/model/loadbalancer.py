@@ -83,6 +83,16 @@ class LoadBalancer:
     proxy: ProxySettings = field(default_factory=ProxySettings)
     upstream_tls: UpstreamTLS | None = None
 
+    def service_refs(self) -> set[str]:
+        return {be.service for be in self.backends}
+
+    def secret_refs(self) -> set[str]:
+        """User Secrets: listener certificates and the upstream CA (not the issued one)."""
+        refs = {li.tls.secret_name for li in self.listeners if li.tls and li.tls.secret_name}
+        if self.upstream_tls and self.upstream_tls.ca_secret_name:
+            refs.add(self.upstream_tls.ca_secret_name)
+        return refs
+
     @property
     def https_listener(self) -> Listener | None:
         return next((li for li in self.listeners if li.protocol == "HTTPS"), None)
