@@ -183,8 +183,6 @@ def _pool(rp: ReverseProxy, name: str, servers: tuple[Server, ...], route: Route
     )
 
 
-
-
 def _host_certificates(rp: ReverseProxy, hosts: list[tuple[int, Host]],
                        cluster: ClusterState,
                        problems: list[Problem]) -> dict[str, Certificate]:

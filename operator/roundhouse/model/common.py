@@ -6,8 +6,9 @@ crds/generate.py (one source for both CRDs), so both kinds validate them alike.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 from roundhouse.model.errors import FieldError
 from roundhouse.model.reader import Reader
@@ -70,6 +71,16 @@ class RequestRate:
 
     requests: int
     period_ms: int = 1000
+
+    @property
+    def retry_after_s(self) -> int:
+        """Retry-After: the window, rounded up to whole seconds."""
+        return -(-self.period_ms // 1000)
+
+    @property
+    def table_expire_ms(self) -> int:
+        """An idle client's entry outlives the window, so its count survives it."""
+        return max(60_000, 2 * self.period_ms)
 
 
 @dataclass(frozen=True)
@@ -214,6 +225,9 @@ def parse_upstream_tls(r: Reader) -> UpstreamTLS:
     return UpstreamTLS(ca, sni, r.boolean("verify", True))
 
 
+T = TypeVar("T")
+
+
 class Identity(TypedDict):
     namespace: str
     uid: str
@@ -238,7 +252,7 @@ def identity(meta: dict[str, Any]) -> Identity:
 
 
 def parse_shared_blocks(spec: Reader) -> SharedBlocks:
-    def optional(key: str, parse: Any) -> Any:
+    def optional(key: str, parse: Callable[[Reader], T]) -> T | None:
         return parse(spec.child(key)) if spec.has(key) else None
 
     return SharedBlocks(

@@ -201,9 +201,6 @@ def _render(graph: ProxyGraph, options: RenderOptions, *, masked: bool) -> str:
         upstream_tls=upstream_tls,
         check_host=check_host,
         clients_table=CLIENTS_TABLE,
-        # An idle entry outlives the rate window, so a client's count survives it.
-        clients_expire_ms=max(60_000, 2 * (graph.limits.request_rate_per_client.period_ms
-                                           if graph.limits.request_rate_per_client else 0)),
         retry_on=retry_on,
         hv=header_value,
     )
