@@ -98,13 +98,11 @@ if ! apt-get "${APT[@]}" -qq update >/dev/null 2>"$WORK/update.err"; then
   die "cannot read the Debian index ($SUITES): $(tail -n 1 "$WORK/update.err")"
 fi
 # The newest version of the series in any of the suites (no epoch in haproxy's versions).
-VERSION="$(apt-cache "${APT[@]}" madison haproxy | awk -F'|' '{gsub(/ /, "", $2); print $2}' \
-           | grep "^$SERIES\." | sort -V | tail -n 1 || true)"
-if [ -z "$VERSION" ]; then
-  offered="$(apt-cache "${APT[@]}" madison haproxy | awk -F'|' '{gsub(/ /, "", $2); print $2}' \
-             | tr '\n' ' ')"
-  die "no haproxy $SERIES.x in Debian $SUITES (offered: ${offered:-none}); set HAPROXY_LTS_SERIES"
-fi
+offered="$(apt-cache "${APT[@]}" madison haproxy | awk -F'|' '{gsub(/ /, "", $2); print $2}' \
+           | sort -u -V)"
+VERSION="$(grep "^$SERIES\." <<< "$offered" | tail -n 1 || true)"
+[ -n "$VERSION" ] || die "no haproxy $SERIES.x in Debian $SUITES" \
+  "(offered: $(tr '\n' ' ' <<< "${offered:-none}")); set HAPROXY_LTS_SERIES"
 UPSTREAM="${VERSION%%-*}"
 DEST="$CACHE/$UPSTREAM-${VERSION##*-}"
 if works "$DEST/bin/haproxy"; then
