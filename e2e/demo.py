@@ -34,9 +34,8 @@ if str(REPO) not in sys.path:
 from e2e.harness import traffic  # noqa: E402
 from e2e.harness.stack import local_stack  # noqa: E402
 from kubernetes import client  # noqa: E402
-from tests.e2e.conftest import LISTENER_PORT  # noqa: E402
+from tests.e2e.conftest import HTTPS_PORT, LISTENER_PORT  # noqa: E402
 
-HTTPS_PORT = LISTENER_PORT + 363  # 28443, next to the e2e suite's 28080
 LISTENERS = [
     {"name": "http", "port": LISTENER_PORT, "protocol": "HTTP", "redirectToHTTPS": True},
     {"name": "https", "port": HTTPS_PORT, "protocol": "HTTPS"},  # no tls: operator-issued

@@ -19,6 +19,7 @@ make sense locally.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import os
 import time
 import uuid
@@ -45,8 +46,15 @@ from tests.integration.operator_process import (
     wait_for,
 )
 
+from roundhouse import tls as rtls
+
 HERE = Path(__file__).resolve().parent
 LISTENER_PORT = 28080  # HAProxy binds it on the host: keep clear of well-known ports
+HTTPS_PORT = LISTENER_PORT + 363  # 28443: the suite's (and the demo's) second listener
+BACKEND_SNI = "web.backend.internal"  # the name TLS-serving backends' certificate is for
+TLS_BACKENDS_ONLY_LOCAL = (
+    "the backends serve TLS on a second port (netns.Backends.enable_tls) and report the "
+    "TLS and SNI they saw (X-Seen-TLS/SNI); the echo image does neither")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -233,6 +241,23 @@ def lb_body(name: str = "web", port: int = LISTENER_PORT, **spec: Any) -> dict[s
     }
     body["spec"].update(spec)
     return body
+
+
+@dataclass(frozen=True)
+class TLSServingBackends:
+    servers: Backends  # serve TLS on 8443 too, with a certificate for BACKEND_SNI
+    ca: rtls.KeyPair  # signed that certificate
+    other_ca: rtls.KeyPair  # did not: verification against it must fail
+
+
+def tls_serving_backends(log_dir: Path) -> TLSServingBackends:
+    """Local backends that also speak TLS, for re-encryption (upstreamTLS) tests."""
+    now = dt.datetime.now(dt.UTC)
+    ca, other = rtls.issue_ca("e2e backend CA", now), rtls.issue_ca("e2e other CA", now)
+    serving = rtls.issue_serving(ca, (BACKEND_SNI,), now)
+    servers = Backends(log_dir)
+    servers.enable_tls(serving.cert_pem, serving.key_pem)
+    return TLSServingBackends(servers, ca, other)
 
 
 def add_https_port(kube: client.ApiClient, namespace: str) -> None:

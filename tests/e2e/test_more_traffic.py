@@ -29,18 +29,21 @@ from e2e.harness.modes import is_local
 from e2e.harness.netns import SERVER, Backends
 from kubernetes import client
 from tests.e2e.conftest import (
+    BACKEND_SNI,
+    HTTPS_PORT,
     LISTENER_PORT,
+    TLS_BACKENDS_ONLY_LOCAL,
     Env,
     add_https_port,
     ca_secret,
     local_only,
     set_ready,
+    tls_serving_backends,
 )
 from tests.integration.operator_process import condition, get_lb, wait_for
 
 from roundhouse import tls as rtls
 
-TLS_PORT = LISTENER_PORT + 363
 TCP_PORT = LISTENER_PORT + 2
 
 # -- a TLS-serving backend variant ---------------------------------------------------------
@@ -137,11 +140,11 @@ def test_tls_passthrough_shows_the_backends_certificate(env_factory: Callable[..
     backends = TLSBackends(tmp_path)
     backends.ca = ca
     env = env_factory(servers=backends, listeners=[
-        {"name": "pass", "port": TLS_PORT, "protocol": "TLSPassthrough"}])
+        {"name": "pass", "port": HTTPS_PORT, "protocol": "TLSPassthrough"}])
     everyone = set(env.backends.backends)
     ctx = ssl.create_default_context(cadata=ca.cert_pem)
     ctx.check_hostname = False  # the SNI/name differs per backend: check CN/serial below
-    port = env.local_port(TLS_PORT)
+    port = env.local_port(HTTPS_PORT)
 
     def one() -> tuple[str | None, int | None, str | None]:
         try:
@@ -269,11 +272,11 @@ def test_https_with_user_provided_secret(env_factory: Callable[..., Env]) -> Non
 
     env = env_factory(before=before, listeners=[
         {"name": "http", "port": LISTENER_PORT, "protocol": "HTTP"},
-        {"name": "https", "port": TLS_PORT, "protocol": "HTTPS",
+        {"name": "https", "port": HTTPS_PORT, "protocol": "HTTPS",
          "tls": {"secretName": "user-tls"}}])
     everyone = set(env.backends.backends)
     ctx = ssl.create_default_context(cadata=ca.cert_pem)
-    tls_port = env.local_port(TLS_PORT)
+    tls_port = env.local_port(HTTPS_PORT)
     wait_for(lambda: traffic.get(tls_port, tls=ctx, server_hostname="user.e2e.test")
              .error is None, 90, "HTTPS with the user certificate")
     counts = traffic.spread(tls_port, 30, tls=ctx, server_hostname="user.e2e.test")
@@ -396,7 +399,7 @@ def test_bad_user_secrets_never_reach_the_serving_proxy(env_factory: Callable[..
     old_hash = proxy.agent_state().get("configHash")
     procs = proxy.show_proc()[:2]
     https = [{"name": "http", "port": LISTENER_PORT, "protocol": "HTTP"},
-             {"name": "https", "port": TLS_PORT, "protocol": "HTTPS",
+             {"name": "https", "port": HTTPS_PORT, "protocol": "HTTPS",
               "tls": {"secretName": "bad-tls"}}]
 
     # 1. Mismatched pair: caught by the operator.
@@ -436,7 +439,7 @@ def test_bad_user_secrets_never_reach_the_serving_proxy(env_factory: Callable[..
     assert proxy.agent_state().get("configHash") == old_hash
     assert proxy.show_proc()[:2] == procs  # the HAProxy that serves is the old one
     assert rep.get("configHash") == old_hash, rep
-    assert traffic.get(env.local_port(TLS_PORT),
+    assert traffic.get(env.local_port(HTTPS_PORT),
                        tls=ssl.create_default_context(cadata=weak_crt),
                        server_hostname="user.e2e.test").error is not None
     # `haproxy -c` names the cause; a proxy image without the haproxy binary in the agent
@@ -455,24 +458,17 @@ def test_bad_user_secrets_never_reach_the_serving_proxy(env_factory: Callable[..
 
 # -- 7. re-encryption to the backends (LoadBalancer upstreamTLS) --------------------------------
 
-@local_only("the backends serve TLS on a second port (netns.Backends.enable_tls) and report "
-            "the TLS and SNI they saw (X-Seen-TLS/SNI); the echo image does neither")
+@local_only(TLS_BACKENDS_ONLY_LOCAL)
 def test_loadbalancer_reencrypts_verifies_and_waits_for_its_ca(
         env_factory: Callable[..., Env], tmp_path: Path) -> None:
     """HTTPS in, TLS out: the backends see TLS with the configured SNI and are checked over
     TLS; without the CA Secret nothing is sent unverified (503, TLSReady=False), and it
     recovers by itself when the Secret appears; a CA that did not sign them: 503."""
-    now = dt.datetime.now(dt.UTC)
-    backend_ca = rtls.issue_ca("e2e LB backend CA", now)
-    other_ca = rtls.issue_ca("e2e LB other CA", now)
-    serving = rtls.issue_serving(backend_ca, ("web.backend.internal",), now)
-    servers = Backends(tmp_path)
-    servers.enable_tls(serving.cert_pem, serving.key_pem)
-
+    tls = tls_serving_backends(tmp_path)
     env = env_factory(
-        replicas=2, servers=servers, before=lambda e: add_https_port(e.kube, e.namespace),
+        replicas=2, servers=tls.servers, before=lambda e: add_https_port(e.kube, e.namespace),
         backends=[{"service": "web", "port": "https"}],
-        upstreamTLS={"caSecretName": "lb-backend-ca", "sni": "web.backend.internal"},
+        upstreamTLS={"caSecretName": "lb-backend-ca", "sni": BACKEND_SNI},
         healthCheck={"type": "HTTP", "path": "/", "interval": "500ms"})
     # No CA yet: TLSReady=False naming the field, and no request reaches a backend.
     tls_ready = wait_for(lambda: (c := condition(get_lb(env.kube, env.namespace, "web"),
@@ -482,18 +478,18 @@ def test_loadbalancer_reencrypts_verifies_and_waits_for_its_ca(
         "message"], tls_ready
     wait_for(lambda: traffic.request(env.port).status == 503, 60, "503 without the CA")
     # The CA appears: the operator re-reconciles on the Secret watch, traffic flows over TLS.
-    ca_secret(client.CoreV1Api(env.kube), env.namespace, "lb-backend-ca", backend_ca.cert_pem)
+    ca_secret(client.CoreV1Api(env.kube), env.namespace, "lb-backend-ca", tls.ca.cert_pem)
     reply = wait_for(lambda: (r := traffic.request(env.port)).status == 200 and r, 90,
                      "traffic once the CA Secret exists")
     assert reply.seen("TLS") not in (None, "none"), reply.headers
-    assert reply.seen("SNI") == "web.backend.internal", reply.headers
+    assert reply.seen("SNI") == BACKEND_SNI, reply.headers
     counts = traffic.spread(env.port, 30)
     print(f"re-encrypted, 30 requests: {dict(counts)}")
     assert set(counts) == set(env.backends.backends), counts
     wait_for(lambda: condition(get_lb(env.kube, env.namespace, "web"), "TLSReady")
              .get("status") == "True", 60, "TLSReady=True")
     # A CA that did not sign the backends' certificate: never sent, 503.
-    ca_secret(client.CoreV1Api(env.kube), env.namespace, "lb-backend-ca", other_ca.cert_pem,
+    ca_secret(client.CoreV1Api(env.kube), env.namespace, "lb-backend-ca", tls.other_ca.cert_pem,
               create=False)
     wait_for(lambda: traffic.request(env.port).status == 503, 60, "503 with the wrong CA")
     assert sum(traffic.request(env.port).status != 503 for _ in range(20)) == 0

@@ -18,14 +18,22 @@ from typing import Any
 
 import yaml
 from e2e.harness import traffic
-from e2e.harness.netns import Backends
 from kubernetes import client
-from tests.e2e.conftest import LISTENER_PORT, Env, add_https_port, ca_secret, local_only
+from tests.e2e.conftest import (
+    BACKEND_SNI,
+    HTTPS_PORT,
+    LISTENER_PORT,
+    TLS_BACKENDS_ONLY_LOCAL,
+    Env,
+    add_https_port,
+    ca_secret,
+    local_only,
+    tls_serving_backends,
+)
 from tests.integration.operator_process import condition, get_rp, wait_for
 
 from roundhouse import tls as rtls
 
-HTTPS_PORT = LISTENER_PORT + 363  # 28443
 TABLE = Path(__file__).resolve().parents[1] / "cases" / "routing-table.yaml"
 
 
@@ -241,32 +249,26 @@ def test_each_hostname_gets_its_own_certificate_with_hsts_and_h2(
 # ------------------------------------------------------------------- upstream TLS
 
 
-@local_only("the backends serve TLS on a second port (netns.Backends.enable_tls) and report "
-            "the TLS and SNI they saw (X-Seen-TLS/SNI); the echo image does neither")
+@local_only(TLS_BACKENDS_ONLY_LOCAL)
 def test_reencryption_verifies_the_backend_and_refuses_a_wrong_ca(
         rp_env_factory: Callable[..., Env], tmp_path: Path) -> None:
-    now = dt.datetime.now(dt.UTC)
-    backend_ca = rtls.issue_ca("e2e backend CA", now)
-    other_ca = rtls.issue_ca("e2e other CA", now)
-    backend = rtls.issue_serving(backend_ca, ("web.backend.internal",), now)
-    backends = Backends(tmp_path)
-    backends.enable_tls(backend.cert_pem, backend.key_pem)
+    tls = tls_serving_backends(tmp_path)
 
     def before(env: Env) -> None:
         add_https_port(env.kube, env.namespace)
-        ca_secret(client.CoreV1Api(env.kube), env.namespace, "backend-ca", backend_ca.cert_pem)
+        ca_secret(client.CoreV1Api(env.kube), env.namespace, "backend-ca", tls.ca.cert_pem)
 
     body = rp("secure", [{"hostname": "secure.e2e.test", "routes": [
         {"name": "all", "backends": [{"service": "web", "port": "https"}]}]}],
-        upstreamTLS={"caSecretName": "backend-ca", "sni": "web.backend.internal"})
-    env = rp_env_factory({"web": 2}, body, backends=backends, before=before)
+        upstreamTLS={"caSecretName": "backend-ca", "sni": BACKEND_SNI})
+    env = rp_env_factory({"web": 2}, body, backends=tls.servers, before=before)
     reply = wait_served(env, "secure.e2e.test")
     assert reply.seen("TLS") not in (None, "none"), reply.headers  # the backend saw TLS
-    assert reply.seen("SNI") == "web.backend.internal", reply.headers
+    assert reply.seen("SNI") == BACKEND_SNI, reply.headers
     pods = {app_of(traffic.request(env.port, host="secure.e2e.test")) for _ in range(10)}
     assert pods == {"web"}
     # A CA that did not sign the backends' certificate: the proxy refuses to send.
-    ca_secret(client.CoreV1Api(env.kube), env.namespace, "backend-ca", other_ca.cert_pem,
+    ca_secret(client.CoreV1Api(env.kube), env.namespace, "backend-ca", tls.other_ca.cert_pem,
                create=False)
     refused = wait_for(lambda: (r := traffic.request(env.port, host="secure.e2e.test"))
                        .status == 503 and r, 60, "503 once the CA does not match")

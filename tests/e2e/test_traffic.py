@@ -15,10 +15,8 @@ from typing import Any
 
 from e2e.harness import traffic
 from kubernetes import client
-from tests.e2e.conftest import LISTENER_PORT, Env, measure
+from tests.e2e.conftest import HTTPS_PORT, LISTENER_PORT, Env, measure
 from tests.integration.operator_process import condition, get_lb, wait_for
-
-TLS_PORT = LISTENER_PORT + 363  # 28443
 
 
 def _ready_env(env_factory: Callable[..., Env], **spec: Any) -> Env:
@@ -161,9 +159,9 @@ def test_https_with_operator_issued_certificate(env_factory: Callable[..., Env])
 
     env = _ready_env(env_factory, listeners=[
         {"name": "http", "port": LISTENER_PORT, "protocol": "HTTP"},
-        {"name": "https", "port": TLS_PORT, "protocol": "HTTPS",
+        {"name": "https", "port": HTTPS_PORT, "protocol": "HTTPS",
          "tls": {"dnsNames": ["web.e2e.test"]}}])
-    tls_port = env.local_port(TLS_PORT)
+    tls_port = env.local_port(HTTPS_PORT)
     secret = client.CoreV1Api(env.kube).read_namespaced_secret("web-lb-tls", env.namespace)
     ca = base64.b64decode(secret.data["ca.crt"]).decode()
     ctx = ssl.create_default_context(cadata=ca)
@@ -239,9 +237,9 @@ def test_certificate_rotation_is_hot_swapped(env_factory: Callable[..., Env]) ->
 
     env = _ready_env(env_factory, listeners=[
         {"name": "http", "port": LISTENER_PORT, "protocol": "HTTP"},
-        {"name": "https", "port": TLS_PORT, "protocol": "HTTPS",
+        {"name": "https", "port": HTTPS_PORT, "protocol": "HTTPS",
          "tls": {"dnsNames": ["web.e2e.test"]}}])
-    tls_port = env.local_port(TLS_PORT)
+    tls_port = env.local_port(HTTPS_PORT)
     proxy = env.proxy
     assert proxy is not None
     core = client.CoreV1Api(env.kube)
@@ -313,7 +311,7 @@ def test_http_redirect_to_https_keeps_port_path_and_query(
         env_factory: Callable[..., Env]) -> None:
     import http.client
 
-    tls_port = TLS_PORT
+    tls_port = HTTPS_PORT
     redirect_port = LISTENER_PORT + 1
     env = _ready_env(env_factory, listeners=[
         {"name": "http", "port": LISTENER_PORT, "protocol": "HTTP"},
