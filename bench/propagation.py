@@ -5,7 +5,10 @@ harness). For each flip, one backend Pod is patched NotReady: the time to its la
 is measured under a steady request stream; then Ready again: the time to its first
 reply. Prints one JSON object last: p50/p99 of both, and the reloads seen (must be 0).
 
-    python bench/propagation.py [--flips 50]      # needs root (network namespaces)
+    python bench/propagation.py [--flips 50] [--bulk 0]    # needs root (network namespaces)
+
+--bulk N adds N NotReady endpoints in a second Service behind the same LoadBalancer: the
+same flips with the slots (and the ConfigMap, gzipped above 256 KiB) of a large one.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 
 from e2e.harness import traffic
 from e2e.harness.stack import local_stack
+from kubernetes import client
 from tests.e2e.conftest import Env, set_ready
+from tests.integration.operator_process import many_endpoints
 
 QUIET_AFTER = 1.0  # seconds without the backend before a removal counts as done
 LIMIT = 10.0
@@ -63,10 +68,21 @@ def time_to_return(env: Env, pod: str) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flips", type=int, default=50)
+    parser.add_argument("--bulk", type=int, default=0,
+                        help="extra NotReady endpoints in a second Service (default 0)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="roundhouse-bench-"))
-    stack = local_stack(work, lambda m: print(m, file=sys.stderr),
-                        limits={"maxConnections": 4000})
+    spec: dict[str, Any] = {"limits": {"maxConnections": 4000}}
+    if args.bulk:
+        def bulk(env: Env) -> None:
+            client.CoreV1Api(env.kube).create_namespaced_service(env.namespace, {
+                "metadata": {"name": "bulk"},
+                "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+            many_endpoints(env.kube, env.namespace, "bulk", args.bulk,
+                           not_ready=range(args.bulk))
+        spec |= {"before": bulk, "backends": [{"service": "web", "port": "http"},
+                                              {"service": "bulk", "port": "http"}]}
+    stack = local_stack(work, lambda m: print(m, file=sys.stderr), **spec)
     try:
         with stack as (_, _, env):
             assert env.proxy is not None
@@ -87,6 +103,9 @@ def main() -> int:
             report: dict[str, Any] = {
                 "benchmark": "propagation",
                 "flips": args.flips,
+                "bulk_not_ready_endpoints": args.bulk,
+                "configmap_compressed": bool(client.CoreV1Api(env.kube).read_namespaced_config_map(
+                    "web-lb", env.namespace).binary_data),
                 "not_ready_to_no_traffic_ms": {
                     "p50": round(statistics.median(removal) * 1000, 1),
                     "p99": round(percentile(removal, 0.99) * 1000, 1),

@@ -24,8 +24,16 @@ class ApplyError(RuntimeError):
         super().__init__(f"applying {kind} {name!r} failed ({status}): {detail}")
 
 
-def fingerprint(objects: Iterable[dict[str, Any]]) -> str:
-    return hashlib.sha256(json.dumps(list(objects), sort_keys=True).encode()).hexdigest()
+ChildKey = tuple[str, str]  # (kind, name): unique among one resource's children
+Applied = dict[ChildKey, str]  # what was last applied: child -> fingerprint
+
+
+def fingerprint(obj: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def child_key(obj: dict[str, Any]) -> ChildKey:
+    return obj["kind"], obj["metadata"]["name"]
 
 
 async def apply_object(obj: dict[str, Any]) -> dict[str, Any]:
@@ -43,9 +51,19 @@ async def apply_object(obj: dict[str, Any]) -> dict[str, Any]:
         raise ApplyError(obj["kind"], meta["name"], kube.status_code(error), str(detail)) from error
 
 
-async def apply_all(objects: Iterable[dict[str, Any]]) -> None:
-    """Apply in order (RBAC and config before the workload that uses them)."""
+async def apply_changed(objects: Iterable[dict[str, Any]], applied: Applied) -> list[ChildKey]:
+    """Apply, in order (RBAC and config before the workload that uses them), each child
+    whose desired form differs from the last one applied; `applied` is updated as each
+    write succeeds. A readiness flip changes only the proxy ConfigMap, so it costs one
+    write, not one per child: the agent sees it sooner. Returns what was written."""
+    written: list[ChildKey] = []
     for obj in objects:
+        key, digest = child_key(obj), fingerprint(obj)
+        if applied.get(key) == digest:
+            continue
         await apply_object(obj)
+        applied[key] = digest
+        written.append(key)
         log.debug("applied %s %s/%s", obj["kind"], obj["metadata"]["namespace"],
                   obj["metadata"]["name"])
+    return written

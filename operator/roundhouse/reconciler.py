@@ -56,7 +56,7 @@ class Indexes:
 class Reconciler:
     images: objects.ProxyImages = field(default_factory=objects.ProxyImages)
     locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
-    last_applied: dict[Key, str] = field(default_factory=dict)
+    last_applied: dict[Key, apply.Applied] = field(default_factory=dict)
 
     def lock(self, key: Key) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -94,17 +94,26 @@ class Reconciler:
                                    {**cluster.secrets, **issued}, cluster.previous_slots)
         conflicts = self._conflicts(body, idx) if kind == "ReverseProxy" else {}
         desired = resources.desired(model, cluster, self.images, conflicts)
-        fingerprint = apply.fingerprint(desired.children)
-        if self.last_applied.get(key) != fingerprint:
-            await apply.apply_all(desired.children)
-            self.last_applied[key] = fingerprint
-            log.info("applied %d children of %s %s/%s (config %s)", len(desired.children),
-                     kind, namespace, name, desired.rendered.config_hash)
         conditions = _conditions(owner, model.proxy.replicas, desired, idx)
         proxy_service = idx.first(idx.services, (namespace, child_name(kind, name)))
         counts = {"ready": desired.graph.backends_ready, "total": desired.graph.backends_total}
-        await self._write(key, body, generation, previous, conditions, counts,
-                          proxy_service.address if proxy_service else None)
+        address = proxy_service.address if proxy_service else None
+        try:
+            written = await apply.apply_changed(desired.children,
+                                                self.last_applied.setdefault(key, {}))
+        except apply.ApplyError as err:
+            # The API server refused a child (too large, a quota, an admission webhook):
+            # the user sees its message in status and an Event, and kopf retries.
+            await self._write(key, body, generation, previous,
+                              _with_programmed(conditions, Condition(
+                                  "Programmed", False, "ApplyFailed", str(err))),
+                              counts, address)
+            raise kopf.TemporaryError(str(err), delay=RETRY_DELAY) from err
+        if written:
+            log.info("applied %s of %s %s/%s (config %s)",
+                     ", ".join(f"{k} {n}" for k, n in written), kind, namespace, name,
+                     desired.rendered.config_hash)
+        await self._write(key, body, generation, previous, conditions, counts, address)
         return [p.message for p in desired.graph.problems if p.retry]
 
     def _cluster_state(self, model: resources.Model, idx: Indexes) -> ClusterState:
@@ -162,6 +171,12 @@ def _conditions(owner: objects.Owner, replicas: int, desired: Desired,
     conditions.append(_tls_ready(g))
     conditions.append(status.ready_condition(conditions))
     return conditions
+
+
+def _with_programmed(conditions: list[Condition], programmed: Condition) -> list[Condition]:
+    """`conditions` with Programmed replaced, and Ready decided again."""
+    kept = [programmed if c.type == "Programmed" else c for c in conditions if c.type != "Ready"]
+    return [*kept, status.ready_condition(kept)]
 
 
 def _accepted(g: ProxyGraph) -> Condition:

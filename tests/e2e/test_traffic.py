@@ -16,7 +16,7 @@ from typing import Any
 from e2e.harness import traffic
 from kubernetes import client
 from tests.e2e.conftest import HTTPS_PORT, LISTENER_PORT, Env, measure
-from tests.integration.operator_process import condition, get_lb, wait_for
+from tests.integration.operator_process import condition, get_lb, many_endpoints, wait_for
 
 
 def _ready_env(env_factory: Callable[..., Env], **spec: Any) -> Env:
@@ -81,6 +81,45 @@ def test_not_ready_backend_stops_getting_traffic_without_reload(
     assert proxy.agent_state().get("reloads") == reloads
     counts = traffic.spread(env.port, 30)
     assert set(counts) == everyone, counts
+
+
+def test_thousands_of_endpoints_reach_haproxy_through_a_compressed_configmap(
+        env_factory: Callable[..., Env]) -> None:
+    """4,000 more endpoints, NotReady, in a second Service: 8,192 slots, more text than a
+    ConfigMap holds, so it travels gzipped. The agent reads it, HAProxy runs every slot,
+    and the three real backends still turn NotReady and back at run time."""
+    def bulk(env: Env) -> None:
+        client.CoreV1Api(env.kube).create_namespaced_service(env.namespace, {
+            "metadata": {"name": "bulk"},
+            "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+        many_endpoints(env.kube, env.namespace, "bulk", 4000, not_ready=range(4000))
+
+    env = _ready_env(env_factory, before=bulk, backends=[
+        {"service": "web", "port": "http"}, {"service": "bulk", "port": "http"}])
+    proxy = env.proxy
+    assert proxy is not None
+    cm = client.CoreV1Api(env.kube).read_namespaced_config_map("web-lb", env.namespace)
+    assert not cm.data and set(cm.binary_data) == {"haproxy.cfg.gz", "servers.json.gz"}
+    digest = cm.metadata.annotations["roundhouse.dev/config-hash"]
+    wait_for(lambda: proxy.agent_state().get("configHash") == digest, 60, "agent on the config")
+    state = proxy.stats("show servers state be_http").splitlines()
+    slots = [f for line in state if len(f := line.split()) > 6 and f[0] != "#"]
+    assert len(slots) == 8192, len(slots)
+    # srv_op_state (column 6) is 2, running, for the three real backends only: the 4,000
+    # NotReady ones and the free slots are in maintenance.
+    assert sum(1 for f in slots if f[5] == "2") == 3, [f[:7] for f in slots if f[5] == "2"]
+    master, workers, _ = proxy.show_proc()
+    reloads = proxy.agent_state().get("reloads")
+    victim = sorted(env.backends.backends)[0]
+    t0 = env.set_ready(victim, False)
+    measure(lambda: all(traffic.get(env.port).backend != victim for _ in range(6)),
+            30, f"{victim} out of rotation")
+    out = time.monotonic() - t0
+    env.set_ready(victim, True)
+    traffic.wait_for_backends(env.port, set(env.backends.backends), timeout=30)
+    print(f"8,192 slots: {victim} out of rotation {out * 1000:.0f} ms after NotReady")
+    assert proxy.show_proc()[:2] == (master, workers)
+    assert proxy.agent_state().get("reloads") == reloads
 
 
 def test_status_ready_and_programmed_through_the_real_agent_report(

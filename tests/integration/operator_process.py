@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +141,34 @@ def condition(lb: dict[str, Any], kind: str) -> dict[str, Any]:
         if c.get("type") == kind:
             return dict(c)
     return {}
+
+
+def many_endpoints(kube: client.ApiClient, namespace: str, service: str, n: int,
+                   not_ready: Container[int] = (), subnet: str = "10.244.128") -> None:
+    """Hand-made EndpointSlices of 100 for Service `service` (one without a selector):
+    what a large Deployment's Service looks like, without n Pods. Endpoint i is
+    big-i at <subnet + i // 250>.<i % 250 + 1>, ready unless i is in `not_ready`; the
+    default subnet (inside the Pod CIDR) stays clear of the addresses kwok gives Pods.
+    Created, or replaced when they exist."""
+    discovery = client.DiscoveryV1Api(kube)
+    prefix, third = subnet.rsplit(".", 1)
+    for start in range(0, n, 100):
+        name = f"{service}-{start // 100}"
+        body: dict[str, Any] = {
+            "metadata": {"name": name, "labels": {
+                "kubernetes.io/service-name": service,
+                "endpointslice.kubernetes.io/managed-by": "roundhouse-tests"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [f"{prefix}.{int(third) + i // 250}.{i % 250 + 1}"],
+                           "conditions": {"ready": i not in not_ready},
+                           "targetRef": {"kind": "Pod", "name": f"{service}-{i}"}}
+                          for i in range(start, min(n, start + 100))]}
+        try:
+            discovery.create_namespaced_endpoint_slice(namespace, body)
+        except client.ApiException as err:
+            if err.status != 409:
+                raise
+            current = discovery.read_namespaced_endpoint_slice(name, namespace)
+            body["metadata"]["resourceVersion"] = current.metadata.resource_version
+            discovery.replace_namespaced_endpoint_slice(name, namespace, body)

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from roundhouse.render import payload
 from tests.integration.operator_process import (
     OPERATOR_NAMESPACE,
     PLURALS,
@@ -25,6 +26,7 @@ from tests.integration.operator_process import (
     custom,
     get_lb,
     get_obj,
+    many_endpoints,
     running_operator,
     wait_for,
 )
@@ -195,6 +197,7 @@ def test_readiness_drives_server_state_and_status(
 
     core = client.CoreV1Api(kube)
     pod = core.list_namespaced_pod(namespace, label_selector="app=web").items[0]
+    log_before = len(operator.log())
     core.patch_namespaced_pod(pod.metadata.name, namespace,
                               {"metadata": {"annotations": {"kwok.x-k8s.io/status": "custom"}}})
     core.patch_namespaced_pod_status(pod.metadata.name, namespace, {"status": {"conditions": [
@@ -207,6 +210,98 @@ def test_readiness_drives_server_state_and_status(
     # A new config hash is waiting for the agents: Programmed goes back to Pending.
     lb = get_lb(kube, namespace, "web")
     assert condition(lb, "Programmed")["reason"] == "Pending"
+    # The flip changed only the proxy ConfigMap, so that is the one write it cost.
+    writes = [line.split(" applied ", 1)[1].split(" of ")[0]
+              for line in operator.log()[log_before:].splitlines()
+              if " applied " in line and f"of LoadBalancer {namespace}/web " in line]
+    assert writes and set(writes) == {"ConfigMap web-lb"}, writes
+
+
+def test_a_child_deleted_by_hand_is_written_again_at_once(
+        operator: OperatorProcess, kube: client.ApiClient, namespace: str) -> None:
+    """Not at the next resync (minutes): the child's own DELETED event re-applies it."""
+    sample_app(kube, namespace)
+    create_lb(kube, namespace, lb_body())
+    core = client.CoreV1Api(kube)
+    api = {"ConfigMap": (core.read_namespaced_config_map, core.delete_namespaced_config_map),
+           "Service": (core.read_namespaced_service, core.delete_namespaced_service)}
+    uids = {kind: wait_for(lambda r=read: r("web-lb", namespace), 60, f"{kind} web-lb"
+                           ).metadata.uid for kind, (read, _) in api.items()}
+    for _, delete in api.values():
+        delete("web-lb", namespace)
+    for kind, (read, _) in api.items():
+        def recreated(read: Any = read, kind: str = kind) -> bool:
+            try:
+                return bool(read("web-lb", namespace).metadata.uid != uids[kind])
+            except client.ApiException as err:
+                if err.status == 404:
+                    return False
+                raise
+        wait_for(recreated, 20, f"{kind} web-lb written again")
+    cm = core.read_namespaced_config_map("web-lb", namespace)
+    assert "haproxy.cfg" in cm.data and "servers.json" in cm.data
+
+
+def test_a_child_the_api_server_refuses_is_reported_and_retried(
+        operator: OperatorProcess, kube: client.ApiClient, namespace: str) -> None:
+    """A ResourceQuota allowing no PodDisruptionBudget: the API server refuses that child.
+    Status and an Event carry its message; once the quota goes, the retry succeeds."""
+    core, policy = client.CoreV1Api(kube), client.PolicyV1Api(kube)
+    core.create_namespaced_resource_quota(namespace, {
+        "metadata": {"name": "no-pdbs"},
+        "spec": {"hard": {"count/poddisruptionbudgets.policy": "0"}}})
+    # Quota admission refuses everything it counts until the controller filled in status.
+    wait_for(lambda: (core.read_namespaced_resource_quota("no-pdbs", namespace).status.hard
+                      or None), 30, "the quota's status")
+    sample_app(kube, namespace)
+    create_lb(kube, namespace, lb_body())
+    bad = wait_for(lambda: (c := condition(get_lb(kube, namespace, "web"), "Programmed"))
+                   .get("reason") == "ApplyFailed" and c, 60, "Programmed=False/ApplyFailed")
+    assert bad["status"] == "False"
+    assert "PodDisruptionBudget 'web-lb'" in bad["message"], bad
+    assert "exceeded quota: no-pdbs" in bad["message"], bad
+    assert condition(get_lb(kube, namespace, "web"), "Ready")["reason"] == "ApplyFailed"
+    wait_for(lambda: any(e.reason == "ApplyFailed" and e.type == "Warning"
+                         and "exceeded quota" in e.message
+                         for e in core.list_namespaced_event(
+                             namespace, field_selector="involvedObject.name=web").items),
+             30, "an ApplyFailed Warning Event")
+    core.delete_namespaced_resource_quota("no-pdbs", namespace)
+    wait_for(lambda: policy.read_namespaced_pod_disruption_budget("web-lb", namespace), 60,
+             "the PodDisruptionBudget, on kopf's retry")
+    wait_for(lambda: condition(get_lb(kube, namespace, "web"), "Programmed").get(
+        "reason") != "ApplyFailed", 30, "Programmed no longer ApplyFailed")
+
+
+def test_thousands_of_endpoints_fit_in_the_configmap_compressed(
+        operator: OperatorProcess, kube: client.ApiClient, namespace: str) -> None:
+    """4,000 endpoints: 8,192 slots, over 1.5 MB as plain text, so more than the API
+    server stores. The ConfigMap carries them gzipped, and readiness still flows."""
+    core = client.CoreV1Api(kube)
+    core.create_namespaced_service(namespace, {"metadata": {"name": "big"}, "spec": {
+        "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+    many_endpoints(kube, namespace, "big", 4000)
+    create_lb(kube, namespace, lb_body(backends=[{"service": "big", "port": "http"}]))
+    wait_for(lambda: get_lb(kube, namespace, "web").get("status", {}).get("backends") == {
+        "ready": 4000, "total": 4000}, 120, "backends 4000/4000")
+
+    def files() -> dict[str, str]:
+        cm = core.read_namespaced_config_map("web-lb", namespace)
+        return payload.decode(kube.sanitize_for_serialization(cm))
+    cm = core.read_namespaced_config_map("web-lb", namespace)
+    assert not cm.data and set(cm.binary_data) == {"haproxy.cfg.gz", "servers.json.gz"}
+    pool = json.loads(files()["servers.json"])["pools"]["be_http"]
+    assert len(pool) == 8192 and sum(1 for s in pool if s["endpoint"]) == 4000
+    assert "server srv8192 " in files()["haproxy.cfg"]
+    # One endpoint turns NotReady: its slot goes to maint, the others keep theirs.
+    slots = {s["endpoint"]: s["slot"] for s in pool if s["endpoint"]}
+    many_endpoints(kube, namespace, "big", 4000, not_ready={17})
+    wait_for(lambda: get_lb(kube, namespace, "web")["status"]["backends"] == {
+        "ready": 3999, "total": 4000}, 60, "backends 3999/4000")
+    after = json.loads(files()["servers.json"])["pools"]["be_http"]
+    assert {s["endpoint"]: s["slot"] for s in after if s["endpoint"]} == slots
+    assert [s["endpoint"] for s in after if s["state"] == "maint" and s["endpoint"]] == [
+        "big/big-17:8080"]
 
 
 def test_missing_service_is_reported_and_recovers_on_its_own(

@@ -26,6 +26,7 @@ from roundhouse.agent.source import (
     secret_fingerprint,
 )
 from roundhouse.model.cluster import parse_tls_secret
+from roundhouse.render import payload
 from tests.unit.agent_harness import FakeAPI, issue_cert
 
 CERT = issue_cert()
@@ -72,6 +73,20 @@ def test_fingerprint_matches_the_operator() -> None:
     s = secret()
     assert secret_fingerprint(CERT.crt.encode(), CERT.key.encode()) == \
         parse_tls_secret(s).fingerprint
+
+
+def test_desired_state_from_a_compressed_configmap() -> None:
+    """Large configurations arrive gzipped in binaryData: the agent reads them the same."""
+    plain = configmap()
+    data, binary = payload.encode({k: v + " " * payload.INLINE_LIMIT if k == "haproxy.cfg"
+                                   else v for k, v in plain["data"].items()})
+    assert not data and set(binary) == {"haproxy.cfg.gz", "servers.json.gz"}
+    big = {"metadata": plain["metadata"], "binaryData": binary}
+    desired = source(fake_api()).desired_from(big)
+    assert desired.config.startswith("global\n") and desired.config_hash == "c0ffee"
+    big["binaryData"] = {**binary, "servers.json.gz": base64.b64encode(b"not gzip").decode()}
+    with pytest.raises(SourceError, match=r"binaryData servers\.json\.gz does not decode"):
+        source(fake_api()).desired_from(big)
 
 
 @pytest.mark.parametrize(("change", "message"), [

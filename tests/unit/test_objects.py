@@ -6,12 +6,15 @@ from typing import Any
 
 import pytest
 
-from roundhouse.graph import issued_secret_name
+from roundhouse.graph import ClusterState, issued_secret_name
 from roundhouse.model import parse_loadbalancer
 from roundhouse.model.cluster import TLSSecret
 from roundhouse.pipeline import desired_for_loadbalancer
-from tests.unit.cluster_fixtures import state
+from roundhouse.render import payload
+from tests.unit.cluster_fixtures import endpoint, endpoint_slice, service, state
 from tests.unit.conftest import lb_object
+
+CONFIGMAP_LIMIT = 1024 * 1024  # what the API server stores in one object
 
 
 def children(**spec: Any) -> dict[str, dict[str, Any]]:
@@ -143,3 +146,38 @@ def test_configmap_carries_config_and_server_state() -> None:
     assert '"configHash"' in cm["data"]["servers.json"]
     ann = cm["metadata"]["annotations"]
     assert set(ann) == {"roundhouse.dev/config-hash", "roundhouse.dev/structure-hash"}
+
+
+def _big_cluster(n: int) -> ClusterState:
+    """Service web with n ready endpoints, in EndpointSlices of 100 as the controller cuts them."""
+    eps = [endpoint(f"web-{i}", f"10.{244 + i // 65536}.{i // 256 % 256}.{i % 256}")
+           for i in range(n)]
+    slices = [endpoint_slice("web", eps[i:i + 100], name=f"web-{i // 100}")
+              for i in range(0, n, 100)]
+    return ClusterState({"web": service()}, slices)
+
+
+def test_a_large_configmap_is_compressed_and_decodes_to_the_render() -> None:
+    """At 20,000 endpoints (32,768 slots) the plain files are over 5 MB, five times what
+    the API server stores in one object: gzipped they fit, and read back unchanged."""
+    model = parse_loadbalancer(lb_object())
+    desired = desired_for_loadbalancer(model, _big_cluster(20_000))
+    cm = next(o for o in desired.children if o["kind"] == "ConfigMap"
+              and o["metadata"]["name"] == "web-lb")
+    assert "data" not in cm and set(cm["binaryData"]) == {"haproxy.cfg.gz", "servers.json.gz"}
+    files = payload.decode(cm)
+    assert files == {"haproxy.cfg": desired.rendered.config,
+                     "servers.json": desired.rendered.server_state_json()}
+    plain = sum(len(t.encode()) for t in files.values())
+    stored = payload.stored_size({}, cm["binaryData"])
+    assert plain > 5 * CONFIGMAP_LIMIT and stored < CONFIGMAP_LIMIT // 2, (plain, stored)
+    # Deterministic: the same render is the same object (server-side apply stays a no-op).
+    again = desired_for_loadbalancer(model, _big_cluster(20_000))
+    assert next(o for o in again.children if o["kind"] == "ConfigMap"
+                and o["metadata"]["name"] == "web-lb") == cm
+
+
+def test_a_small_configmap_stays_plain_text() -> None:
+    cm = children()["ConfigMap/web-lb"]
+    assert "binaryData" not in cm
+    assert payload.decode(cm) == cm["data"]

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import re
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from roundhouse.agent.files import RuntimeFiles, check_cert_file_name, read_json, read_text
+from roundhouse.agent.files import RuntimeFiles, check_cert_file_name, read_text
 from roundhouse.agent.metrics import AgentMetrics
 from roundhouse.agent.plan import (
     CERTIFICATE,
@@ -80,8 +81,14 @@ class DesiredState:
             check_cert_file_name(file)
         return Snapshot(self.config, parse_pools(self.servers), self.certificate_digests())
 
+    @functools.cached_property
+    def servers_digest(self) -> str:
+        """sha256 of servers.json in canonical form (computed once: it is a megabyte at
+        8,192 slots, and both key() and the agent's record need it)."""
+        return digest(_canonical(self.servers))
+
     def key(self) -> str:
-        return digest("\0".join([self.config, json.dumps(self.servers, sort_keys=True),
+        return digest("\0".join([self.config, self.servers_digest,
                                  json.dumps(self.certificate_digests(), sort_keys=True)]))
 
 
@@ -185,18 +192,21 @@ class Agent:
 
     def _record(self, desired: DesiredState, snapshot: Snapshot) -> None:
         """Make `desired` the applied state, on disk and in memory."""
-        if (read_text(self.files.config) != desired.config
-                or read_json(self.files.servers) != desired.servers):
-            self.files.write_config(desired.config, desired.servers)
+        before = self.files.read_state() or {}
         record = {
             "config": digest(desired.config),
-            "servers": digest(_canonical(desired.servers)),
+            "servers": desired.servers_digest,
             "certificates": dict(snapshot.certificates),
             "configHash": desired.config_hash,
             "structureHash": desired.structure_hash,
             "reloads": self.reloads,
         }
-        if self.files.read_state() != record:
+        # The record holds the digests of the files on disk (cleared while a reload
+        # is pending), so it says whether they need writing without reading them back.
+        if (before.get("config"), before.get("servers")) != (record["config"],
+                                                             record["servers"]):
+            self.files.write_config(desired.config, desired.servers)
+        if before != record:
             self.files.write_state(record)
         removed = self.files.remove_stale_certs(set(desired.certificates))
         if removed:

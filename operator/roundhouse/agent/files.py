@@ -90,7 +90,9 @@ class RuntimeFiles:
         return self.cert_dir / check_cert_file_name(file)
 
     def write_config(self, config: str, servers: Mapping[str, Any]) -> None:
-        atomic_write(self.servers, json.dumps(servers, indent=1, sort_keys=True) + "\n")
+        # Compact: json's C encoder (indent= would use the pure-Python one, 50 ms at 8,192
+        # slots); `jq . servers.json` reads it.
+        atomic_write(self.servers, json.dumps(servers, sort_keys=True) + "\n")
         atomic_write(self.config, config)
 
     def write_cert(self, file: str, pem: str) -> None:

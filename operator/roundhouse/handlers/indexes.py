@@ -14,6 +14,7 @@ from typing import Any
 import kopf
 
 from roundhouse.model.cluster import parse_endpoint_slice, parse_service, parse_tls_secret
+from roundhouse.render import payload
 from roundhouse.resources import claim_of
 
 MANAGED = {"app.kubernetes.io/managed-by": "roundhouse"}
@@ -47,17 +48,22 @@ def rh_secrets(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
 
 @kopf.index("configmaps", labels=MANAGED)
 def rh_configmaps(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
-    """Our own ConfigMaps: the previous slot assignment, and the agents' reports."""
-    data = body.get("data") or {}
-    slots: dict[str, dict[str, str]] = {}
-    if "servers.json" in data:
-        try:
-            state = json.loads(data["servers.json"])
-            slots = {pool: {s["slot"]: s.get("endpoint") or "" for s in servers}
-                     for pool, servers in state.get("pools", {}).items()}
-        except (ValueError, KeyError, TypeError, AttributeError):
-            slots = {}
-    return {(namespace, name): {"slots": slots, "data": dict(data)}}
+    """Our own ConfigMaps: the previous slot assignment (proxy ConfigMaps), the agents'
+    reports (status ConfigMaps). Only the slots of a proxy ConfigMap are kept, not its
+    files: they can be a megabyte, and nothing else reads them from here."""
+    try:
+        files = payload.decode(body)
+    except payload.PayloadError:
+        files = {}
+    if "servers.json" not in files:
+        return {(namespace, name): {"slots": {}, "data": files}}
+    try:
+        state = json.loads(files["servers.json"])
+        slots = {pool: {s["slot"]: s.get("endpoint") or "" for s in servers}
+                 for pool, servers in state.get("pools", {}).items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        slots = {}
+    return {(namespace, name): {"slots": slots, "data": {}}}
 
 
 @kopf.index("pods", labels=MANAGED)

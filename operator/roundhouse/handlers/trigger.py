@@ -1,7 +1,10 @@
-"""Debounced re-reconciles: a burst of dependency events becomes one reconcile.
+"""Debounced re-reconciles: a burst of dependency events becomes few reconciles.
 
-Waits ~100 ms after the last event, but never more than 500 ms after the first,
-so a steady stream of endpoint changes still propagates quickly.
+An event after a quiet spell runs at once: one Pod turning NotReady must not wait for
+a quiet period that is already there (propagation is what users measure us by). Events
+that follow within QUIET of a run are coalesced into one later run, ~100 ms after the
+last of them but never more than 500 ms after the first, so a rolling restart costs a
+few reconciles, not one per EndpointSlice update, and a steady stream still propagates.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ log = logging.getLogger(__name__)
 QUIET = 0.1
 MAX_WAIT = 0.5
 Action = Callable[[], Awaitable[object]]
+_PRUNE_ABOVE = 1024  # keys remembered for their last run before old ones are dropped
 
 
 class Debouncer:
@@ -24,15 +28,19 @@ class Debouncer:
         self._deadline: dict[Hashable, float] = {}
         self._action: dict[Hashable, Action] = {}
         self._tasks: dict[Hashable, asyncio.Task[None]] = {}
+        self._last_run: dict[Hashable, float] = {}  # when each key's latest run started
 
     def schedule(self, key: Hashable, action: Action) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
-        if key not in self._tasks:
-            self._first[key] = now
-            self._tasks[key] = loop.create_task(self._run(key))
         self._action[key] = action  # the latest wins: reconciles are level-based
-        self._deadline[key] = min(now + self.quiet, self._first[key] + self.max_wait)
+        if key in self._tasks:
+            self._deadline[key] = min(now + self.quiet, self._first[key] + self.max_wait)
+            return
+        busy = now - self._last_run.get(key, -self.quiet) < self.quiet
+        self._first[key] = now
+        self._deadline[key] = now + self.quiet if busy else now
+        self._tasks[key] = loop.create_task(self._run(key))
 
     async def _run(self, key: Hashable) -> None:
         loop = asyncio.get_running_loop()
@@ -41,7 +49,14 @@ class Debouncer:
         action = self._action.pop(key)
         for table in (self._first, self._deadline, self._tasks):
             table.pop(key, None)
+        self._last_run[key] = loop.time()
+        self._prune(loop.time())
         try:
             await action()
         except Exception:  # a trigger has no kopf retry: the resync timer is the backstop
             log.exception("re-reconcile of %s failed", key)
+
+    def _prune(self, now: float) -> None:
+        if len(self._last_run) > _PRUNE_ABOVE:
+            for key in [k for k, t in self._last_run.items() if now - t >= self.quiet]:
+                del self._last_run[key]

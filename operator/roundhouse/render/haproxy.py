@@ -41,7 +41,17 @@ class RenderedConfig:
     status_port: int
 
     def server_state_json(self) -> str:
-        return json.dumps(self.server_state, indent=1, sort_keys=True) + "\n"
+        """servers.json with one server slot per line: readable in `kubectl get -o yaml`
+        and in diffs, and written by json's C encoder line by line (indent= would use
+        its pure-Python one, which took 70 ms at 8,192 slots)."""
+        head = {k: v for k, v in self.server_state.items() if k != "pools"}
+        pools = ",\n".join(
+            f" {json.dumps(name)}: [\n" + ",\n".join(
+                "  " + json.dumps(slot, sort_keys=True, separators=(", ", ": "))
+                for slot in slots) + "\n ]"
+            for name, slots in sorted(self.server_state["pools"].items()))
+        return (json.dumps(head, sort_keys=True)[:-1] + ',\n"pools": {\n' + pools
+                + "\n}}\n")
 
 
 def status_port(graph: ProxyGraph) -> int:

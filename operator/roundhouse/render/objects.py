@@ -13,6 +13,7 @@ from typing import Any
 
 from roundhouse import API_GROUP, API_VERSION
 from roundhouse.graph import ProxyGraph, child_name
+from roundhouse.render import payload
 from roundhouse.render.haproxy import RenderedConfig
 
 RUNTIME_DIR = "/var/run/roundhouse"
@@ -89,15 +90,17 @@ def agent_status_name(owner: Owner) -> str:
 
 
 def config_map(owner: Owner, rendered: RenderedConfig) -> dict[str, Any]:
-    return {
+    obj: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _meta(owner, child_name(owner.kind, owner.name), annotations={
             f"{API_GROUP}/config-hash": rendered.config_hash,
             f"{API_GROUP}/structure-hash": rendered.structure_hash,
         }),
-        "data": {"haproxy.cfg": rendered.config, "servers.json": rendered.server_state_json()},
     }
+    data, binary = payload.encode(
+        {"haproxy.cfg": rendered.config, "servers.json": rendered.server_state_json()})
+    return obj | ({"data": data} if data else {}) | ({"binaryData": binary} if binary else {})
 
 
 def agent_status_config_map(owner: Owner) -> dict[str, Any]:
