@@ -546,6 +546,18 @@ def crd(kind: str, plural: str, short_names: list[str], description: str,
 # --------------------------------------------------------------------- LoadBalancer
 
 
+def source_ranges(scope: str, otherwise: str) -> Schema:
+    return array(
+        f"Client addresses allowed {scope}, as CIDRs (10.0.0.0/8, 2001:db8::/32, "
+        f"203.0.113.7/32), at most 100; {otherwise}. Absent or empty: every client. "
+        "HAProxy checks the client's own address (the proxy Service keeps it: "
+        "externalTrafficPolicy Local; a LoadBalancer Service also gets "
+        "loadBalancerSourceRanges).",
+        string("A CIDR.", max_length=49, rules=[rule(
+            "isCIDR(self)", "must be a CIDR such as 10.0.0.0/8 or 2001:db8::/32")]),
+        max_items=100)
+
+
 def upstream_tls(plain: str) -> Schema:
     return obj(
         f"Connect to the backends with TLS (re-encryption). Absent: {plain}.",
@@ -621,6 +633,8 @@ def loadbalancer_spec() -> Schema:
             "limits": limits(),
             "proxy": proxy(),
             "upstreamTLS": upstream_tls("plain TCP/HTTP"),
+            "allowedSourceRanges": source_ranges(
+                "to connect to any listener", "any other client is refused as it connects"),
         },
         required=["listeners", "backends"],
         rules=[
@@ -751,6 +765,8 @@ def route() -> Schema:
             }),
             "requestHeaders": header_changes("request"),
             "responseHeaders": header_changes("response"),
+            "allowedSourceRanges": source_ranges(
+                "on this route", "any other client gets 403 Forbidden"),
             "rewrite": obj("Rewrites of the request before it goes to the backends.", {
                 "pathPrefix": string(
                     "Replaces the matched path prefix (with match.path.type Prefix).",
@@ -860,6 +876,8 @@ def reverseproxy_spec() -> Schema:
             "timeouts": timeouts(),
             "limits": limits(),
             "proxy": proxy(),
+            "allowedSourceRanges": source_ranges(
+                "to connect to any listener", "any other client is refused as it connects"),
         },
         required=["listeners", "hosts"],
         rules=[

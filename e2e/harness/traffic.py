@@ -13,6 +13,7 @@ import base64
 import collections
 import hashlib
 import http.client
+import ipaddress
 import json
 import os
 import socket
@@ -89,8 +90,9 @@ class Reply:
 def request(port: int, *, method: str = "GET", host: str | None = None, path: str = "/",
             headers: dict[str, str] | None = None, body: bytes | str | None = None,
             tls: ssl.SSLContext | None = None, server_hostname: str | None = None,
-            timeout: float = 5.0, address: str = HOST) -> Reply:
-    """One request on a fresh connection to `address`:`port` (loopback only).
+            timeout: float = 5.0, address: str = HOST, source: str | None = None) -> Reply:
+    """One request on a fresh connection to `address`:`port` (loopback only), from
+    `source` when given (another loopback address, e.g. 127.0.0.2: a second client).
 
     `host`: the Host header (default: http.client's "<address>:<port>"; a "Host" in
     `headers` wins). TLS: SNI and the name checked are `server_hostname`, else `host`
@@ -98,6 +100,8 @@ def request(port: int, *, method: str = "GET", host: str | None = None, path: st
     whatever its status; it names the failure otherwise (refused, reset, bad certificate).
     """
     assert address in ("127.0.0.1", "localhost"), "traffic only to loopback"
+    assert source is None or ipaddress.ip_address(source).is_loopback, "from loopback only"
+    bind = (source, 0) if source else None
     hdrs = {"Connection": "close"}
     if host is not None:
         hdrs["Host"] = host
@@ -105,9 +109,10 @@ def request(port: int, *, method: str = "GET", host: str | None = None, path: st
     conn: http.client.HTTPConnection
     if tls is not None:
         sni = server_hostname or (_hostname(host) if host else address)
-        conn = _SNIConnection(address, port, timeout=timeout, context=tls, server_hostname=sni)
+        conn = _SNIConnection(address, port, timeout=timeout, context=tls, server_hostname=sni,
+                              source_address=bind)
     else:
-        conn = http.client.HTTPConnection(address, port, timeout=timeout)
+        conn = http.client.HTTPConnection(address, port, timeout=timeout, source_address=bind)
     der: bytes | None = None
     parsed: dict[str, Any] | None = None
     version = alpn = None
@@ -182,8 +187,9 @@ def _hostname(host: str) -> str:
 
 class _SNIConnection(http.client.HTTPSConnection):
     def __init__(self, host: str, port: int, *, timeout: float, context: ssl.SSLContext,
-                 server_hostname: str) -> None:
-        super().__init__(host, port, timeout=timeout, context=context)
+                 server_hostname: str, source_address: tuple[str, int] | None = None) -> None:
+        super().__init__(host, port, timeout=timeout, context=context,
+                         source_address=source_address)
         self._tls = context
         self._sni = server_hostname
 

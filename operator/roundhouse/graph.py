@@ -140,6 +140,7 @@ class RouteRule:
     pool: str | None = None
     redirect: RedirectRule | None = None
     services: tuple[str, ...] = ()  # the Services behind the pool, in spec order
+    allowed_source_ranges: tuple[str, ...] = ()  # others get 403; empty: every client
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,7 @@ class ProxyGraph:
     timeouts: Timeouts
     limits: Limits
     problems: tuple[Problem, ...] = ()
+    allowed_source_ranges: tuple[str, ...] = ()  # CIDRs a client must be in; empty: all
     backends_ready: int = 0
     backends_total: int = 0
     issued_dns_names: tuple[str, ...] = field(default_factory=tuple)
@@ -259,6 +261,7 @@ def build_loadbalancer_graph(lb: LoadBalancer, cluster: ClusterState) -> ProxyGr
         certificates=certificates,
         timeouts=lb.timeouts,
         limits=lb.limits,
+        allowed_source_ranges=lb.allowed_source_ranges,
         problems=tuple(problems),
         backends_ready=ready,
         backends_total=len(endpoints),

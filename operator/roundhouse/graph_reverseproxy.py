@@ -149,6 +149,7 @@ def build_reverseproxy_graph(rp: ReverseProxy, cluster: ClusterState, *,
         certificates=tuple(sorted(certificates.values(), key=lambda c: c.file)),
         timeouts=rp.timeouts,
         limits=rp.limits,
+        allowed_source_ranges=rp.allowed_source_ranges,
         problems=tuple(problems),
         backends_ready=ready,
         backends_total=len(seen),
@@ -256,6 +257,7 @@ def _routing(rp: ReverseProxy, listener: Listener, hosts: list[tuple[int, Host]]
                 pool=None if redirect else route_pool_name(h.hostname, r.name),
                 redirect=redirect,
                 services=tuple(dict.fromkeys(be.service for be in r.backends)),
+                allowed_source_ranges=r.allowed_source_ranges,
             ))
     return Routing(tuple(vhosts), tuple(rules), not_found)
 

@@ -62,9 +62,10 @@ def _desired(graph: ProxyGraph, owner: objects.Owner, model: LoadBalancer | Reve
         resources=model.proxy.resources,
         node_selector=model.proxy.node_selector,
         tolerations=model.proxy.tolerations,
-        # Source-address persistence and per-client limits need the client's own address.
+        # Source-address persistence, per-client limits and source ranges need the
+        # client's own address.
         preserve_client_ip=bool(persistence and persistence.type == "SourceIP")
-        or model.limits.per_client,
+        or model.limits.per_client or bool(model.allowed_source_ranges),
     )
     children = (
         objects.service_account(owner),

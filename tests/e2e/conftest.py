@@ -55,6 +55,9 @@ BACKEND_SNI = "web.backend.internal"  # the name TLS-serving backends' certifica
 TLS_BACKENDS_ONLY_LOCAL = (
     "the backends serve TLS on a second port (netns.Backends.enable_tls) and report the "
     "TLS and SNI they saw (X-Seen-TLS/SNI); the echo image does neither")
+CLIENT_ADDRESS_ONLY_LOCAL = (
+    "tells clients apart by their loopback source address (127.0.0.1, 127.0.0.2); "
+    "through kubectl port-forward HAProxy sees every client as 127.0.0.1")
 
 
 @pytest.hookimpl(tryfirst=True)

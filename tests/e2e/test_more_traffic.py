@@ -30,6 +30,7 @@ from e2e.harness.netns import SERVER, Backends
 from kubernetes import client
 from tests.e2e.conftest import (
     BACKEND_SNI,
+    CLIENT_ADDRESS_ONLY_LOCAL,
     HTTPS_PORT,
     LISTENER_PORT,
     TLS_BACKENDS_ONLY_LOCAL,
@@ -537,3 +538,28 @@ def test_connections_per_client_are_capped(env_factory: Callable[..., Env]) -> N
         again = wait_for(lambda: (r := traffic.get(env.port)).error is None and r, 10,
                          "a connection once one of the three closed")
         assert again.backend in env.backends.backends
+
+
+@local_only(CLIENT_ADDRESS_ONLY_LOCAL)
+def test_allowed_source_ranges_refuse_other_clients(env_factory: Callable[..., Env]) -> None:
+    """127.0.0.1/32 allowed: a client from 127.0.0.1 is served, one from 127.0.0.2 is
+    refused as it connects (no HTTP answer at all). Widening the list to 127.0.0.0/8 is a
+    hitless reload, after which the second client is served too."""
+    env = env_factory(replicas=2, allowedSourceRanges=["127.0.0.1/32"])
+    wait_for(lambda: traffic.get(env.port).error is None, 90, "traffic from 127.0.0.1")
+    refused = traffic.request(env.port, source="127.0.0.2")
+    print(f"from 127.0.0.2: {refused.error}")
+    assert refused.status == 0 and refused.error is not None, refused
+    assert refused.backend is None
+    assert env.proxy is not None
+    reloads = env.proxy.agent_state().get("reloads")
+    load = traffic.Load(env.port, connections=4, max_seconds=60).start()
+    try:
+        env.patch_lb({"allowedSourceRanges": ["127.0.0.0/8"]})
+        served = wait_for(lambda: (r := traffic.request(env.port, source="127.0.0.2"))
+                          .status == 200 and r, 60, "127.0.0.2 served once allowed")
+    finally:
+        load.stop()
+    assert served.backend in env.backends.backends
+    assert env.proxy.agent_state().get("reloads") == (reloads or 0) + 1
+    assert not load.failures, load.failures[:5]

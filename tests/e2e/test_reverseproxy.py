@@ -21,6 +21,7 @@ from e2e.harness import traffic
 from kubernetes import client
 from tests.e2e.conftest import (
     BACKEND_SNI,
+    CLIENT_ADDRESS_ONLY_LOCAL,
     HTTPS_PORT,
     LISTENER_PORT,
     TLS_BACKENDS_ONLY_LOCAL,
@@ -288,3 +289,22 @@ def test_a_route_to_a_missing_service_answers_503_not_another_route(
     assert ghost.status == 503, ghost
     status = condition(get_rp(env.kube, env.namespace, "gaps"), "BackendsHealthy")
     assert status["reason"] == "BackendNotFound" and "ghost" in status["message"]
+
+
+@local_only(CLIENT_ADDRESS_ONLY_LOCAL)
+def test_a_route_with_source_ranges_answers_403_to_other_clients(
+        rp_env_factory: Callable[..., Env]) -> None:
+    """/admin only for 127.0.0.1/32: the client at 127.0.0.2 gets 403 there and is
+    served everywhere else; 127.0.0.1 is served on both."""
+    body = rp("guarded", [{"hostname": "guarded.e2e.test", "routes": [
+        route("admin", "admin", "/admin", allowedSourceRanges=["127.0.0.1/32"]),
+        route("web", "web")]}])
+    env = rp_env_factory({"web": 1, "admin": 1}, body)
+    wait_served(env, "guarded.e2e.test", "/admin/users")
+    other = {path: traffic.request(env.port, host="guarded.e2e.test", path=path,
+                                   source="127.0.0.2") for path in ("/admin/users", "/")}
+    print({p: r.status for p, r in other.items()})
+    assert other["/admin/users"].status == 403, other["/admin/users"]
+    assert app_of(other["/"]) == "web"
+    assert app_of(traffic.request(env.port, host="guarded.e2e.test",
+                                  path="/admin/users")) == "admin"

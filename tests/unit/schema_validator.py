@@ -21,6 +21,8 @@ What the API server does to a create request, and what this module does in its p
    cel-python; a failing rule reports at its node plus its fieldPath, with its message
    (or messageExpression) and its reason.
 
+The Kubernetes CEL library functions the CRDs call (isCIDR) are supplied in Python.
+
 Not emulated: CEL cost estimation and budgets, transition rules (oldSelf), string
 formats, CEL's typed declarations (rules run on dynamic values). The real API server
 remains the judge of a CRD itself: this module trusts that the CRD was accepted.
@@ -45,6 +47,8 @@ import jsonschema
 import re2
 import yaml
 from jsonschema.exceptions import ValidationError
+
+from roundhouse.model.common import cidr
 
 Schema = dict[str, Any]
 PathElems = tuple[str | int, ...]
@@ -382,10 +386,21 @@ def _list_type_errors(value: Any, schema: Schema, path: tuple[str, ...]) -> list
 # --------------------------------------------------------------------------- CEL
 
 
+def _is_cidr(value: Any) -> celpy.celtypes.BoolType:
+    """k8s.io/apiserver/pkg/cel/library/cidr.go isCIDR(): netip.ParsePrefix succeeds
+    (host bits may be set; no zone, no netmask, no leading zeros) and the address is
+    not IPv4-mapped IPv6. roundhouse.model.common.cidr() is that same rule."""
+    return celpy.celtypes.BoolType(cidr(str(value)) is not None)
+
+
+# The Kubernetes CEL library functions the CRDs use, which cel-python lacks.
+_KUBERNETES_FUNCTIONS = {"isCIDR": _is_cidr}
+
+
 @cache
 def _program(expr: str) -> Any:
     env = celpy.Environment()
-    return env.program(env.compile(expr))
+    return env.program(env.compile(expr), functions=_KUBERNETES_FUNCTIONS)
 
 
 def compile_rule(expr: str) -> None:

@@ -8,6 +8,7 @@ rule kept, optional fields sometimes left out so that defaults come into play.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from hypothesis import strategies as st
@@ -199,6 +200,16 @@ def proxy(draw: st.DrawFn) -> Obj:
     return out
 
 
+def source_ranges() -> st.SearchStrategy[list[str]]:
+    """CIDRs of both families, host bits set or not (the parser masks them)."""
+    v4 = st.builds(lambda a, n: f"{ipaddress.IPv4Address(a)}/{n}",
+                   st.integers(0, 2**32 - 1), st.integers(0, 32))
+    v6 = st.builds(lambda a, n: f"{ipaddress.IPv6Address(a)}/{n}",
+                   st.integers(0, 2**128 - 1).filter(lambda a: a >> 32 != 0xFFFF),
+                   st.integers(0, 128))
+    return st.lists(st.one_of(v4, v6), max_size=20)
+
+
 @st.composite
 def upstream_tls(draw: st.DrawFn) -> Obj:
     upstream: Obj = {}
@@ -225,6 +236,7 @@ def loadbalancer_specs(draw: st.DrawFn) -> Obj:
     _maybe(draw, spec, "proxy", proxy())
     if not any(li.get("protocol") == "TLSPassthrough" for li in spec["listeners"]):
         _maybe(draw, spec, "upstreamTLS", upstream_tls())
+    _maybe(draw, spec, "allowedSourceRanges", source_ranges())
     return spec
 
 
@@ -346,6 +358,7 @@ def route(draw: st.DrawFn, name: str) -> Obj:
     path_type = ((out.get("match") or {}).get("path") or {}).get("type", "Prefix")
     if path_type == "Prefix" and draw(st.booleans()):
         out["rewrite"] = {"pathPrefix": draw(http_paths())}
+    _maybe(draw, out, "allowedSourceRanges", source_ranges())
     return out
 
 
@@ -400,6 +413,7 @@ def reverseproxy_specs(draw: st.DrawFn) -> Obj:
     if algorithm == "first" or draw(st.booleans()):
         spec["limits"] = draw(limits(algorithm))
     _maybe(draw, spec, "proxy", proxy())
+    _maybe(draw, spec, "allowedSourceRanges", source_ranges())
     return spec
 
 

@@ -181,3 +181,16 @@ def test_a_small_configmap_stays_plain_text() -> None:
     cm = children()["ConfigMap/web-lb"]
     assert "binaryData" not in cm
     assert payload.decode(cm) == cm["data"]
+
+
+def test_source_ranges_keep_the_client_address_and_reach_a_load_balancer_service() -> None:
+    svc = children(allowedSourceRanges=["203.0.113.0/24"],
+                   proxy={"serviceType": "LoadBalancer"})["Service/web-lb"]["spec"]
+    assert svc["externalTrafficPolicy"] == "Local"
+    assert svc["loadBalancerSourceRanges"] == ["203.0.113.0/24"]
+    node_port = children(allowedSourceRanges=["203.0.113.0/24"],
+                         proxy={"serviceType": "NodePort"})["Service/web-lb"]["spec"]
+    assert node_port["externalTrafficPolicy"] == "Local"
+    assert "loadBalancerSourceRanges" not in node_port
+    assert "loadBalancerSourceRanges" not in children(
+        proxy={"serviceType": "LoadBalancer"})["Service/web-lb"]["spec"]

@@ -94,6 +94,13 @@ def test_example_passes_haproxy_check(path: Path, haproxy_check: HaproxyCheck) -
                    {"name": "tls", "port": 443, "protocol": "TLSPassthrough"}],
      "limits": {"maxConnectionsPerClient": 2}},
     {"limits": {"requestRatePerClient": {"requests": 1, "period": "1h"}}},
+    # The most source ranges allowed, both families: more than one haproxy.cfg line holds.
+    {"listeners": [{"name": "pg", "port": 5432, "protocol": "TCP"},
+                   {"name": "tls", "port": 443, "protocol": "TLSPassthrough"},
+                   {"name": "http", "port": 80, "protocol": "HTTP"}],
+     "allowedSourceRanges": [f"10.{i}.0.0/16" for i in range(50)]
+     + [f"2001:db8:{i:x}::/48" for i in range(50)],
+     "limits": {"maxConnectionsPerClient": 3}},
 ])
 def test_feature_table_passes_haproxy_check(spec: dict[str, object],
                                             haproxy_check: HaproxyCheck) -> None:
@@ -237,3 +244,28 @@ def test_no_per_client_table_without_per_client_limits() -> None:
     config = render_haproxy(build_loadbalancer_graph(
         parse_loadbalancer(lb_object()), state(3))).config
     assert "rh_clients" not in config and "track-sc0" not in config
+
+
+def test_source_ranges_refuse_other_clients_first_on_every_listener() -> None:
+    spec = {"listeners": [{"name": "http", "port": 80}, {"name": "pg", "port": 5432,
+                                                          "protocol": "TCP"}],
+            "allowedSourceRanges": ["10.1.2.3/8", "2001:db8::/32", "10.0.0.0/8"],
+            "limits": {"maxConnectionsPerClient": 7}}
+    config = render_haproxy(build_loadbalancer_graph(
+        parse_loadbalancer(lb_object(**spec)), state(3))).config
+    sections = {b.strip().split("\n", 1)[0]: b for b in config.split("\n\n") if b.strip()}
+    for name in ("frontend fe_http", "frontend fe_pg"):
+        rules = [x.strip() for x in sections[name].splitlines()
+                 if x.strip().startswith(("acl rh_allowed", "tcp-request"))]
+        # Normalized and deduplicated; refused before the client is counted anywhere.
+        assert rules[:3] == ["acl rh_allowed_source src 10.0.0.0/8 2001:db8::/32",
+                             "tcp-request connection reject unless rh_allowed_source",
+                             "tcp-request connection track-sc0 src table rh_clients"], rules
+    status = sections["# Health and metrics for the kubelet probes and Prometheus."]
+    assert "rh_allowed_source" not in status  # the kubelet's probes come from the node
+
+
+def test_no_source_rule_without_source_ranges() -> None:
+    config = render_haproxy(build_loadbalancer_graph(
+        parse_loadbalancer(lb_object()), state(3))).config
+    assert "rh_allowed_source" not in config

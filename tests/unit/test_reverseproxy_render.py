@@ -192,6 +192,31 @@ def test_route_features_are_rendered_in_its_backend() -> None:
         assert line in backend, line
 
 
+def test_route_source_ranges_answer_403_to_other_clients() -> None:
+    rp = rp_object(allowedSourceRanges=["192.0.2.0/24"], hosts=[{
+        "hostname": "a.test", "routes": [
+            {"name": "admin", "match": {"path": {"value": "/admin"}},
+             "backends": [{"service": "web", "port": 80}],
+             "allowedSourceRanges": ["10.9.8.7/8", "fd00::/8"]},
+            {"name": "old", "match": {"path": {"value": "/old"}},
+             "redirect": {"path": "/new"}, "allowedSourceRanges": ["10.0.0.0/8"]},
+            {"name": "site", "backends": [{"service": "web", "port": 80}]}]}])
+    graph = build_reverseproxy_graph(parse_reverseproxy(rp), cluster_for(rp))
+    lines = [x.strip() for x in render_haproxy(graph).config.splitlines()]
+    # The whole proxy: refused at connect; a route: 403 before its redirect or backend.
+    assert "acl rh_allowed_source src 192.0.2.0/24" in lines
+    assert "acl rt_a.test_admin_source src 10.0.0.0/8 fd00::/8" in lines
+    deny = ("http-request deny deny_status 403 if { var(txn.rh_route) -m str "
+            "rt_a.test_admin } !rt_a.test_admin_source")
+    redirect_deny = ("http-request deny deny_status 403 if { var(txn.rh_route) -m str "
+                     "rd_a.test_old } !rd_a.test_old_source")
+    first_redirect = next(i for i, x in enumerate(lines) if x.startswith("http-request redirect"))
+    assert lines.index(deny) < first_redirect and lines.index(redirect_deny) < first_redirect
+    assert not [x for x in lines if "rt_a.test_site_source" in x]
+    result, config = check_graph(graph)
+    assert result.returncode == 0, result.stdout + result.stderr + config
+
+
 def test_quoting_keeps_every_value_one_literal_word() -> None:
     assert quote("plain/value") == "plain/value"
     assert quote("a b#c$d") == "'a b#c$d'"

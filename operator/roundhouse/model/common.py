@@ -5,6 +5,7 @@ crds/generate.py (one source for both CRDs), so both kinds validate them alike.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -244,6 +245,7 @@ class SharedBlocks(TypedDict):
     limits: Limits
     proxy: ProxySettings
     upstream_tls: UpstreamTLS | None
+    allowed_source_ranges: tuple[str, ...]
 
 
 def identity(meta: dict[str, Any]) -> Identity:
@@ -263,7 +265,46 @@ def parse_shared_blocks(spec: Reader) -> SharedBlocks:
         limits=parse_limits(spec.child("limits")),
         proxy=parse_proxy(spec.child("proxy")),
         upstream_tls=optional("upstreamTLS", parse_upstream_tls),
+        allowed_source_ranges=parse_source_ranges(spec, "allowedSourceRanges"),
     )
+
+
+MAX_SOURCE_RANGES = 100
+_CIDR_SHAPE = re.compile(r"^[0-9A-Fa-f.:]+/(0|[1-9][0-9]{0,2})$")
+
+
+def parse_source_ranges(r: Reader, key: str) -> tuple[str, ...]:
+    """CIDRs a client address must fall in (empty: every client), normalized to their
+    network (10.1.2.3/8 -> 10.0.0.0/8) and deduplicated, in the order given.
+
+    Accepts what the CRD's isCIDR() accepts: an IPv4 or IPv6 prefix, no zone, no
+    IPv4-mapped IPv6 address."""
+    out: list[str] = []
+    values = r.string_list(key)
+    if len(values) > MAX_SOURCE_RANGES:
+        r.error(key, f"must have at most {MAX_SOURCE_RANGES} items, got {len(values)}")
+    for i, text in enumerate(values):
+        network = cidr(text)
+        if network is None:
+            r.error(f"{key}[{i}]", f"{text!r} is not a CIDR such as 10.0.0.0/8 or "
+                    "2001:db8::/32")
+        elif network not in out:
+            out.append(network)
+    return tuple(out)
+
+
+def cidr(text: str) -> str | None:
+    """The network of CIDR `text` ("10.0.0.0/8"), None when it is not one."""
+    if not _CIDR_SHAPE.match(text):  # also refuses a netmask (10.0.0.0/255.0.0.0) and "/08"
+        return None
+    try:
+        address = ipaddress.ip_address(text.split("/")[0])
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return None  # as written, like Go's netip.Prefix.Addr().Is4In6()
+    return str(network)
 
 
 def check_name(meta: dict[str, Any], suffix: str, errors: list[FieldError]) -> str:

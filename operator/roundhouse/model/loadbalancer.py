@@ -82,6 +82,7 @@ class LoadBalancer:
     limits: Limits = field(default_factory=Limits)
     proxy: ProxySettings = field(default_factory=ProxySettings)
     upstream_tls: UpstreamTLS | None = None
+    allowed_source_ranges: tuple[str, ...] = ()  # CIDRs; empty: every client
 
     def service_refs(self) -> set[str]:
         return {be.service for be in self.backends}

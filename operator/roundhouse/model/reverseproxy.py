@@ -28,6 +28,7 @@ from roundhouse.model.common import (
     limits_rules,
     parse_backend,
     parse_shared_blocks,
+    parse_source_ranges,
     required_value,
 )
 from roundhouse.model.errors import FieldError, SpecError
@@ -115,6 +116,7 @@ class Route:
     request_headers: HeaderChanges = field(default_factory=HeaderChanges)
     response_headers: HeaderChanges = field(default_factory=HeaderChanges)
     rewrite_path_prefix: str | None = None
+    allowed_source_ranges: tuple[str, ...] = ()  # CIDRs; others get 403; empty: all
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,7 @@ class ReverseProxy:
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
     proxy: ProxySettings = field(default_factory=ProxySettings)
+    allowed_source_ranges: tuple[str, ...] = ()  # CIDRs; empty: every client
 
     def service_refs(self) -> set[str]:
         """Every Service a route or the default backend names."""
@@ -323,6 +326,7 @@ def _route(r: Reader) -> Route:
         request_headers=_header_changes(r.child("requestHeaders")),
         response_headers=_header_changes(r.child("responseHeaders")),
         rewrite_path_prefix=rewrite,
+        allowed_source_ranges=parse_source_ranges(r, "allowedSourceRanges"),
     )
 
 

@@ -128,8 +128,12 @@ def service(owner: Owner, graph: ProxyGraph, proxy: ProxySpec) -> dict[str, Any]
         ],
     }
     if proxy.service_type != "ClusterIP":
-        # Local keeps the client's address visible to HAProxy (SourceIP persistence, XFF).
+        # Local keeps the client's address visible to HAProxy (SourceIP persistence, XFF,
+        # per-client limits, allowedSourceRanges).
         spec["externalTrafficPolicy"] = "Local" if proxy.preserve_client_ip else "Cluster"
+    if proxy.service_type == "LoadBalancer" and graph.allowed_source_ranges:
+        # The cloud load balancer (and kube-proxy) filter too; HAProxy checks either way.
+        spec["loadBalancerSourceRanges"] = list(graph.allowed_source_ranges)
     return {"apiVersion": "v1", "kind": "Service",
             "metadata": _meta(owner, child_name(owner.kind, owner.name)), "spec": spec}
 
