@@ -127,8 +127,13 @@ def route_conditions(rule: RouteRule) -> str:
         fetch = quote(f"req.fhdr({h.name})")
         if h.type == "RegularExpression":
             terms.append(f"{{ {fetch} -m reg {_full_match(h.value)} }}")
+        elif h.value in ("{", "}"):
+            # A lone brace, quoted or not, opens or closes the anonymous ACL: match it
+            # as a regular expression instead.
+            terms.append(f"{{ {fetch} -m reg {_full_match(re.escape(h.value))} }}")
         elif h.value:
-            terms.append(f"{{ {fetch} -m str {quote(h.value)} }}")
+            # "--": a value that looks like a flag (-i, -f file) is still the value.
+            terms.append(f"{{ {fetch} -m str -- {quote(h.value)} }}")
         else:
             terms.append(f"{{ {fetch} -m len 0 }}")
     return "".join(f" {t}" for t in terms)
