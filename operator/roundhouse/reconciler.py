@@ -12,7 +12,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,10 +53,32 @@ class Indexes:
 
 
 @dataclass
+class DesiredCache:
+    """The last desired state per resource, with the inputs it was computed from.
+
+    The pipeline is pure, so equal inputs (the parsed spec, the cluster state it
+    resolved against, the hostname conflicts) give an equal result: most reconciles
+    (an agent's report, a proxy Pod turning Ready, the resync) change none, and at
+    thousands of endpoints rendering costs ~150 ms that comparing the inputs does not.
+    """
+
+    entries: dict[Key, tuple[Any, Desired]] = field(default_factory=dict)
+
+    def get(self, key: Key, inputs: Any, compute: Callable[[], Desired]) -> Desired:
+        cached = self.entries.get(key)
+        if cached is not None and cached[0] == inputs:
+            return cached[1]
+        desired = compute()
+        self.entries[key] = (inputs, desired)
+        return desired
+
+
+@dataclass
 class Reconciler:
     images: objects.ProxyImages = field(default_factory=objects.ProxyImages)
     locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     last_applied: dict[Key, apply.Applied] = field(default_factory=dict)
+    desired: DesiredCache = field(default_factory=DesiredCache)
 
     def lock(self, key: Key) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -64,6 +86,7 @@ class Reconciler:
     def forget(self, kind: str, namespace: str, name: str) -> None:
         self.locks.pop((kind, namespace, name), None)
         self.last_applied.pop((kind, namespace, name), None)
+        self.desired.entries.pop((kind, namespace, name), None)
 
     async def reconcile(self, kind: str, body: Any, idx: Indexes) -> list[str]:
         """Returns the messages of problems worth a retry (missing dependencies)."""
@@ -93,7 +116,9 @@ class Reconciler:
             cluster = ClusterState(cluster.services, cluster.slices,
                                    {**cluster.secrets, **issued}, cluster.previous_slots)
         conflicts = self._conflicts(body, idx) if kind == "ReverseProxy" else {}
-        desired = resources.desired(model, cluster, self.images, conflicts)
+        desired = self.desired.get(key, (model, cluster, conflicts),
+                                   lambda: resources.desired(model, cluster, self.images,
+                                                             conflicts))
         conditions = _conditions(owner, model.proxy.replicas, desired, idx)
         proxy_service = idx.first(idx.services, (namespace, child_name(kind, name)))
         counts = {"ready": desired.graph.backends_ready, "total": desired.graph.backends_total}

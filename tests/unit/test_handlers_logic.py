@@ -1,5 +1,6 @@
 """The handler-side logic that needs no cluster: debouncing, condition merging, reports,
-which children a reconcile writes (the API client replaced by a recorder)."""
+which children a reconcile writes (the API client replaced by a recorder), when a
+reconcile reuses the desired state."""
 
 from __future__ import annotations
 
@@ -11,12 +12,17 @@ from typing import Any
 import pytest
 
 from roundhouse import apply
+from roundhouse.graph import ClusterState
 from roundhouse.handlers.trigger import Debouncer
-from roundhouse.reconciler import parse_agent_report
+from roundhouse.model import parse_loadbalancer
+from roundhouse.pipeline import Desired, desired_for_loadbalancer
+from roundhouse.reconciler import DesiredCache, parse_agent_report
 from roundhouse.status import Condition, merge_conditions, ready_condition
+from tests.unit.cluster_fixtures import endpoint, state
+from tests.unit.conftest import lb_object
 
 
-def test_an_event_after_a_quiet_spell_runs_at_once() -> None:
+def test_an_isolated_event_runs_at_once() -> None:
     async def scenario() -> float:
         loop = asyncio.get_running_loop()
         ran: list[float] = []
@@ -24,18 +30,18 @@ def test_an_event_after_a_quiet_spell_runs_at_once() -> None:
         async def action() -> None:
             ran.append(loop.time())
         start = loop.time()
-        Debouncer(quiet=0.5, max_wait=2.0).schedule("lb", action)
+        Debouncer(spacing=0.5).schedule("lb", action)
         while not ran and loop.time() - start < 2:
             await asyncio.sleep(0.001)
         return ran[0] - start
 
-    assert asyncio.run(scenario()) < 0.1  # not the 0.5 s quiet period
+    assert asyncio.run(scenario()) < 0.1  # not the 0.5 s spacing
 
 
-def test_a_burst_becomes_one_more_run_with_the_latest_action() -> None:
+def test_a_burst_is_spaced_and_ends_with_the_latest_action() -> None:
     async def scenario() -> list[int]:
         runs: list[int] = []
-        debouncer = Debouncer(quiet=0.05, max_wait=0.5)
+        debouncer = Debouncer(spacing=0.05)
         for i in range(10):
             async def action(i: int = i) -> None:
                 runs.append(i)
@@ -44,36 +50,67 @@ def test_a_burst_becomes_one_more_run_with_the_latest_action() -> None:
         await asyncio.sleep(0.2)
         return runs
 
-    # The first event ran at once; the nine after it, within the quiet period, became
-    # one run, with the latest action.
-    assert asyncio.run(scenario()) == [0, 9]
+    runs = asyncio.run(scenario())
+    # The first event ran at once; the nine after it, over 90 ms, became at most two
+    # runs 50 ms apart, the last with the latest action.
+    assert runs[0] == 0 and runs[-1] == 9 and len(runs) <= 3, runs
 
 
-def test_a_steady_stream_still_runs_within_the_cap() -> None:
+def test_a_steady_stream_runs_once_per_spacing() -> None:
     async def scenario() -> list[float]:
         loop = asyncio.get_running_loop()
         start = loop.time()
         ran: list[float] = []
-        debouncer = Debouncer(quiet=0.1, max_wait=0.3)
+        debouncer = Debouncer(spacing=0.1)
 
         async def action() -> None:
             ran.append(loop.time() - start)
 
-        while loop.time() - start < 1.5:
+        while loop.time() - start < 1.0:
             debouncer.schedule("lb", action)  # an event every 20 ms, never quiet
             await asyncio.sleep(0.02)
         return ran
 
     ran = asyncio.run(scenario())
     gaps = [b - a for a, b in itertools.pairwise(ran)]
-    assert ran[0] < 0.1 and len(ran) >= 4, ran
-    assert max(gaps) < 0.3 + 0.15, ran  # the cap, plus slack for a busy machine
+    assert ran[0] < 0.05 and 4 <= len(ran) <= 11, ran
+    assert min(gaps) >= 0.1 - 0.005 and max(gaps) < 0.1 + 0.25, ran  # slack: a busy machine
+
+
+def test_a_slow_run_spaces_the_next_by_twice_its_time() -> None:
+    """A run that takes 80 ms is followed no sooner than 160 ms after it started, and
+    an event during it never starts a second run alongside it."""
+    async def scenario() -> tuple[list[float], int]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        starts: list[float] = []
+        overlap = 0
+        busy = False
+        debouncer = Debouncer(spacing=0.01)
+
+        async def slow() -> None:
+            nonlocal busy, overlap
+            overlap += busy
+            busy = True
+            starts.append(loop.time() - start)
+            await asyncio.sleep(0.08)
+            busy = False
+
+        for _ in range(3):
+            debouncer.schedule("lb", slow)
+            await asyncio.sleep(0.03)
+        await asyncio.sleep(0.4)
+        return starts, overlap
+
+    starts, overlap = asyncio.run(scenario())
+    assert overlap == 0 and len(starts) == 2, starts
+    assert starts[1] - starts[0] >= 0.16 - 0.005, starts
 
 
 def test_keys_are_independent() -> None:
     async def scenario() -> set[str]:
         seen: set[str] = set()
-        debouncer = Debouncer(quiet=0.02, max_wait=0.1)
+        debouncer = Debouncer(spacing=0.02)
         for key in ("a", "b"):
             async def action(key: str = key) -> None:
                 seen.add(key)
@@ -87,7 +124,7 @@ def test_keys_are_independent() -> None:
 def test_a_failing_action_does_not_break_later_ones() -> None:
     async def scenario() -> list[str]:
         out: list[str] = []
-        debouncer = Debouncer(quiet=0.01, max_wait=0.05)
+        debouncer = Debouncer(spacing=0.01)
 
         async def boom() -> None:
             raise RuntimeError("API down")
@@ -173,3 +210,25 @@ def test_a_failed_write_is_tried_again_next_time(monkeypatch: pytest.MonkeyPatch
     assert set(applied) == {("Role", "r")}  # neither the failed one nor those after it
     assert asyncio.run(apply.apply_changed(children, applied)) == [
         ("ConfigMap", "cm"), ("Service", "s")]
+
+
+def test_the_desired_state_is_reused_while_its_inputs_are_equal() -> None:
+    """A reconcile whose inputs did not change (an agent's report, the resync) renders
+    nothing; one endpoint turning NotReady renders again."""
+    model = parse_loadbalancer(lb_object())
+    computed: list[int] = []
+
+    def compute(cluster: ClusterState) -> Desired:
+        computed.append(1)
+        return desired_for_loadbalancer(model, cluster)
+
+    cache = DesiredCache()
+    key = ("LoadBalancer", "default", "web")
+    first = cache.get(key, (model, state(3), {}), lambda: compute(state(3)))
+    again = cache.get(key, (parse_loadbalancer(lb_object()), state(3), {}),
+                      lambda: compute(state(3)))  # equal, not the same objects
+    assert again is first and len(computed) == 1
+    flipped = state(2, extra=[endpoint("web-3", "10.244.0.3", ready=False)])
+    changed = cache.get(key, (model, flipped, {}), lambda: compute(flipped))
+    assert changed is not first and len(computed) == 2
+    assert changed.graph.backends_ready == 2
