@@ -1,5 +1,5 @@
-"""Operator cost of one reconcile's pure work: model -> graph -> haproxy.cfg (+ the masked
-structure render) + servers.json -> the children, with the proxy ConfigMap encoded as
+"""Operator cost of one reconcile's pure work: model -> graph -> haproxy.cfg (+ its
+structure hash) + servers.json -> the children, with the proxy ConfigMap encoded as
 stored (gzip once large), for a LoadBalancer with N endpoints; the ConfigMap's stored
 size against the API server's 1 MiB; and what an endpoint change costs (the structure
 hash must not move: the agent applies it at run time, no reload).

@@ -16,11 +16,11 @@ from roundhouse.agent.plan import (
     parse_pools,
     slot_commands,
     structure,
-    structure_hash,
 )
 from roundhouse.graph import build_loadbalancer_graph
 from roundhouse.model import parse_loadbalancer
 from roundhouse.render.haproxy import render_haproxy, server_line
+from roundhouse.render.structure import structure_hash
 from tests.unit.cluster_fixtures import endpoint, state
 from tests.unit.conftest import lb_object
 

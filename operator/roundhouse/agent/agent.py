@@ -37,9 +37,9 @@ from roundhouse.agent.plan import (
     decide,
     digest,
     parse_pools,
-    structure_hash,
 )
 from roundhouse.agent.runtime import RuntimeAPIError, RuntimeClient, SocketUnavailable
+from roundhouse.render.structure import structure_hash
 
 log = logging.getLogger(__name__)
 

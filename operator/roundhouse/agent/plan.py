@@ -10,12 +10,13 @@
 from __future__ import annotations
 
 import difflib
-import functools
 import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from roundhouse.render.structure import structure
 
 READY, DRAIN, MAINT = "ready", "drain", "maint"
 STATES = (READY, DRAIN, MAINT)
@@ -24,7 +25,6 @@ STATES = (READY, DRAIN, MAINT)
 STRUCTURE, CERTIFICATE, RECOVERY, FALLBACK = "structure", "certificate", "recovery", "fallback"
 RELOAD_CATEGORIES = (STRUCTURE, CERTIFICATE, RECOVERY, FALLBACK)
 
-_SERVER_LINE = re.compile(r"^(\s*server\s+\S+)(?:\s.*)?$")
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
 _ADDRESS = re.compile(r"^[0-9A-Fa-f.:]+$")
 
@@ -79,23 +79,6 @@ def digest(text: str) -> str:
 def config_hash(config: str) -> str:
     """The renderer's config hash: sha256 of the whole file, 16 hex digits."""
     return digest(config)[:16]
-
-
-@functools.lru_cache(maxsize=4)
-def structure(config: str) -> str:
-    """The config with each server line cut to its slot name (what the renderer hashes).
-
-    Cached: the applied config is compared with every desired one (8 ms a pass at 8,192
-    slots)."""
-    return "".join(
-        (m.group(1) + ("\n" if line.endswith("\n") else "")) if (m := _SERVER_LINE.match(line))
-        else line
-        for line in config.splitlines(keepends=True)
-    )
-
-
-def structure_hash(config: str) -> str:
-    return digest(structure(config))[:16]
 
 
 def parse_pools(servers: Mapping[str, Any]) -> dict[str, dict[str, Slot]]:

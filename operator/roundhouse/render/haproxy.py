@@ -19,6 +19,7 @@ import jinja2
 
 from roundhouse.graph import DRAIN, MAINT, Pool, ProxyGraph, RedirectRule, RouteRule, Server
 from roundhouse.model.values import format_duration_ms
+from roundhouse.render import structure
 
 STATUS_PORT = 8404
 PLACEHOLDER = "127.0.0.1:1"  # a free slot points nowhere useful and is disabled
@@ -73,10 +74,6 @@ def server_line(server: Server) -> str:
     elif server.state == MAINT:
         line += " disabled"
     return line
-
-
-def _masked_server_line(server: Server) -> str:
-    return f"server {server.slot}"
 
 
 _BARE = re.compile(r"^[A-Za-z0-9._~/:@+,()=-]+$")
@@ -199,7 +196,7 @@ def _environment() -> jinja2.Environment:
     )
 
 
-def _render(graph: ProxyGraph, options: RenderOptions, *, masked: bool) -> str:
+def _render(graph: ProxyGraph, options: RenderOptions) -> str:
     template = _environment().get_template("haproxy.cfg.j2")
     return template.render(
         g=graph,
@@ -207,7 +204,7 @@ def _render(graph: ProxyGraph, options: RenderOptions, *, masked: bool) -> str:
         ms=format_duration_ms,
         stats_port=status_port(graph),
         stick_max_ms=STICK_TABLE_MAX_MS,
-        server_line=_masked_server_line if masked else server_line,
+        server_line=server_line,
         q=quote,
         lf=log_format_literal,
         re_escape=re.escape,
@@ -223,10 +220,9 @@ def _render(graph: ProxyGraph, options: RenderOptions, *, masked: bool) -> str:
 
 def render_haproxy(graph: ProxyGraph, options: RenderOptions | None = None) -> RenderedConfig:
     options = options or RenderOptions()
-    config = _render(graph, options, masked=False)
-    structure = _render(graph, options, masked=True)
+    config = _render(graph, options)
     config_hash = hashlib.sha256(config.encode()).hexdigest()[:16]
-    structure_hash = hashlib.sha256(structure.encode()).hexdigest()[:16]
+    structure_hash = structure.structure_hash(config)  # not a second, masked render
     return RenderedConfig(
         config=config,
         config_hash=config_hash,
