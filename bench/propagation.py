@@ -29,8 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 from e2e.harness import traffic
 from e2e.harness.stack import local_stack
 from kubernetes import client
-from tests.e2e.conftest import Env, set_ready
-from tests.integration.operator_process import many_endpoints
+from tests.e2e.conftest import BULK_BACKENDS, Env, bulk_endpoints, set_ready
 
 QUIET_AFTER = 1.0  # seconds without the backend before a removal counts as done
 LIMIT = 10.0
@@ -74,14 +73,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="roundhouse-bench-"))
     spec: dict[str, Any] = {"limits": {"maxConnections": 4000}}
     if args.bulk:
-        def bulk(env: Env) -> None:
-            client.CoreV1Api(env.kube).create_namespaced_service(env.namespace, {
-                "metadata": {"name": "bulk"},
-                "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
-            many_endpoints(env.kube, env.namespace, "bulk", args.bulk,
-                           not_ready=range(args.bulk))
-        spec |= {"before": bulk, "backends": [{"service": "web", "port": "http"},
-                                              {"service": "bulk", "port": "http"}]}
+        spec |= {"before": bulk_endpoints(args.bulk), "backends": BULK_BACKENDS}
     stack = local_stack(work, lambda m: print(m, file=sys.stderr), **spec)
     try:
         with stack as (_, _, env):

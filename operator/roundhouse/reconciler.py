@@ -83,6 +83,14 @@ class Reconciler:
     def lock(self, key: Key) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
 
+    def forget_applied(self, key: Key, child: apply.ChildKey | None = None) -> None:
+        """The next reconcile writes `child` (None: every child) again, even if unchanged:
+        it was deleted by hand, or the resync repairs drift."""
+        if child is None:
+            self.last_applied.pop(key, None)
+        else:
+            self.last_applied.get(key, {}).pop(child, None)
+
     def forget(self, kind: str, namespace: str, name: str) -> None:
         self.locks.pop((kind, namespace, name), None)
         self.last_applied.pop((kind, namespace, name), None)

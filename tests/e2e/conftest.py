@@ -42,7 +42,9 @@ from tests.integration.operator_process import (
     OperatorProcess,
     create_lb,
     create_obj,
+    many_endpoints,
     running_operator,
+    service_without_selector,
     wait_for,
 )
 
@@ -55,6 +57,19 @@ BACKEND_SNI = "web.backend.internal"  # the name TLS-serving backends' certifica
 TLS_BACKENDS_ONLY_LOCAL = (
     "the backends serve TLS on a second port (netns.Backends.enable_tls) and report the "
     "TLS and SNI they saw (X-Seen-TLS/SNI); the echo image does neither")
+BULK_BACKENDS = [{"service": "web", "port": "http"}, {"service": "bulk", "port": "http"}]
+
+
+def bulk_endpoints(n: int) -> Callable[[Env], None]:
+    """A `before` hook (env_factory, local_stack): Service bulk with n NotReady endpoints
+    (hand-made EndpointSlices), which with backends=BULK_BACKENDS give the LoadBalancer
+    the server slots of a large one while only the real web backends take traffic."""
+    def hook(env: Env) -> None:
+        service_without_selector(env.kube, env.namespace, "bulk")
+        many_endpoints(env.kube, env.namespace, "bulk", n, not_ready=range(n))
+    return hook
+
+
 CLIENT_ADDRESS_ONLY_LOCAL = (
     "tells clients apart by their loopback source address (127.0.0.1, 127.0.0.2); "
     "through kubectl port-forward HAProxy sees every client as 127.0.0.1")

@@ -15,8 +15,15 @@ from typing import Any
 
 from e2e.harness import traffic
 from kubernetes import client
-from tests.e2e.conftest import HTTPS_PORT, LISTENER_PORT, Env, measure
-from tests.integration.operator_process import condition, get_lb, many_endpoints, wait_for
+from tests.e2e.conftest import (
+    BULK_BACKENDS,
+    HTTPS_PORT,
+    LISTENER_PORT,
+    Env,
+    bulk_endpoints,
+    measure,
+)
+from tests.integration.operator_process import condition, get_lb, wait_for
 
 
 def _ready_env(env_factory: Callable[..., Env], **spec: Any) -> Env:
@@ -88,14 +95,7 @@ def test_thousands_of_endpoints_reach_haproxy_through_a_compressed_configmap(
     """4,000 more endpoints, NotReady, in a second Service: 8,192 slots, more text than a
     ConfigMap holds, so it travels gzipped. The agent reads it, HAProxy runs every slot,
     and the three real backends still turn NotReady and back at run time."""
-    def bulk(env: Env) -> None:
-        client.CoreV1Api(env.kube).create_namespaced_service(env.namespace, {
-            "metadata": {"name": "bulk"},
-            "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
-        many_endpoints(env.kube, env.namespace, "bulk", 4000, not_ready=range(4000))
-
-    env = _ready_env(env_factory, before=bulk, backends=[
-        {"service": "web", "port": "http"}, {"service": "bulk", "port": "http"}])
+    env = _ready_env(env_factory, before=bulk_endpoints(4000), backends=BULK_BACKENDS)
     proxy = env.proxy
     assert proxy is not None
     cm = client.CoreV1Api(env.kube).read_namespaced_config_map("web-lb", env.namespace)

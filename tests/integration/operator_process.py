@@ -143,9 +143,17 @@ def condition(lb: dict[str, Any], kind: str) -> dict[str, Any]:
     return {}
 
 
+def service_without_selector(kube: client.ApiClient, namespace: str, name: str) -> None:
+    """A Service whose EndpointSlices are made by hand (many_endpoints): port http, 80 to
+    8080, the port many_endpoints gives its endpoints."""
+    client.CoreV1Api(kube).create_namespaced_service(namespace, {
+        "metadata": {"name": name},
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+
+
 def many_endpoints(kube: client.ApiClient, namespace: str, service: str, n: int,
                    not_ready: Container[int] = (), subnet: str = "10.244.128") -> None:
-    """Hand-made EndpointSlices of 100 for Service `service` (one without a selector):
+    """Hand-made EndpointSlices of 100 for Service `service` (service_without_selector):
     what a large Deployment's Service looks like, without n Pods. Endpoint i is
     big-i at <subnet + i // 250>.<i % 250 + 1>, ready unless i is in `not_ready`; the
     default subnet (inside the Pod CIDR) stays clear of the addresses kwok gives Pods.

@@ -28,6 +28,7 @@ from tests.integration.operator_process import (
     get_obj,
     many_endpoints,
     running_operator,
+    service_without_selector,
     wait_for,
 )
 
@@ -278,8 +279,7 @@ def test_thousands_of_endpoints_fit_in_the_configmap_compressed(
     """4,000 endpoints: 8,192 slots, over 1.5 MB as plain text, so more than the API
     server stores. The ConfigMap carries them gzipped, and readiness still flows."""
     core = client.CoreV1Api(kube)
-    core.create_namespaced_service(namespace, {"metadata": {"name": "big"}, "spec": {
-        "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+    service_without_selector(kube, namespace, "big")
     many_endpoints(kube, namespace, "big", 4000)
     create_lb(kube, namespace, lb_body(backends=[{"service": "big", "port": "http"}]))
     wait_for(lambda: get_lb(kube, namespace, "web").get("status", {}).get("backends") == {

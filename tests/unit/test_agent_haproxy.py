@@ -17,8 +17,8 @@ import pytest
 from roundhouse.agent.agent import Agent, DesiredState
 from roundhouse.agent.loop import run, wait_for_haproxy
 from roundhouse.agent.metrics import AgentMetrics
-from roundhouse.agent.plan import config_hash
 from roundhouse.agent.source import Source
+from roundhouse.render.structure import config_hash
 from tests.unit.agent_harness import (
     Backend,
     Cert,

@@ -11,7 +11,6 @@ from roundhouse.agent.plan import (
     PlanError,
     Slot,
     Snapshot,
-    config_hash,
     decide,
     parse_pools,
     slot_commands,
@@ -20,7 +19,7 @@ from roundhouse.agent.plan import (
 from roundhouse.graph import build_loadbalancer_graph
 from roundhouse.model import parse_loadbalancer
 from roundhouse.render.haproxy import render_haproxy, server_line
-from roundhouse.render.structure import structure_hash
+from roundhouse.render.structure import config_hash, structure_hash
 from tests.unit.cluster_fixtures import endpoint, state
 from tests.unit.conftest import lb_object
 

@@ -33,13 +33,12 @@ from roundhouse.agent.plan import (
     Plan,
     PlanError,
     Snapshot,
-    config_hash,
     decide,
     digest,
     parse_pools,
 )
 from roundhouse.agent.runtime import RuntimeAPIError, RuntimeClient, SocketUnavailable
-from roundhouse.render.structure import structure_hash
+from roundhouse.render.structure import config_hash, structure_hash
 
 log = logging.getLogger(__name__)
 

@@ -76,11 +76,6 @@ def digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def config_hash(config: str) -> str:
-    """The renderer's config hash: sha256 of the whole file, 16 hex digits."""
-    return digest(config)[:16]
-
-
 def parse_pools(servers: Mapping[str, Any]) -> dict[str, dict[str, Slot]]:
     """servers.json `pools` -> typed slots; PlanError when it breaks the contract."""
     raw = servers.get("pools")

@@ -57,8 +57,7 @@ def _trigger(kind: str, namespace: str, name: str, labels: Mapping[str, str],
         # One of our children deleted by hand: the reconcile must write it again, not
         # skip it as already applied (the resync timer would, but only minutes later).
         for owner_kind, owner_name in affected:
-            RECONCILER.last_applied.get((owner_kind, namespace, owner_name), {}).pop(
-                (kind, name), None)
+            RECONCILER.forget_applied((owner_kind, namespace, owner_name), (kind, name))
     _schedule(namespace, affected, kwargs)
 
 

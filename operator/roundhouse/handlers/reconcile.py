@@ -39,7 +39,7 @@ def _register(kind: str, plural: str) -> None:
     async def resync(body: kopf.Body, **kwargs: Any) -> None:
         """Repairs drift (a deleted child, a hand-edited ConfigMap), renews certificates."""
         meta = body["metadata"]
-        RECONCILER.last_applied.pop((kind, meta["namespace"], meta["name"]), None)
+        RECONCILER.forget_applied((kind, meta["namespace"], meta["name"]))
         # An invalid spec was already reported in status by the create/update handler.
         with contextlib.suppress(kopf.PermanentError):
             await RECONCILER.reconcile(kind, body, Indexes.from_kwargs(kwargs))

@@ -8,7 +8,6 @@ and the agent applies it through the Runtime API with no reload.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -175,6 +174,13 @@ def upstream_tls(pool: Pool) -> str:
 
 
 CLIENTS_TABLE = "rh_clients"  # never a pool name: those start with be_ or rt_
+SOURCES_PER_LINE = 16  # an ACL line holds at most 64 words: repeat the line, it ORs
+
+
+def source_acl(name: str, ranges: tuple[str, ...]) -> list[str]:
+    """`acl <name> src ...` lines matching any of `ranges` (allowedSourceRanges)."""
+    return [f"acl {name} src " + " ".join(ranges[i:i + SOURCES_PER_LINE])
+            for i in range(0, len(ranges), SOURCES_PER_LINE)]
 
 
 def check_host(pool: Pool) -> str:
@@ -213,6 +219,7 @@ def _render(graph: ProxyGraph, options: RenderOptions) -> str:
         upstream_tls=upstream_tls,
         check_host=check_host,
         clients_table=CLIENTS_TABLE,
+        source_acl=source_acl,
         retry_on=retry_on,
         hv=header_value,
     )
@@ -221,7 +228,7 @@ def _render(graph: ProxyGraph, options: RenderOptions) -> str:
 def render_haproxy(graph: ProxyGraph, options: RenderOptions | None = None) -> RenderedConfig:
     options = options or RenderOptions()
     config = _render(graph, options)
-    config_hash = hashlib.sha256(config.encode()).hexdigest()[:16]
+    config_hash = structure.config_hash(config)
     structure_hash = structure.structure_hash(config)  # not a second, masked render
     return RenderedConfig(
         config=config,

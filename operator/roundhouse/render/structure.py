@@ -1,9 +1,10 @@
-"""A config's structure: the text with each server line cut to its slot name.
+"""A config's hashes and its structure: the text with each server line cut to its slot
+name.
 
 Two configs with the same structure differ only in what the Runtime API can change
 (server addresses, weights, states), so the agent applies the difference without a
-reload. One definition for both sides: the renderer hashes it (structureHash), the
-agent compares with it.
+reload. One definition for both sides: the renderer writes the hashes (configHash,
+structureHash), the agent compares with them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ def structure(config: str) -> str:
         else line
         for line in config.splitlines(keepends=True)
     )
+
+
+def config_hash(config: str) -> str:
+    """sha256 of the whole file, 16 hex digits."""
+    return hashlib.sha256(config.encode()).hexdigest()[:16]
 
 
 def structure_hash(config: str) -> str:
