@@ -561,5 +561,9 @@ def test_allowed_source_ranges_refuse_other_clients(env_factory: Callable[..., E
     finally:
         load.stop()
     assert served.backend in env.backends.backends
+    # The new worker serves before the agent records the reload (its state file is
+    # cleared while a reload runs): wait for the record of the current config.
+    wait_for(lambda: env.proxy.agent_state().get("configHash") == env.config_hash(), 30,
+             "the agent's record of the new config")
     assert env.proxy.agent_state().get("reloads") == (reloads or 0) + 1
     assert not load.failures, load.failures[:5]
