@@ -40,7 +40,8 @@ with_progress() {
 }
 
 build_kubernetes() {
-  local want=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+  # kubelet and kube-proxy run the real node of the real-Pods tier (make test-e2e-pods).
+  local want=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
   local missing=() b
   for b in "${want[@]}"; do [ -x "$BIN/$b" ] || missing+=("$b"); done
   [ ${#missing[@]} -eq 0 ] && return 0
@@ -48,7 +49,8 @@ build_kubernetes() {
   mkdir -p "$mod"
   local minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
   local staging="v0.$minor.${K8S_VERSION##*.}"
-  if [ ! -f "$mod/go.sum" ]; then
+  # The stamp names the commands tools.go imports: a cache made for fewer of them is re-tidied.
+  if [ ! -f "$mod/go.sum" ] || [ ! -f "$mod/.tools-node" ]; then
     log "resolving k8s.io/kubernetes $K8S_VERSION (staging modules at $staging)"
     # Derive the staging list from k8s.io/kubernetes' own go.mod replace block.
     local gomod
@@ -75,9 +77,12 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 )
 GO
     (cd "$mod" && with_progress "module graph for kubernetes" go mod tidy -e >/dev/null)
+    touch "$mod/.tools-node"
   fi
   local pkg="k8s.io/component-base/version" cpkg="k8s.io/client-go/pkg/version"
   local date; date="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
