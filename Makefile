@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 EXAMPLES := $(filter-out examples/sample-app.yaml examples/offline-cluster.yaml,$(wildcard examples/*.yaml))
 
-.PHONY: help venv system-deps binaries haproxy-lts test test-unit test-integration test-e2e test-e2e-lts demo bench lint render manifests manifests-check \
+.PHONY: help venv system-deps binaries haproxy-lts test test-unit test-integration test-e2e test-e2e-lts test-e2e-pods demo bench lint render manifests manifests-check \
         cluster-up cluster-down clean
 
 help:  ## list the targets
@@ -57,7 +57,10 @@ test-e2e-lts: $(STAMP) system-deps binaries haproxy-lts  ## the end-to-end tier 
 	echo "end to end with $$("$$lts" -v | sed -n 1p)"; \
 	E2E_HAPROXY="$$lts" $(PYTEST) tests/e2e -q -o testpaths=tests/e2e
 
-test: test-unit test-integration test-e2e test-e2e-lts  ## every tier that runs on this machine
+test-e2e-pods: $(STAMP) system-deps binaries  ## the e2e suite on real Pods: a kubelet node, images built offline, the chart installed with helm (root)
+	$(PY) e2e/pods/run.py $(E2E_PODS_ARGS)
+
+test: test-unit test-integration test-e2e test-e2e-lts test-e2e-pods  ## every tier that runs on this machine
 
 demo: $(STAMP) system-deps binaries  ## local control plane + operator + 3 backends + a LoadBalancer, real traffic (root)
 	$(PY) e2e/demo.py $(DEMO_ARGS)

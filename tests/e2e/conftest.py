@@ -35,6 +35,7 @@ from e2e.harness.modes import local_only  # noqa: F401  (re-exported for the tes
 from e2e.harness.netns import Backends
 from e2e.harness.proxy import ProxyStandIn
 from e2e.harness.proxy_pod import PodProxy, wait_pod_proxy
+from e2e.harness.service_relay import SERVICE, ServiceRelay, proxy_access, route_of
 from kubernetes import client
 from kubernetes import config as kube_config
 from tests.integration.conftest import control_plane as local_control_plane  # noqa: F401
@@ -344,7 +345,7 @@ class Env:
     cleanups: list[Callable[[], None]] = field(default_factory=list)
     suffix: str = "lb"  # the children's suffix: "lb" (LoadBalancer) or "rp" (ReverseProxy)
     name: str = "web"  # the LoadBalancer / ReverseProxy
-    forwards: dict[int, kb.PortForward] = field(default_factory=dict)
+    forwards: dict[int, kb.PortForward | ServiceRelay] = field(default_factory=dict)
 
     @property
     def port(self) -> int:
@@ -363,11 +364,35 @@ class Env:
         if modes.is_local():
             return listener_port
         forward = self.forwards.get(listener_port)
+        if isinstance(forward, ServiceRelay):
+            return forward.local_port
+        if forward is None and proxy_access() == SERVICE:
+            relay = ServiceRelay(self.cluster_ip(), listener_port)
+            self.forwards[listener_port] = relay
+            return relay.start()
         if forward is None:
             forward = self.forwards[listener_port] = kb.PortForward(
                 self.namespace, f"svc/{self.name}-{self.suffix}", listener_port, timeout=60.0,
                 restart=True)
         return forward.ensure()
+
+    def cluster_ip(self) -> str:
+        """The proxy Service's ClusterIP (E2E_PROXY_ACCESS=service)."""
+        svc = client.CoreV1Api(self.kube).read_namespaced_service(
+            f"{self.name}-{self.suffix}", self.namespace)
+        return str(svc.spec.cluster_ip)
+
+    @property
+    def client_address(self) -> str:
+        """The address the proxy sees clients connect from: 127.0.0.1 locally and through
+        kubectl port-forward; through the Service, the host's address towards the Pods
+        (kube-proxy masquerades traffic from outside the cluster CIDR)."""
+        if modes.is_local() or proxy_access() != SERVICE:
+            return "127.0.0.1"
+        pod = self.proxy.pod_name if self.proxy is not None else None
+        ip = (client.CoreV1Api(self.kube).read_namespaced_pod(pod, self.namespace)
+              .status.pod_ip if pod else self.cluster_ip())
+        return route_of(str(ip)).get("prefsrc", "")
 
     def pods(self, selector: str = "app=web") -> list[client.V1Pod]:
         if modes.is_local():

@@ -170,7 +170,7 @@ def test_host_path_header_routing_canary_weights_and_redirect(
     # Forwarding headers, set by the proxy (a client's own X-Forwarded-For is not trusted
     # as the last hop).
     assert seen.get("X-Forwarded-Proto") == "http", seen
-    assert seen.get("X-Forwarded-For", "").split(",")[-1].strip() == "127.0.0.1", seen
+    assert seen.get("X-Forwarded-For", "").split(",")[-1].strip() == env.client_address, seen
     assert "for=" in seen.get("Forwarded", "") and "proto=http" in seen["Forwarded"], seen
     # Redirect keeps the query string.
     moved = traffic.request(env.port, host="shop.e2e.test", path="/old?a=b")

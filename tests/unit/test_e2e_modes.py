@@ -194,7 +194,7 @@ def test_kubeconfig_mode_unreachable_cluster_one_line_and_local_only_skips(
     assert "the API server of" in out and "does not answer" in out
     skipped = [line for line in out.splitlines() if line.startswith("SKIPPED")]
     assert len(skipped) == 7 and all("local only: " in line for line in skipped), skipped
-    assert not any("test_kind_ha" in line for line in skipped)
+    assert not any("test_proxy_ha" in line for line in skipped)
     assert "Traceback" not in out
 
 

@@ -385,5 +385,5 @@ def test_echo_dockerfile_is_pinned_non_root_and_runs_the_server() -> None:
 def test_readme_documents_the_knobs() -> None:
     text = (KIND_DIR / "README.md").read_text()
     for word in ("make e2e-kind", "KEEP_CLUSTER", "_artifacts/kind", "CLUSTER_NAME",
-                 "exit code 3", "E2E_CLUSTER=kubeconfig", "test_kind_ha.py"):
+                 "exit code 3", "E2E_CLUSTER=kubeconfig", "test_proxy_ha.py"):
         assert word in text, word
