@@ -464,4 +464,23 @@ def _cross_field_rules(rp: ReverseProxy, errors: list[FieldError]) -> None:
                                  "an HTTPS listener needs at least one host with tls"))
     if rp.hsts and not has_https:
         errors.append(FieldError("spec.hsts", "hsts needs an HTTPS listener"))
+    if certificate_count(rp.hosts) > MAX_CERTIFICATES:
+        errors.append(FieldError("spec.hosts", CERTIFICATES_MESSAGE))
     limits_rules(rp.algorithm, rp.limits, errors)
+
+
+# Every certificate of an HTTPS listener goes on its one `bind` line (crt <file> each),
+# and an HAProxy config line holds at most 64 words: `bind :443 ssl alpn h2,http/1.1`
+# plus 2 words a certificate leaves room for 29.
+MAX_CERTIFICATES = 29
+CERTIFICATES_MESSAGE = (f"the hosts' tls need more than {MAX_CERTIFICATES} certificates "
+                        "(each distinct secretName, plus one issued for the hosts without): "
+                        "an HTTPS listener serves at most "
+                        f"{MAX_CERTIFICATES}")
+
+
+def certificate_count(hosts: tuple[Host, ...]) -> int:
+    """The certificates the hosts' tls put on an HTTPS bind line: each distinct
+    secretName, plus one issued certificate for all the hosts without one."""
+    own = {h.tls.secret_name for h in hosts if h.tls and h.tls.secret_name}
+    return len(own) + (1 if any(h.tls and h.tls.issued for h in hosts) else 0)
