@@ -17,6 +17,7 @@ from typing import Any
 import jinja2
 
 from roundhouse.graph import DRAIN, MAINT, Pool, ProxyGraph, RedirectRule, RouteRule, Server
+from roundhouse.model.pcre2 import full_match
 from roundhouse.model.values import format_duration_ms
 from roundhouse.render import structure
 
@@ -104,7 +105,8 @@ def header_value(value: str) -> str:
 
 
 def _full_match(pattern: str) -> str:
-    return quote(f"^(?:{pattern})$")
+    """The model checked exactly this form with PCRE2 (pcre2.match_error)."""
+    return quote(full_match(pattern))
 
 
 def header_acls(rule: RouteRule) -> list[str]:
