@@ -891,9 +891,29 @@ def reverseproxy_spec() -> Schema:
                  field_path=".listeners"),
             rule("!has(self.hsts) || self.listeners.exists(l, l.protocol == 'HTTPS')",
                  "hsts needs an HTTPS listener", field_path=".hsts"),
+            certificates_rule(),
             ALGORITHM_FIRST,
         ],
     )
+
+
+# Each distinct Secret, plus one issued certificate, is a `crt <file>` on the HTTPS
+# listener's bind line, and an HAProxy line holds at most 64 words (the model's
+# MAX_CERTIFICATES and CERTIFICATES_MESSAGE, in the same words).
+MAX_CERTIFICATES = 29
+
+
+def certificates_rule() -> Schema:
+    """The number of certificates, counted as a set: a host counts when no host with a
+    smaller hostname (hostnames are unique) names the same Secret."""
+    own = ("self.hosts.filter(h, has(h.tls) && has(h.tls.secretName) && "
+           "!self.hosts.exists(o, has(o.tls) && has(o.tls.secretName) && "
+           "o.tls.secretName == h.tls.secretName && o.hostname < h.hostname)).size()")
+    issued = "(self.hosts.exists(h, has(h.tls) && !has(h.tls.secretName)) ? 1 : 0)"
+    return rule(f"{own} + {issued} <= {MAX_CERTIFICATES}",
+                f"the hosts' tls need more than {MAX_CERTIFICATES} certificates (each "
+                "distinct secretName, plus one issued for the hosts without): an HTTPS "
+                f"listener serves at most {MAX_CERTIFICATES}", field_path=".hosts")
 
 
 def reverseproxy_crd() -> Schema:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from roundhouse.model.cluster import (
     parse_tls_secret,
 )
 from roundhouse.pipeline import Desired, desired_for_loadbalancer, desired_for_reverseproxy
+from roundhouse.render.guard import forbidden_lines
 from roundhouse.render.haproxy import RenderOptions
 
 
@@ -112,10 +114,20 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def _haproxy_check(config: str, graph: ProxyGraph) -> bool:
-    """Run the real `haproxy -c` on the rendered config, with throwaway certificates."""
+    """Run the real `haproxy -c` on the rendered config, with throwaway certificates.
+
+    The input is untrusted: the config must hold no directive that loads or runs code
+    (render.guard), and the check runs in an empty directory with an empty environment,
+    no stdin, a time limit, and no network when the system can give it a network
+    namespace of its own (so a server name cannot even be resolved)."""
     haproxy = shutil.which("haproxy")
     if haproxy is None:
         print("error: --check needs the haproxy binary on PATH", file=sys.stderr)
+        return False
+    forbidden = forbidden_lines(config)
+    if forbidden:
+        print("error: the rendered config holds directives that load or run code; not "
+              "checked:\n  " + "\n  ".join(forbidden), file=sys.stderr)
         return False
     from roundhouse.testing import write_placeholder_certificates
 
@@ -126,14 +138,33 @@ def _haproxy_check(config: str, graph: ProxyGraph) -> bool:
         cfg = Path(tmp) / "haproxy.cfg"
         cfg.write_text(config.replace("crt-base /var/run/roundhouse/certs", f"crt-base {tmp}")
                        .replace("ca-base /var/run/roundhouse/certs", f"ca-base {tmp}"))
-        result = subprocess.run([haproxy, "-c", "-f", str(cfg)], capture_output=True, text=True,
-                                check=False)
+        try:
+            result = subprocess.run([*_no_network(), haproxy, "-c", "-f", str(cfg)],
+                                    capture_output=True, text=True, check=False, cwd=tmp,
+                                    env={}, stdin=subprocess.DEVNULL, timeout=60)
+        except subprocess.TimeoutExpired:
+            print("error: haproxy -c did not finish within 60s", file=sys.stderr)
+            return False
     if result.returncode != 0:
         print(f"error: haproxy -c rejected the config:\n{result.stdout}{result.stderr}",
               file=sys.stderr)
         return False
     print(f"haproxy -c: {graph.kind} {graph.name}: configuration is valid", file=sys.stderr)
     return True
+
+
+@functools.cache
+def _no_network() -> tuple[str, ...]:
+    """`unshare` into a new network namespace (with only a down loopback) when the
+    system allows it, for root or through a user namespace; else nothing."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return ()
+    for prefix in ((unshare, "--net"), (unshare, "--net", "--map-root-user")):
+        probe = subprocess.run([*prefix, "true"], capture_output=True, check=False)
+        if probe.returncode == 0:
+            return prefix
+    return ()
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -145,3 +145,24 @@ def test_route_to_a_missing_service_is_reported_and_recovers(
                     .get("message") == "4/4 endpoints are ready" and c, 60,
                     "BackendsHealthy=True with 4/4")
     assert good["status"] == "True" and good["reason"] == "AllReady", good
+
+
+def test_a_regex_haproxy_refuses_is_not_accepted_and_nothing_is_rendered(
+        operator: OperatorProcess, kube: client.ApiClient, namespace: str) -> None:
+    """The API server stores any string as a regular expression; HAProxy compiles it with
+    PCRE2. A pattern Python reads but PCRE2 refuses (\\u escapes) is Accepted=False,
+    InvalidSpec, naming the field, as `roundhouse render` says offline; no config that
+    `haproxy -c` would refuse is written."""
+    sample_app(kube, namespace, "web")
+    bad = route("re", "web")
+    bad["match"] = {"path": {"type": "RegularExpression", "value": r"/a\u0041"}}
+    create_obj(kube, namespace, rp_body("regex", [
+        {"hostname": "re.example.com", "routes": [bad]}]))
+    refused = wait_for(lambda: (c := condition(get_rp(kube, namespace, "regex"), "Accepted"))
+                       .get("status") == "False" and c, 60, "Accepted=False")
+    assert refused["reason"] == "InvalidSpec"
+    assert "spec.hosts[0].routes[0].match.path.value" in refused["message"]
+    assert "HAProxy (PCRE2) refuses it" in refused["message"]
+    with pytest.raises(client.ApiException) as missing:
+        client.CoreV1Api(kube).read_namespaced_config_map("regex-rp", namespace)
+    assert missing.value.status == 404

@@ -42,7 +42,8 @@ def maint(addr: str = "10.0.0.1") -> Slot:
 def line(slot: str, s: Slot) -> str:
     if s.endpoint is None:
         return f"    server {slot} 127.0.0.1:1 disabled\n"
-    text = f"    server {slot} {s.address}:{s.port} weight {0 if s.state == 'drain' else s.weight}"
+    host = f"[{s.address}]" if s.address and ":" in s.address else s.address
+    text = f"    server {slot} {host}:{s.port} weight {0 if s.state == 'drain' else s.weight}"
     return text + (" disabled\n" if s.state == "maint" else "\n")
 
 
@@ -203,3 +204,38 @@ def test_parse_pools_accepts_free_slots() -> None:
                                                "address": None, "port": None, "weight": 0,
                                                "state": "maint"}]}})
     assert pools == {"be_tcp": {"srv1": FREE}}
+
+
+# Every character str.splitlines() splits at but HAProxy does not (it splits at \n only).
+NOT_HAPROXY_LINE_BREAKS = ["\r", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028",
+                           "\u2029"]
+
+
+@pytest.mark.parametrize("separator", NOT_HAPROXY_LINE_BREAKS,
+                         ids=[f"U+{ord(c):04X}" for c in NOT_HAPROXY_LINE_BREAKS])
+def test_a_value_that_looks_like_a_server_line_after_a_separator_is_not_cut(
+        separator: str) -> None:
+    """Two configs that differ only inside a header value must differ in structure, so the
+    agent reloads: before, splitlines() cut the value at the separator and masked the
+    rest as if it were a server line, and the agent applied nothing."""
+    def config(weight: int) -> str:
+        value = f"a{separator}    server x 10.0.0.1:80 weight {weight}"
+        return f"backend b\n    http-request set-header X-A '{value}'\n"
+
+    assert structure_hash(config(1)) != structure_hash(config(2))
+    applied = Snapshot(config(1), {"b": {}})
+    plan = decide(applied, Snapshot(config(2), {"b": {}}))
+    assert (plan.action, plan.category) == ("reload", "structure")
+
+
+@pytest.mark.parametrize("tail", [
+    " 10.0.0.1:80 weight 1 check", " 10.0.0.1:80 weight 1 backup", " 10.0.0.1:80",
+    "\t10.0.0.1:80 weight 1", " 10.0.0.1:80 weight 1 ", " 10.0.0.1:80 weight 1\u2028x",
+])
+def test_only_server_lines_in_the_renderers_form_are_cut(tail: str) -> None:
+    """A server line with anything the Runtime API cannot set stays whole in the structure:
+    a change of it reloads."""
+    cfg = f"backend b\n    server s1{tail}\n"
+    assert structure(cfg) == cfg
+    assert structure("backend b\n    server s1 10.0.0.1:80 weight 1\n") == \
+        "backend b\n    server s1\n"

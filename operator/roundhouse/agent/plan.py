@@ -179,7 +179,8 @@ def _slot_layout(pools: Pools) -> list[tuple[str, list[str]]]:
 
 def _structure_diff(old: str, new: str, limit: int = 3) -> str:
     changes: list[str] = []
-    for line in difflib.unified_diff(structure(old).splitlines(), structure(new).splitlines(),
+    # split("\n"): HAProxy's lines (splitlines() would also cut at \u2028 and the like).
+    for line in difflib.unified_diff(structure(old).split("\n"), structure(new).split("\n"),
                                      lineterm="", n=0):
         if line.startswith(("---", "+++", "@@")):
             continue

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,10 +118,25 @@ def parse_endpoint_slice(obj: dict[str, Any]) -> EndpointSlice | None:
         terminating = bool(cond.get("terminating"))
         target = ep.get("targetRef") or {}
         for address in ep.get("addresses") or []:
+            if not _is_ip(address, obj["addressType"]):
+                continue  # the API server stores none such; offline input may hold any text
             identity = str(target.get("name") or address)
             endpoints.append((identity, str(address), ready, bool(serving), terminating,
                               ep.get("zone")))
     return EndpointSlice(str(meta.get("name") or ""), str(service), ports, tuple(endpoints))
+
+
+def _is_ip(address: Any, address_type: str) -> bool:
+    """An endpoint address as the API server validates it: an IP of the slice's family,
+    with no zone (Python accepts any text after '%'): it goes verbatim onto a server line
+    of haproxy.cfg."""
+    if not isinstance(address, str) or "%" in address:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return ip.version == (4 if address_type == "IPv4" else 6)
 
 
 def parse_tls_secret(obj: dict[str, Any]) -> TLSSecret:

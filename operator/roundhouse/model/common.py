@@ -308,11 +308,19 @@ def cidr(text: str) -> str | None:
 
 
 def check_name(meta: dict[str, Any], suffix: str, errors: list[FieldError]) -> str:
-    """metadata.name: children are named <name>-<suffix>, so it must leave room."""
+    """metadata.name: children are named <name>-<suffix>, so it must leave room.
+
+    metadata.namespace too: the API server only stores DNS labels there, but offline
+    anything can be written, and it reaches haproxy.cfg (a comment, the cookie key)."""
     name = str(meta.get("name") or "")
     if not DNS_LABEL_RE.match(name) or len(name) > 50:
         errors.append(FieldError("metadata.name", "must be a DNS label of at most 50 characters "
                                  f"(children are named <name>-{suffix})"))
+    namespace = meta.get("namespace")
+    if namespace and not (isinstance(namespace, str)
+                                      and DNS_LABEL_RE.fullmatch(namespace)):
+        errors.append(FieldError("metadata.namespace", "must be a DNS label (a-z, 0-9, '-', "
+                                 "at most 63 characters), as Kubernetes names namespaces"))
     return name
 
 

@@ -3,8 +3,9 @@
 Every rule of the CRD (OpenAPI schema, list-map keys and CEL rules) is checked here with
 the field path the API server names, so `roundhouse render` refuses the same objects.
 One rule is stricter than the CRD, which cannot compile a regular expression: a
-RegularExpression path or header match that Python's `re` cannot compile is refused
-here (spec.hosts[i].routes[j].match...value), rather than breaking the HAProxy config.
+RegularExpression path or header match that HAProxy's PCRE2 (model/pcre2.py) or Python's
+`re` (the offline route replay) cannot compile is refused here
+(spec.hosts[i].routes[j].match...value), rather than breaking the HAProxy config.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from roundhouse.model import pcre2
 from roundhouse.model.common import (
     Backend,
     HealthCheck,
@@ -249,9 +251,16 @@ def _optional_duration(r: Reader, key: str, maximum_ms: int = 86_400_000) -> int
 
 
 def _regex(r: Reader, key: str, value: str) -> None:
+    """HAProxy compiles the pattern (PCRE2); the offline route replay (routing.py) runs it
+    in Python: both must accept it. PCRE2 first: it bounds nesting and repeats."""
+    problem = pcre2.match_error(value)
+    if problem:
+        r.error(key, f"invalid regular expression {value!r}: HAProxy (PCRE2) refuses it: "
+                f"{problem}")
+        return
     try:
         re.compile(value)
-    except re.error as err:
+    except (re.error, RecursionError, OverflowError) as err:
         r.error(key, f"invalid regular expression {value!r}: {err}")
 
 
@@ -464,4 +473,23 @@ def _cross_field_rules(rp: ReverseProxy, errors: list[FieldError]) -> None:
                                  "an HTTPS listener needs at least one host with tls"))
     if rp.hsts and not has_https:
         errors.append(FieldError("spec.hsts", "hsts needs an HTTPS listener"))
+    if certificate_count(rp.hosts) > MAX_CERTIFICATES:
+        errors.append(FieldError("spec.hosts", CERTIFICATES_MESSAGE))
     limits_rules(rp.algorithm, rp.limits, errors)
+
+
+# Every certificate of an HTTPS listener goes on its one `bind` line (crt <file> each),
+# and an HAProxy config line holds at most 64 words: `bind :443 ssl alpn h2,http/1.1`
+# plus 2 words a certificate leaves room for 29.
+MAX_CERTIFICATES = 29
+CERTIFICATES_MESSAGE = (f"the hosts' tls need more than {MAX_CERTIFICATES} certificates "
+                        "(each distinct secretName, plus one issued for the hosts without): "
+                        "an HTTPS listener serves at most "
+                        f"{MAX_CERTIFICATES}")
+
+
+def certificate_count(hosts: tuple[Host, ...]) -> int:
+    """The certificates the hosts' tls put on an HTTPS bind line: each distinct
+    secretName, plus one issued certificate for all the hosts without one."""
+    own = {h.tls.secret_name for h in hosts if h.tls and h.tls.secret_name}
+    return len(own) + (1 if any(h.tls and h.tls.issued for h in hosts) else 0)

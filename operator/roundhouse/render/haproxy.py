@@ -17,6 +17,7 @@ from typing import Any
 import jinja2
 
 from roundhouse.graph import DRAIN, MAINT, Pool, ProxyGraph, RedirectRule, RouteRule, Server
+from roundhouse.model.pcre2 import full_match
 from roundhouse.model.values import format_duration_ms
 from roundhouse.render import structure
 
@@ -104,11 +105,37 @@ def header_value(value: str) -> str:
 
 
 def _full_match(pattern: str) -> str:
-    return quote(f"^(?:{pattern})$")
+    """The model checked exactly this form with PCRE2 (pcre2.match_error)."""
+    return quote(full_match(pattern))
+
+
+def header_acls(rule: RouteRule) -> list[str]:
+    """One named ACL line per header match of a route rule.
+
+    Named, not anonymous: a line holds at most 64 words, and 16 anonymous header terms
+    (6 words each) on the route's set-var line would pass that limit.
+    """
+    lines = []
+    for i, h in enumerate(rule.headers):
+        # req.fhdr: the whole header line, not split at commas.
+        acl = f"acl {rule.id}_h{i} {quote(f'req.fhdr({h.name})')}"
+        if h.type == "RegularExpression":
+            lines.append(f"{acl} -m reg {_full_match(h.value)}")
+        elif h.value in ("{", "}"):
+            # A lone brace, quoted or not, may open or close an anonymous ACL: match
+            # it as a regular expression instead.
+            lines.append(f"{acl} -m reg {_full_match(re.escape(h.value))}")
+        elif h.value:
+            # "--": a value that looks like a flag (-i, -f file) is still the value.
+            lines.append(f"{acl} -m str -- {quote(h.value)}")
+        else:
+            lines.append(f"{acl} -m len 0")
+    return lines
 
 
 def route_conditions(rule: RouteRule) -> str:
-    """The ACL terms (after the host's) of a route rule, each with a leading space."""
+    """The ACL terms (after the host's) of a route rule, each with a leading space: at
+    most 2 + 16 words, whatever the spec (header_acls names the header matches)."""
     terms = []
     if rule.path_type == "Exact":
         terms.append(f"{{ path -m str {quote(rule.path)} }}")
@@ -118,20 +145,7 @@ def route_conditions(rule: RouteRule) -> str:
         terms.append(f"{{ path -m reg {_full_match(rule.path)} }}")
     if rule.method:
         terms.append(f"{{ method {rule.method} }}")
-    for h in rule.headers:
-        # req.fhdr: the whole header line, not split at commas.
-        fetch = quote(f"req.fhdr({h.name})")
-        if h.type == "RegularExpression":
-            terms.append(f"{{ {fetch} -m reg {_full_match(h.value)} }}")
-        elif h.value in ("{", "}"):
-            # A lone brace, quoted or not, opens or closes the anonymous ACL: match it
-            # as a regular expression instead.
-            terms.append(f"{{ {fetch} -m reg {_full_match(re.escape(h.value))} }}")
-        elif h.value:
-            # "--": a value that looks like a flag (-i, -f file) is still the value.
-            terms.append(f"{{ {fetch} -m str -- {quote(h.value)} }}")
-        else:
-            terms.append(f"{{ {fetch} -m len 0 }}")
+    terms.extend(f"{rule.id}_h{i}" for i in range(len(rule.headers)))
     return "".join(f" {t}" for t in terms)
 
 
@@ -215,6 +229,7 @@ def _render(graph: ProxyGraph, options: RenderOptions) -> str:
         lf=log_format_literal,
         re_escape=re.escape,
         conditions=route_conditions,
+        header_acls=header_acls,
         location=redirect_location,
         upstream_tls=upstream_tls,
         check_host=check_host,

@@ -5,6 +5,13 @@ Two configs with the same structure differ only in what the Runtime API can chan
 (server addresses, weights, states), so the agent applies the difference without a
 reload. One definition for both sides: the renderer writes the hashes (configHash,
 structureHash), the agent compares with them.
+
+Lines are split exactly as HAProxy reads haproxy.cfg: at "\\n" only. Python's
+str.splitlines() also splits at \\r, \\v, \\f, \\x1c-\\x1e, \\x85, \\u2028 and \\u2029,
+which may sit inside a quoted header value; splitting there would let a value that
+merely contains "server x" be cut like a server line, and two different configs
+would share one structure. Only a server line in exactly the form the renderer
+writes (server_line) is cut; any other line is kept whole.
 """
 
 from __future__ import annotations
@@ -13,17 +20,20 @@ import functools
 import hashlib
 import re
 
-_SERVER_LINE = re.compile(r"^(\s*server\s+\S+)(?:\s.*)?$")
+# The forms of render.haproxy.server_line; words are separated by spaces only.
+_SERVER_LINE = re.compile(
+    r"( *server [A-Za-z0-9_.:-]+)"
+    r"(?: 127\.0\.0\.1:1 disabled"
+    r"| (?:[0-9.]+|\[[0-9A-Fa-f:.]+\]):[0-9]+ weight [0-9]+(?: disabled)?)")
 
 
 @functools.lru_cache(maxsize=4)
 def structure(config: str) -> str:
     """Cached: the agent compares its applied config with every desired one (8 ms a pass
     at 8,192 slots)."""
-    return "".join(
-        (m.group(1) + ("\n" if line.endswith("\n") else "")) if (m := _SERVER_LINE.match(line))
-        else line
-        for line in config.splitlines(keepends=True)
+    return "\n".join(
+        m.group(1) if (m := _SERVER_LINE.fullmatch(line)) else line
+        for line in config.split("\n")
     )
 
 
