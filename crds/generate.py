@@ -42,11 +42,6 @@ HTTP_PATH = r"^/[A-Za-z0-9._~!&()*+,;=:@%/?-]*$"
 HEADER_NAME = r"^[A-Za-z0-9!#%&*+.^_|~-]+$"
 # A header value: no control characters (they would end the line in haproxy.cfg).
 HEADER_VALUE = r"^[^\x00-\x1f\x7f]*$"
-# The Kubernetes resource.Quantity format, as controller-gen writes it.
-QUANTITY = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]"
-    r"|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
-)
 DAY_HOURS = 24
 
 PROTOCOLS = ["TCP", "HTTP", "HTTPS", "TLSPassthrough"]
@@ -71,6 +66,21 @@ def rule(expr: str, message: str, *, field_path: str | None = None,
     out["reason"] = reason
     return out
 
+
+
+# Ports the proxy Pod itself uses (roundhouse.model.pod.RESERVED_PORTS, same words):
+# a listener there would fail to bind, or answer the kubelet's probes.
+RESERVED_PORTS = {
+    8404: "the proxy's status port (health probes and /metrics)",
+    9101: "the agent's metrics port",
+}
+
+
+def reserved_port_rules() -> list[Schema]:
+    """One rule per port the proxy Pod reserves, on a listener, naming the port."""
+    return [rule(f"self.port != {port}",
+                 f"port {port} is reserved by the proxy Pod: {what}", field_path=".port")
+            for port, what in RESERVED_PORTS.items()]
 
 
 def listener_rules() -> list[Schema]:
@@ -390,11 +400,73 @@ ALGORITHM_FIRST = rule(
     field_path=".limits.maxConnectionsPerServer")
 
 
+# Kubernetes label keys and values (k8s.io/apimachinery/pkg/util/validation), as a Pod's
+# nodeSelector and tolerations need them (roundhouse.model.kubetypes, same rules).
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+# A qualified name: an optional DNS subdomain prefix and '/', then a name of at most 63.
+# ([.] rather than an escaped dot: the same text is a pattern and a CEL string literal.)
+QUALIFIED_NAME = (r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                  r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+PREFIX_AT_MOST_253 = r"^[^/]{0,253}(/[^/]*)?$"
+LABEL_KEY_TEXT = ("an optional DNS subdomain prefix of at most 253 characters and '/', then "
+                  "a name of at most 63 alphanumeric characters, '-', '_' or '.', starting "
+                  "and ending with an alphanumeric character (e.g. 'example.com/MyName')")
+# A resource.Quantity that is not negative (the API server refuses negative requests).
+QUANTITY = r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?[0-9]+))?$"
+# What HAProxy may ask for (roundhouse.model.kubetypes.RESOURCE_NAMES).
+RESOURCE_NAMES = ["cpu", "memory"]
+
+
+def quantity(description: str) -> Schema:
+    return int_or_string(description + " A quantity, e.g. 100m, 0.5, 128Mi, 1Gi; not "
+                         "negative.", minimum=0, pattern=QUANTITY, max_length=64)
+
+
 def quantities(description: str) -> Schema:
-    return string_map(
-        description, max_properties=16,
-        value=int_or_string("A quantity, e.g. 100m, 0.5, 128Mi, 1Gi.", pattern=QUANTITY,
-                            max_length=64))
+    return obj(description, {name: quantity(f"The container's {name}.")
+                             for name in RESOURCE_NAMES})
+
+
+def quantity_le(name: str) -> Schema:
+    """requests.<name> <= limits.<name>, compared as quantities (CEL's quantity library),
+    as the API server checks a container's resources."""
+    req, lim = f"self.requests.{name}", f"self.limits.{name}"
+    return rule(
+        f"!has(self.requests) || !has(self.limits) || !has({req}) || !has({lim}) || "
+        f"!isQuantity(string({req})) || "
+        f"!isQuantity(string({lim})) || "
+        f"quantity(string({req})).compareTo(quantity(string({lim}))) <= 0",
+        f"must be less than or equal to {name} limit",
+        field_path=f".requests.{name}")
+
+
+def toleration() -> Schema:
+    return obj("A toleration, as in a Pod's tolerations.", {
+        "key": string("The taint key to tolerate, a label key; empty with operator "
+                      "Exists matches every taint.", max_length=317,
+                      pattern="^(" + QUALIFIED_NAME[1:-1] + ")?$",
+                      rules=[rule(f"self.matches('{PREFIX_AT_MOST_253}')",
+                                  f"a taint key is {LABEL_KEY_TEXT}")]),
+        "operator": string("Exists or Equal. Kubernetes treats absent or empty as Equal.",
+                           enum=["Exists", "Equal", ""]),
+        "value": string("The taint value to match with operator Equal, a label value.",
+                        max_length=63, pattern=LABEL_VALUE),
+        "effect": string("The taint effect to tolerate; empty matches every effect.",
+                         enum=["", "NoSchedule", "PreferNoSchedule", "NoExecute"]),
+        "tolerationSeconds": integer(
+            "How long a NoExecute taint is tolerated before eviction; absent: forever."),
+    }, rules=[
+        rule("(has(self.key) && self.key != '') || "
+             "(has(self.operator) && self.operator == 'Exists')",
+             "operator must be Exists when `key` is empty, which means \"match all values "
+             "and all keys\"", field_path=".operator"),
+        rule("!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+             "effect must be 'NoExecute' when `tolerationSeconds` is set",
+             field_path=".effect"),
+        rule("!has(self.operator) || self.operator != 'Exists' || !has(self.value) || "
+             "self.value == ''", "value must be empty when `operator` is 'Exists'",
+             field_path=".operator"),
+    ])
 
 
 def proxy() -> Schema:
@@ -407,35 +479,26 @@ def proxy() -> Schema:
                                   "Defaults to LoadBalancer.",
                                   enum=SERVICE_TYPES, default="LoadBalancer"),
             "resources": obj(
-                "Compute resources of the HAProxy container, as in a Pod's "
-                "resources. Absent: the operator's defaults.",
+                "Compute resources of the HAProxy container (cpu and memory), as in a "
+                "Pod's resources; each request at most its limit. Absent: the operator's "
+                "defaults.",
                 {
                     "limits": quantities("Maximum resources, e.g. cpu: 500m, memory: 256Mi."),
                     "requests": quantities("Requested resources, e.g. cpu: 100m, "
                                            "memory: 128Mi."),
-                }),
+                },
+                rules=[quantity_le(name) for name in RESOURCE_NAMES]),
             "nodeSelector": string_map(
-                "Node labels the HAProxy pods must run on, as in a Pod's nodeSelector.",
+                "Node labels the HAProxy pods must run on, as in a Pod's nodeSelector: "
+                "label keys and label values.",
                 max_properties=32,
-                value=string("A label value.", max_length=63)),
+                value=string("A label value.", max_length=63, pattern=LABEL_VALUE),
+                rules=[rule(f"self.all(k, k.matches('{QUALIFIED_NAME}') && "
+                            f"k.matches('{PREFIX_AT_MOST_253}'))",
+                            f"a nodeSelector key is {LABEL_KEY_TEXT}")]),
             "tolerations": array(
                 "Tolerations of the HAProxy pods, as in a Pod's tolerations.",
-                obj("A toleration, as in a Pod's tolerations.", {
-                    "key": string("The taint key to tolerate; empty with operator Exists "
-                                  "matches every taint.", max_length=317),
-                    "operator": string("Exists or Equal. Kubernetes treats absent or empty "
-                                       "as Equal.", enum=["Exists", "Equal", ""]),
-                    "value": string("The taint value to match with operator Equal.",
-                                    max_length=63),
-                    "effect": string("The taint effect to tolerate; empty matches every "
-                                     "effect.",
-                                     enum=["", "NoSchedule", "PreferNoSchedule",
-                                           "NoExecute"]),
-                    "tolerationSeconds": integer(
-                        "How long a NoExecute taint is tolerated before eviction; absent: "
-                        "forever."),
-                }),
-                max_items=32),
+                toleration(), max_items=32),
         },
         default={},
     )
@@ -578,8 +641,8 @@ def loadbalancer_spec() -> Schema:
         {
             "name": string("The listener's name, a lowercase DNS label, unique in the "
                            "list.", max_length=63, pattern=DNS_LABEL),
-            "port": integer("The port, 1-65535, unique in the list.", minimum=1,
-                            maximum=65535),
+            "port": integer("The port, 1-65535, unique in the list; not one the proxy "
+                            "Pod uses itself (8404, 9101).", minimum=1, maximum=65535),
             "protocol": string(
                 "TCP (layer 4), HTTP, HTTPS (TLS terminated by the proxy) or "
                 "TLSPassthrough (TLS passed through to the backends). Defaults to HTTP.",
@@ -613,6 +676,7 @@ def loadbalancer_spec() -> Schema:
             rule("!has(self.tls) || self.protocol == 'HTTPS'",
                  "tls is only allowed on an HTTPS listener",
                  field_path=".tls", reason="FieldValueForbidden"),
+            *reserved_port_rules(),
         ],
     )
     return obj(
@@ -808,8 +872,8 @@ def reverseproxy_spec() -> Schema:
         {
             "name": string("The listener's name, a lowercase DNS label, unique in the "
                            "list.", max_length=63, pattern=DNS_LABEL),
-            "port": integer("The port, 1-65535, unique in the list.", minimum=1,
-                            maximum=65535),
+            "port": integer("The port, 1-65535, unique in the list; not one the proxy "
+                            "Pod uses itself (8404, 9101).", minimum=1, maximum=65535),
             "protocol": string("HTTP or HTTPS (TLS terminated with the certificates of "
                                "the hosts). Defaults to HTTP.", enum=["HTTP", "HTTPS"],
                                default="HTTP"),
@@ -821,7 +885,8 @@ def reverseproxy_spec() -> Schema:
         required=["name", "port"],
         rules=[rule("!self.redirectToHTTPS || self.protocol == 'HTTP'",
                     "redirectToHTTPS is only allowed on an HTTP listener",
-                    field_path=".redirectToHTTPS", reason="FieldValueForbidden")],
+                    field_path=".redirectToHTTPS", reason="FieldValueForbidden"),
+               *reserved_port_rules()],
     )
     host = obj(
         "A virtual host and its routes.",

@@ -14,14 +14,32 @@ from collections.abc import Iterable
 from typing import Any
 
 from roundhouse import kube
+from roundhouse.render import objects
 
 log = logging.getLogger(__name__)
 
 
 class ApplyError(RuntimeError):
-    def __init__(self, kind: str, name: str, status: int | None, detail: str) -> None:
+    def __init__(self, kind: str, name: str, status: int | None, detail: str,
+                 fields: tuple[str, ...] = ()) -> None:
         self.status = status
-        super().__init__(f"applying {kind} {name!r} failed ({status}): {detail}")
+        self.fields = fields  # the resource's fields that caused it, when known
+        cause = f" (caused by {', '.join(fields)} of this resource)" if fields else ""
+        super().__init__(f"applying {kind} {name!r} failed ({status}): {detail}{cause}")
+
+
+def apply_error(obj: dict[str, Any], status: int | None, body: str) -> ApplyError:
+    """The API server's refusal of a child, with its message and the fields of the
+    resource behind the child's fields it names (details.causes[].field)."""
+    detail, causes = body, list[Any]()
+    with contextlib.suppress(TypeError, ValueError, AttributeError):
+        parsed = json.loads(body)
+        detail = str(parsed.get("message", body))
+        causes = (parsed.get("details") or {}).get("causes") or []
+    fields = tuple(dict.fromkeys(
+        f for c in causes if isinstance(c, dict)
+        if (f := objects.resource_field(obj["kind"], str(c.get("field", ""))))))
+    return ApplyError(obj["kind"], obj["metadata"]["name"], status, detail, fields)
 
 
 ChildKey = tuple[str, str]  # (kind, name): unique among one resource's children
@@ -45,10 +63,8 @@ async def apply_object(obj: dict[str, Any]) -> dict[str, Any]:
             query=[("fieldManager", kube.FIELD_MANAGER), ("force", "true")],
         )
     except Exception as error:  # ApiException carries the API server's message
-        detail = getattr(error, "body", None) or str(error)
-        with contextlib.suppress(TypeError, ValueError):
-            detail = json.loads(detail).get("message", detail)
-        raise ApplyError(obj["kind"], meta["name"], kube.status_code(error), str(detail)) from error
+        body = getattr(error, "body", None) or str(error)
+        raise apply_error(obj, kube.status_code(error), str(body)) from error
 
 
 async def apply_changed(objects: Iterable[dict[str, Any]], applied: Applied) -> list[ChildKey]:

@@ -14,8 +14,9 @@ from typing import Any
 
 import yaml
 
+from roundhouse import kubeyaml
 from roundhouse.graph import ClusterState, ProxyGraph, issued_secret_name
-from roundhouse.model import SpecError, parse_loadbalancer, parse_reverseproxy
+from roundhouse.model import FieldError, SpecError, parse_loadbalancer, parse_reverseproxy
 from roundhouse.model.cluster import (
     TLSSecret,
     parse_endpoint_slice,
@@ -28,18 +29,24 @@ from roundhouse.render.haproxy import RenderOptions
 
 
 def _load_documents(paths: Sequence[str]) -> list[dict[str, Any]]:
+    """The objects in the files, read as kubectl reads them. Raises YAMLInputError."""
     docs: list[dict[str, Any]] = []
     for path in paths:
         text = sys.stdin.read() if path == "-" else Path(path).read_text()
-        for doc in yaml.safe_load_all(text):
-            if isinstance(doc, dict) and doc.get("kind"):
+        try:
+            loaded = kubeyaml.load_all(text)
+        except kubeyaml.YAMLInputError as err:
+            raise kubeyaml.YAMLInputError(f"{path}: {err}") from err
+        for doc in loaded:
+            if isinstance(doc, dict) and isinstance(doc.get("kind"), str):
                 docs.append(doc)
     return docs
 
 
 def _cluster_state(docs: list[dict[str, Any]], namespace: str) -> ClusterState:
     def in_namespace(d: dict[str, Any]) -> bool:
-        return bool((d.get("metadata") or {}).get("namespace", namespace) == namespace)
+        meta = d.get("metadata")
+        return isinstance(meta, dict) and meta.get("namespace", namespace) == namespace
 
     services = {s.name: s for s in (parse_service(d) for d in docs
                                     if d["kind"] == "Service" and in_namespace(d))}
@@ -78,8 +85,12 @@ def _desired(doc: dict[str, Any], docs: list[dict[str, Any]],
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    own = _load_documents([args.file])  # read once: it may be stdin
-    docs = own + _load_documents(args.services)
+    try:
+        own = _load_documents([args.file])  # read once: it may be stdin
+        docs = own + _load_documents(args.services)
+    except kubeyaml.YAMLInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     resources = [d for d in own if d["kind"] in RESOURCE_KINDS]
     if not resources:
         print(f"error: no LoadBalancer or ReverseProxy found in {args.file}", file=sys.stderr)
@@ -87,10 +98,14 @@ def cmd_render(args: argparse.Namespace) -> int:
     out: list[dict[str, Any]] = []
     status = 0
     for doc in resources:
-        doc.setdefault("metadata", {}).setdefault("namespace", args.namespace)
-        doc["metadata"].setdefault("uid", "00000000-0000-0000-0000-000000000000")
-        name = doc["metadata"].get("name", "?")
+        meta = doc.setdefault("metadata", {})
+        if isinstance(meta, dict):  # else the parser names metadata
+            meta.setdefault("namespace", args.namespace)
+            meta.setdefault("uid", "00000000-0000-0000-0000-000000000000")
+        name = meta.get("name", "?") if isinstance(meta, dict) else "?"
         try:
+            if "apiVersion" not in doc:
+                raise SpecError([FieldError("apiVersion", "Required value")])
             desired = _desired(doc, docs, RenderOptions(cert_dir=args.cert_dir)
                                if args.cert_dir else None)
         except SpecError as err:

@@ -18,6 +18,7 @@ from roundhouse.model.loadbalancer import (
     Backend,
     HealthCheck,
     Limits,
+    Listener,
     LoadBalancer,
     SessionPersistence,
     Timeouts,
@@ -166,6 +167,10 @@ class Frontend:
     extra_certificates: tuple[str, ...] = ()  # more crt files: SNI picks by name
     routing: Routing | None = None
     hsts: str | None = None  # Strict-Transport-Security value (HTTPS only)
+    # Set while the HTTPS listener this one redirects to is down (no certificate): every
+    # request gets 503 with this text, never a redirect to a port that refuses it, nor
+    # plain HTTP where the spec asked for HTTPS only.
+    unavailable: str | None = None
 
 
 @dataclass(frozen=True)
@@ -241,6 +246,8 @@ def build_loadbalancer_graph(lb: LoadBalancer, cluster: ClusterState) -> ProxyGr
     for li in sorted(lb.listeners, key=lambda x: x.port):
         if li.protocol == "HTTPS" and li.name not in cert_for:
             continue  # its certificate is missing: drop the listener, keep the rest serving
+        down = https_down(lb.listeners, li, https, https is not None and https.name in cert_for,
+                          problems)
         frontends.append(Frontend(
             name=f"fe_{li.name}",
             port=li.port,
@@ -249,7 +256,9 @@ def build_loadbalancer_graph(lb: LoadBalancer, cluster: ClusterState) -> ProxyGr
             default_pool=f"be_{'http' if li.is_http else 'tcp'}",
             certificate=cert_for.get(li.name),
             min_tls_version=li.tls.min_version if li.tls else "1.2",
-            redirect_https_port=https.port if li.redirect_to_https and https else None,
+            redirect_https_port=https.port if li.redirect_to_https and https and not down
+            else None,
+            unavailable=down,
         ))
     ready = sum(1 for e in endpoints if e.ready)
     return ProxyGraph(
@@ -267,6 +276,22 @@ def build_loadbalancer_graph(lb: LoadBalancer, cluster: ClusterState) -> ProxyGr
         backends_total=len(endpoints),
         issued_dns_names=issued_dns_names(lb),
     )
+
+
+def https_down(listeners: tuple[Listener, ...], listener: Listener, https: Listener | None,
+               https_up: bool, problems: list[Problem]) -> str | None:
+    """The 503 text for a listener that redirects to an HTTPS listener that is down (its
+    certificate is missing), with a problem that says so; None otherwise."""
+    if not listener.redirect_to_https or https is None or https_up:
+        return None
+    index = listeners.index(listener)
+    problems.append(Problem(
+        "TLSReady", "RedirectTargetDown",
+        f"spec.listeners[{index}].redirectToHTTPS: HTTPS listener {https.name!r} is down "
+        f"(no usable certificate), so listener {listener.name!r} answers 503 instead of "
+        "redirecting to it"))
+    return (f"503 Service Unavailable: HTTPS listener {https.name} is down (no usable "
+            f"certificate); listener {listener.name} only redirects to it")
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from roundhouse.graph import (
     WeightedEndpoint,
     assign_slots,
     cookie_key_for,
+    https_down,
     issued_secret_name,
     pair_certificate,
     refuse_unverifiable,
@@ -138,7 +139,7 @@ def build_reverseproxy_graph(rp: ReverseProxy, cluster: ClusterState, *,
 
     cert_for_host = _host_certificates(rp, hosts, cluster, problems)
     certificates.update({c.file: c for c in cert_for_host.values()})
-    frontends = _frontends(rp, hosts, cert_for_host)
+    frontends = _frontends(rp, hosts, cert_for_host, problems)
     ready = sum(1 for e in seen.values() if e.ready)
     return ProxyGraph(
         kind="ReverseProxy",
@@ -204,20 +205,23 @@ def _host_certificates(rp: ReverseProxy, hosts: list[tuple[int, Host]],
 
 
 def _frontends(rp: ReverseProxy, hosts: list[tuple[int, Host]],
-               cert_for_host: dict[str, Certificate]) -> list[Frontend]:
+               cert_for_host: dict[str, Certificate],
+               problems: list[Problem]) -> list[Frontend]:
     https = next((li for li in rp.listeners if li.protocol == "HTTPS"), None)
     default_pool = DEFAULT_POOL if rp.default_backend else None
+    files = list(dict.fromkeys(cert_for_host[h.hostname].file for _, h in hosts
+                               if h.hostname in cert_for_host))
     out = []
     for li in sorted(rp.listeners, key=lambda x: x.port):
         tls = li.protocol == "HTTPS"
-        files = list(dict.fromkeys(cert_for_host[h.hostname].file for _, h in hosts
-                                   if h.hostname in cert_for_host))
         if tls and not files:
             continue  # no usable certificate: drop the listener, keep the rest serving
         if li.redirect_to_https and https:
+            down = https_down(rp.listeners, li, https, bool(files), problems)
             out.append(Frontend(name=f"fe_{li.name}", port=li.port, mode="http",
                                 protocol=li.protocol, default_pool=default_pool,
-                                redirect_https_port=https.port))
+                                redirect_https_port=None if down else https.port,
+                                unavailable=down))
             continue
         served = [(i, h) for i, h in hosts if not tls or h.hostname in cert_for_host]
         out.append(Frontend(

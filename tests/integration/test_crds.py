@@ -11,6 +11,9 @@ import pytest
 import yaml
 from kubernetes import client
 
+from roundhouse.graph import ClusterState
+from roundhouse.model import SpecError, parse_loadbalancer
+from roundhouse.pipeline import desired_for_loadbalancer
 from tests.integration.operator_process import install
 from tests.unit.schema_validator import merge_patch
 
@@ -83,3 +86,43 @@ def test_install_yaml_applies_and_reapplies_cleanly(control_plane: Any) -> None:
     crd = control_plane.kubectl("get", "crd", "loadbalancers.roundhouse.dev", "-o",
                                 "jsonpath={.status.conditions[?(@.type=='Established')].status}")
     assert crd.stdout == "True"
+
+
+@pytest.mark.parametrize("patch,field", [
+    ({"spec": {"proxy": {"replica": 3}}}, "spec.proxy.replica"),
+    ({"spec": {"listeners": [{"name": "http", "port": 80, "tls": {"secretname": "x"}}]}},
+     "spec.listeners[0].tls.secretname"),
+])
+def test_unknown_fields_are_refused_as_offline(crds_installed: None, kube: client.ApiClient,
+                                               patch: dict[str, Any], field: str) -> None:
+    """kubectl's strict field validation and the offline parser refuse the same field."""
+    obj = merge_patch(LB_BASE, patch)
+    body = {**obj, "metadata": {**obj["metadata"], "namespace": "default"}}
+    with pytest.raises(client.ApiException) as err:
+        client.CustomObjectsApi(kube).create_namespaced_custom_object(
+            "roundhouse.dev", "v1alpha1", "default", "loadbalancers", body, dry_run="All",
+            field_validation="Strict")
+    message = json.loads(err.value.body or "{}").get("message", "")
+    assert f'unknown field "{field}"' in message, message
+    with pytest.raises(SpecError) as offline:
+        parse_loadbalancer(obj)
+    assert f'unknown field "{field}"' in str(offline.value)
+
+
+@pytest.mark.parametrize("proxy", [
+    LB_BASE["spec"]["proxy"],
+    {"nodeSelector": {"example.com/pool": "edge_1", "kubernetes.io/os": ""},
+     "tolerations": [{"operator": "Exists"},
+                     {"key": "example.com/dedicated", "value": "proxy", "effect": "NoExecute",
+                      "tolerationSeconds": 30}],
+     "resources": {"requests": {"cpu": "0.25", "memory": "1Gi"},
+                   "limits": {"cpu": 1, "memory": "1Gi"}}},
+])
+def test_what_the_crd_accepts_renders_a_deployment_the_api_server_accepts(
+        crds_installed: None, kube: client.ApiClient, proxy: dict[str, Any]) -> None:
+    obj = merge_patch(LB_BASE, {"spec": {"proxy": proxy}})
+    dry_run_create(kube, "default", obj)  # the CRD accepts it
+    lb = parse_loadbalancer(obj)
+    desired = desired_for_loadbalancer(lb, ClusterState())
+    [deployment] = [c for c in desired.children if c["kind"] == "Deployment"]
+    client.AppsV1Api(kube).create_namespaced_deployment("default", deployment, dry_run="All")

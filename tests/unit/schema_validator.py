@@ -21,7 +21,8 @@ What the API server does to a create request, and what this module does in its p
    cel-python; a failing rule reports at its node plus its fieldPath, with its message
    (or messageExpression) and its reason.
 
-The Kubernetes CEL library functions the CRDs call (isCIDR) are supplied in Python.
+The Kubernetes CEL library functions the CRDs call (isCIDR, isQuantity, quantity,
+Quantity.compareTo) are supplied in Python.
 
 Not emulated: CEL cost estimation and budgets, transition rules (oldSelf), string
 formats, CEL's typed declarations (rules run on dynamic values). The real API server
@@ -49,6 +50,7 @@ import yaml
 from jsonschema.exceptions import ValidationError
 
 from roundhouse.model.common import cidr
+from roundhouse.model.kubetypes import parse_quantity
 
 Schema = dict[str, Any]
 PathElems = tuple[str | int, ...]
@@ -393,8 +395,30 @@ def _is_cidr(value: Any) -> celpy.celtypes.BoolType:
     return celpy.celtypes.BoolType(cidr(str(value)) is not None)
 
 
+class _Quantity(celpy.celtypes.StringType):
+    """A Kubernetes CEL Quantity (k8s.io/apiserver/pkg/cel/library/quantity.go): only
+    made by quantity(), whose text roundhouse.model.kubetypes.parse_quantity reads."""
+
+
+def _is_quantity(value: Any) -> celpy.celtypes.BoolType:
+    return celpy.celtypes.BoolType(parse_quantity(str(value)) is not None)
+
+
+def _quantity(value: Any) -> _Quantity:
+    if parse_quantity(str(value)) is None:
+        raise ValueError(f"quantities must match the regular expression: {value}")
+    return _Quantity(str(value))
+
+
+def _compare_to(left: Any, right: Any) -> celpy.celtypes.IntType:
+    a, b = parse_quantity(str(left)), parse_quantity(str(right))
+    assert a is not None and b is not None
+    return celpy.celtypes.IntType((a > b) - (a < b))
+
+
 # The Kubernetes CEL library functions the CRDs use, which cel-python lacks.
-_KUBERNETES_FUNCTIONS = {"isCIDR": _is_cidr}
+_KUBERNETES_FUNCTIONS = {"isCIDR": _is_cidr, "isQuantity": _is_quantity,
+                         "quantity": _quantity, "compareTo": _compare_to}
 
 
 @cache

@@ -13,6 +13,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from roundhouse.model.kubetypes import parse_quantity
+
 API_VERSION = "roundhouse.dev/v1alpha1"
 PROTOCOLS = ("TCP", "HTTP", "HTTPS", "TLSPassthrough")
 ALGORITHMS = ("roundrobin", "leastconn", "source", "random", "first")
@@ -175,7 +177,10 @@ def limits(draw: st.DrawFn, algorithm: str, http: bool = True) -> Obj:
 def tolerations(draw: st.DrawFn) -> Obj:
     operator = draw(st.sampled_from(["Exists", "Equal"]))
     toleration: Obj = {"operator": operator}
-    _maybe(draw, toleration, "key", dns_subdomains())
+    if operator == "Equal":  # an empty key only goes with Exists ("match all keys")
+        toleration["key"] = draw(dns_subdomains())
+    else:
+        _maybe(draw, toleration, "key", dns_subdomains())
     if operator == "Equal":
         _maybe(draw, toleration, "value", dns_labels(20))
     _maybe(draw, toleration, "effect",
@@ -185,6 +190,21 @@ def tolerations(draw: st.DrawFn) -> Obj:
     return toleration
 
 
+def _amount(quantity: str | int) -> Any:
+    amount = parse_quantity(quantity)
+    assert amount is not None, quantity
+    return amount
+
+
+def _requests_within_limits(resources: Obj) -> Obj:
+    """A request above its limit is refused (as by the API server for a Pod): cap it."""
+    for name, request in list(resources.get("requests", {}).items()):
+        limit = resources.get("limits", {}).get(name)
+        if limit is not None and _amount(request) > _amount(limit):
+            resources["requests"][name] = limit
+    return resources
+
+
 @st.composite
 def proxy(draw: st.DrawFn) -> Obj:
     out: Obj = {}
@@ -192,7 +212,7 @@ def proxy(draw: st.DrawFn) -> Obj:
     _maybe(draw, out, "serviceType", st.sampled_from(SERVICE_TYPES))
     resource = st.dictionaries(st.sampled_from(["cpu", "memory"]), quantities(), max_size=2)
     _maybe(draw, out, "resources", st.fixed_dictionaries(
-        {}, optional={"requests": resource, "limits": resource}))
+        {}, optional={"requests": resource, "limits": resource}).map(_requests_within_limits))
     _maybe(draw, out, "nodeSelector", st.dictionaries(
         st.sampled_from(["kubernetes.io/os", "topology.kubernetes.io/zone", "pool"]),
         dns_labels(20), max_size=3))

@@ -589,3 +589,14 @@ def test_apply_defaults_is_idempotent() -> None:
     copy = dict(once)
     apply_defaults(copy, LB.schema)
     assert copy == once
+
+
+def test_crd_reserves_the_ports_the_model_reserves() -> None:
+    """The ports the proxy Pod uses are refused by both, in the same words."""
+    from roundhouse.model.pod import RESERVED_PORTS, reserved_port_message
+
+    assert GENERATE.RESERVED_PORTS == RESERVED_PORTS
+    for validator in (LB, RP):
+        messages = [r["message"] for _, r in iter_rules(validator.schema)]
+        for port in RESERVED_PORTS:
+            assert reserved_port_message(port) in messages

@@ -7,8 +7,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
+import json
+import logging
 from typing import Any
 
+import kopf
 import pytest
 
 from roundhouse import apply
@@ -232,3 +235,57 @@ def test_the_desired_state_is_reused_while_its_inputs_are_equal() -> None:
     changed = cache.get(key, (model, flipped, {}), lambda: compute(flipped))
     assert changed is not first and len(computed) == 2
     assert changed.graph.backends_ready == 2
+
+
+def test_an_expected_failure_logs_one_line_not_a_traceback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A refused child or a missing Secret is already in the status: a retry of it says
+    so in one line, where any other failure keeps its traceback."""
+    async def scenario() -> None:
+        debouncer = Debouncer(spacing=0.01)
+
+        async def refused() -> None:
+            raise kopf.TemporaryError("applying Deployment 'web-lb' failed (422): ...")
+
+        async def broken() -> None:
+            raise RuntimeError("a bug")
+
+        debouncer.schedule("lb", refused)
+        await asyncio.sleep(0.05)
+        debouncer.schedule("lb", broken)
+        await asyncio.sleep(0.05)
+
+    with caplog.at_level(logging.WARNING, logger="roundhouse.handlers.trigger"):
+        asyncio.run(scenario())
+    [calm, loud] = caplog.records
+    assert calm.levelno == logging.WARNING and calm.exc_info is None
+    assert "applying Deployment 'web-lb' failed (422)" in calm.getMessage()
+    assert loud.exc_info is not None
+
+
+# What kube-apiserver answers when it refuses a Deployment, with the fields it names.
+REFUSED_DEPLOYMENT = json.dumps({
+    "kind": "Status", "status": "Failure", "reason": "Invalid", "code": 422,
+    "message": 'Deployment.apps "web-lb" is invalid: [spec.template.spec.nodeSelector: '
+               'Invalid value: "a b": ..., spec.template.spec.tolerations[1].operator: '
+               'Invalid value: "Equal": ..., spec.template.spec.containers[0].resources.'
+               'requests[cpu]: Invalid value: "2": must be less than or equal to cpu limit]',
+    "details": {"name": "web-lb", "group": "apps", "kind": "Deployment", "causes": [
+        {"reason": "FieldValueInvalid", "field": "spec.template.spec.nodeSelector"},
+        {"reason": "FieldValueInvalid", "field": "spec.template.spec.tolerations[1].operator"},
+        {"reason": "FieldValueInvalid",
+         "field": "spec.template.spec.containers[0].resources.requests[cpu]"},
+        {"reason": "FieldValueInvalid", "field": "spec.template.spec.securityContext"}]}})
+
+
+def test_apply_failed_names_the_resource_fields_behind_the_child() -> None:
+    obj = {"kind": "Deployment", "metadata": {"name": "web-lb", "namespace": "default"}}
+    err = apply.apply_error(obj, 422, REFUSED_DEPLOYMENT)
+    assert err.fields == ("spec.proxy.nodeSelector", "spec.proxy.tolerations[1].operator",
+                          "spec.proxy.resources.requests.cpu")
+    assert str(err).startswith("applying Deployment 'web-lb' failed (422): Deployment.apps ")
+    assert str(err).endswith("(caused by spec.proxy.nodeSelector, spec.proxy.tolerations[1]."
+                             "operator, spec.proxy.resources.requests.cpu of this resource)")
+    # Not JSON (a proxy's error page): the text as it came, no fields.
+    assert str(apply.apply_error(obj, 502, "<html>bad gateway</html>")).endswith(
+        "failed (502): <html>bad gateway</html>")

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from roundhouse.graph import ClusterState, build_loadbalancer_graph, issued_secret_name
-from roundhouse.model import parse_loadbalancer
+from roundhouse.model import SpecError, parse_loadbalancer
 from roundhouse.model.cluster import (
     TLSSecret,
     parse_endpoint_slice,
@@ -74,7 +74,7 @@ def test_example_passes_haproxy_check(path: Path, haproxy_check: HaproxyCheck) -
     {"healthCheck": {"type": "TCP", "interval": "500ms", "rise": 1, "fall": 1}},
     {"listeners": [{"name": "tls", "port": 443, "protocol": "TLSPassthrough"}],
      "healthCheck": {"type": "HTTP", "path": "/"}},
-    {"listeners": [{"name": "pg", "port": 8404, "protocol": "TCP"}]},
+    {"listeners": [{"name": "pg", "port": 8405, "protocol": "TCP"}]},
     {"listeners": [{"name": "https", "port": 443, "protocol": "HTTPS",
                     "tls": {"minVersion": "1.3"}},
                    {"name": "http", "port": 80, "protocol": "HTTP", "redirectToHTTPS": True}]},
@@ -173,12 +173,22 @@ def test_ipv6_server_addresses_are_bracketed() -> None:
     assert line == "server srv1 [fd00::1]:80 weight 1"
 
 
-def test_status_port_moves_out_of_the_way_of_listeners() -> None:
+def test_status_port_stays_put_whatever_the_listeners() -> None:
+    """A listener next to it does not move it (that would roll every proxy Pod)."""
     graph = build_loadbalancer_graph(parse_loadbalancer(lb_object(listeners=[
-        {"name": "a", "port": 8404, "protocol": "HTTP"},
-        {"name": "b", "port": 8405, "protocol": "HTTP"}])), state(1))
-    assert status_port(graph) == 8406
-    assert "bind :8406" in render_haproxy(graph).config
+        {"name": "a", "port": 8405, "protocol": "HTTP"},
+        {"name": "b", "port": 8403, "protocol": "HTTP"}])), state(1))
+    assert status_port(graph) == 8404
+    assert "bind :8404" in render_haproxy(graph).config
+
+
+@pytest.mark.parametrize("port,what", [(8404, "status port"), (9101, "agent's metrics")])
+def test_a_listener_on_a_port_the_pod_reserves_is_refused(port: int, what: str) -> None:
+    with pytest.raises(SpecError) as err:
+        parse_loadbalancer(lb_object(listeners=[{"name": "a", "port": port}]))
+    [error] = err.value.errors
+    assert error.path == "spec.listeners[0].port"
+    assert f"port {port} is reserved by the proxy Pod" in error.message and what in error.message
 
 
 def test_server_state_document_lists_every_slot() -> None:

@@ -17,11 +17,12 @@ from typing import Any
 from roundhouse.agent.agent import Agent
 from roundhouse.agent.loop import run
 from roundhouse.agent.source import KubernetesAPI, Source, SourceError, api_client
+from roundhouse.model.pod import AGENT_METRICS_PORT
 
 log = logging.getLogger("roundhouse.agent")
 
 DEFAULT_RUNTIME_DIR = "/var/run/roundhouse"
-DEFAULT_METRICS_PORT = 9101
+DEFAULT_METRICS_PORT = AGENT_METRICS_PORT  # the Deployment's containerPort
 
 
 def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:

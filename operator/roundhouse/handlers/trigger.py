@@ -16,6 +16,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Hashable
 
+import kopf
+
 log = logging.getLogger(__name__)
 SPACING = 0.1
 Action = Callable[[], Awaitable[object]]
@@ -54,6 +56,10 @@ class Debouncer:
         start = loop.time()
         try:
             await action()
+        except (kopf.TemporaryError, kopf.PermanentError) as err:
+            # Expected and already in the status (a refused child, a missing Secret): one
+            # line per retry, not a traceback.
+            log.warning("re-reconcile of %s: %s", key, err)
         except Exception:  # a trigger has no kopf retry: the resync timer is the backstop
             log.exception("re-reconcile of %s failed", key)
         finally:

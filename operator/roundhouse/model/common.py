@@ -6,13 +6,18 @@ crds/generate.py (one source for both CRDs), so both kinds validate them alike.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypedDict, TypeVar
 
+from roundhouse import API_GROUP
+from roundhouse import API_VERSION as API_VERSION_NAME
 from roundhouse.model.errors import FieldError
-from roundhouse.model.reader import Reader
+from roundhouse.model.kubetypes import check_labels, parse_resources, parse_toleration
+from roundhouse.model.pod import RESERVED_PORTS, reserved_port_message
+from roundhouse.model.reader import Reader, shown, type_error
 from roundhouse.model.values import DNS_LABEL_RE, HOST_NAME_RE, HTTP_PATH_RE
 
 ALGORITHMS = ("roundrobin", "leastconn", "source", "random", "first")
@@ -194,20 +199,13 @@ def parse_limits(r: Reader) -> Limits:
 
 
 def parse_proxy(r: Reader) -> ProxySettings:
-    resources = r.raw("resources") or {}
-    if not isinstance(resources, dict):
-        r.error("resources", "must be an object with requests/limits")
-        resources = {}
-    tolerations = r.raw("tolerations") or []
-    if not isinstance(tolerations, list) or not all(isinstance(t, dict) for t in tolerations):
-        r.error("tolerations", "must be a list of tolerations")
-        tolerations = []
+    """Validated as the API server validates a Pod: the Deployment must never be refused."""
     return ProxySettings(
         replicas=r.integer("replicas", 2, minimum=1, maximum=50),
         service_type=r.enum("serviceType", SERVICE_TYPES, "LoadBalancer"),
-        resources=resources,
-        node_selector=r.string_map("nodeSelector"),
-        tolerations=tuple(tolerations),
+        resources=parse_resources(r.child("resources")),
+        node_selector=check_labels(r, "nodeSelector"),
+        tolerations=tuple(parse_toleration(t) for t in r.items("tolerations", max_items=32)),
     )
 
 
@@ -249,8 +247,65 @@ class SharedBlocks(TypedDict):
 
 
 def identity(meta: dict[str, Any]) -> Identity:
+    generation = meta.get("generation")
     return Identity(namespace=str(meta.get("namespace") or "default"),
-                    uid=str(meta.get("uid") or ""), generation=int(meta.get("generation") or 0))
+                    uid=str(meta.get("uid") or ""),
+                    generation=generation if isinstance(generation, int) else 0)
+
+
+API_VERSION = f"{API_GROUP}/{API_VERSION_NAME}"
+TOP_LEVEL_FIELDS = ("apiVersion", "kind", "metadata", "spec", "status")
+# ObjectMeta's fields: any other key under metadata is an unknown field.
+OBJECT_META_FIELDS = (
+    "name", "generateName", "namespace", "selfLink", "uid", "resourceVersion", "generation",
+    "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "labels",
+    "annotations", "ownerReferences", "finalizers", "managedFields")
+# etcd stores at most 1.5 MiB per request, and the stored object also carries its
+# managedFields (with a client-side `kubectl apply`, a last-applied copy of itself too):
+# an object above 1 MiB as JSON is refused, or one edit away from it.
+MAX_OBJECT_BYTES = 1 << 20
+
+
+def object_meta(obj: dict[str, Any], kind: str, errors: list[FieldError]) -> dict[str, Any]:
+    """What the API server checks before the schema: apiVersion, the top-level and
+    metadata fields, their types, labels, the object's size. Returns the metadata."""
+    api_version = obj.get("apiVersion")
+    if api_version is not None and api_version != API_VERSION:
+        errors.append(FieldError("apiVersion", f"Invalid value: {shown(api_version)}: must "
+                                 f"be {API_VERSION}, Kind={kind}"))
+    for key in obj:
+        if key not in TOP_LEVEL_FIELDS:
+            errors.append(FieldError(str(key), f'unknown field "{key}"'))
+    size = json_size(obj)
+    if size > MAX_OBJECT_BYTES:
+        errors.append(FieldError("<root>", f"Too long: the object is {size} bytes as JSON; "
+                                 f"the API server can store at most about {MAX_OBJECT_BYTES} "
+                                 "(etcd's 1.5 MiB request limit, with managedFields)"))
+    meta = obj.get("metadata")
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict):
+        errors.append(FieldError("metadata", type_error(meta, "object")))
+        return {}
+    r = Reader(meta, "metadata", errors)
+    for key in OBJECT_META_FIELDS:
+        r.has(key)  # declared: only the keys below are checked further
+    check_labels(r, "labels")
+    r.string_map("annotations")
+    for key in ("name", "namespace", "uid", "generateName"):
+        r.string(key)
+    r.integer("generation", 0, minimum=0, maximum=2**63 - 1)
+    r.unknown_fields()
+    return meta
+
+
+def json_size(obj: Any) -> int:
+    """Bytes of obj as compact JSON (what kubectl sends); 0 when it is no JSON value (a
+    hand-made object: its fields are refused one by one)."""
+    try:
+        return len(json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode())
+    except (TypeError, ValueError, RecursionError):
+        return 0
 
 
 def parse_shared_blocks(spec: Reader) -> SharedBlocks:
@@ -270,7 +325,7 @@ def parse_shared_blocks(spec: Reader) -> SharedBlocks:
 
 
 MAX_SOURCE_RANGES = 100
-_CIDR_SHAPE = re.compile(r"^[0-9A-Fa-f.:]+/(0|[1-9][0-9]{0,2})$")
+_CIDR_SHAPE = re.compile(r"^[0-9A-Fa-f.:]+/(0|[1-9][0-9]{0,2})\Z")  # \Z: no "\n" after
 
 
 def parse_source_ranges(r: Reader, key: str) -> tuple[str, ...]:
@@ -312,15 +367,16 @@ def check_name(meta: dict[str, Any], suffix: str, errors: list[FieldError]) -> s
 
     metadata.namespace too: the API server only stores DNS labels there, but offline
     anything can be written, and it reaches haproxy.cfg (a comment, the cookie key)."""
-    name = str(meta.get("name") or "")
-    if not DNS_LABEL_RE.match(name) or len(name) > 50:
-        errors.append(FieldError("metadata.name", "must be a DNS label of at most 50 characters "
-                                 f"(children are named <name>-{suffix})"))
     namespace = meta.get("namespace")
     if namespace and not (isinstance(namespace, str)
-                                      and DNS_LABEL_RE.fullmatch(namespace)):
+                          and DNS_LABEL_RE.fullmatch(namespace)):
         errors.append(FieldError("metadata.namespace", "must be a DNS label (a-z, 0-9, '-', "
                                  "at most 63 characters), as Kubernetes names namespaces"))
+    name = meta.get("name")
+    if not isinstance(name, str) or not DNS_LABEL_RE.match(name) or len(name) > 50:
+        errors.append(FieldError("metadata.name", "must be a DNS label of at most 50 characters "
+                                 f"(children are named <name>-{suffix})"))
+        return str(name or "")
     return name
 
 
@@ -336,3 +392,10 @@ def limits_rules(algorithm: str, limits: Limits, errors: list[FieldError]) -> No
     if limits.max_connections_per_client > limits.max_connections:
         errors.append(FieldError("spec.limits.maxConnectionsPerClient",
                                  "must not exceed spec.limits.maxConnections"))
+
+
+def reserved_port_rules(ports: list[int], errors: list[FieldError]) -> None:
+    """A listener may not take a port the proxy Pod itself uses (CRD: the same rule)."""
+    for i, port in enumerate(ports):
+        if port in RESERVED_PORTS:
+            errors.append(FieldError(f"spec.listeners[{i}].port", reserved_port_message(port)))

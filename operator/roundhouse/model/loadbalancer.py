@@ -16,9 +16,11 @@ from roundhouse.model.common import (
     check_name,
     identity,
     limits_rules,
+    object_meta,
     parse_backend,
     parse_shared_blocks,
     required_value,
+    reserved_port_rules,
 )
 from roundhouse.model.errors import FieldError, SpecError
 from roundhouse.model.reader import Reader
@@ -105,7 +107,7 @@ def parse_loadbalancer(obj: dict[str, Any]) -> LoadBalancer:
     Raises SpecError listing every problem, each naming its field.
     """
     errors: list[FieldError] = []
-    meta = obj.get("metadata") or {}
+    meta = object_meta(obj, "LoadBalancer", errors)
     name = check_name(meta, "lb", errors)
     spec = Reader(obj.get("spec"), "spec", errors)
     listeners = tuple(_listener(r) for r in spec.items("listeners", min_items=1, max_items=16))
@@ -113,6 +115,7 @@ def parse_loadbalancer(obj: dict[str, Any]) -> LoadBalancer:
     lb = LoadBalancer(name=name, **identity(meta), listeners=listeners, backends=backends,
                       **parse_shared_blocks(spec))
     _cross_field_rules(lb, errors)
+    spec.unknown_fields()
     if errors:
         raise SpecError(errors)
     return lb
@@ -187,3 +190,4 @@ def _cross_field_rules(lb: LoadBalancer, errors: list[FieldError]) -> None:
                                  "cannot be used with a TLSPassthrough listener, whose "
                                  "stream is already the client's TLS"))
     limits_rules(lb.algorithm, lb.limits, errors)
+    reserved_port_rules([li.port for li in lb.listeners], errors)

@@ -7,6 +7,7 @@ so the pure pipeline never trusts its input.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,13 +15,69 @@ from roundhouse.model.errors import FieldError
 from roundhouse.model.values import format_duration_ms, parse_duration_ms
 
 
+def shown(value: Any) -> str:
+    """A bad value as the API server prints it: short, and never the repr of a deep or
+    huge structure (a list nested 10,000 deep must give a message, not a crash)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+        return text if len(text) <= 80 else text[:76] + '..."'
+    return f'"{json_type(value)}"'
+
+
+def json_type(value: Any) -> str:
+    """The JSON type name the API server uses in its messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__  # not JSON at all (only a hand-made object has these)
+
+
+def type_error(value: Any, expected: str) -> str:
+    return f"Invalid value: {shown(value)}: must be of type {expected}"
+
+
 class Reader:
-    def __init__(self, data: Any, path: str, errors: list[FieldError]) -> None:
+    """Reads one object of the spec. Every key it is asked about counts as a declared
+    field: `unknown_fields()` then reports the rest, as kubectl's strict field
+    validation does (`unknown field "spec.foo"`)."""
+
+    def __init__(self, data: Any, path: str, errors: list[FieldError],
+                 readers: list[Reader] | None = None) -> None:
         self.data = data if isinstance(data, dict) else {}
         self.path = path
         self.errors = errors
+        self.asked: set[Any] = set()
+        self.readers = [] if readers is None else readers
+        self.readers.append(self)
         if data is not None and not isinstance(data, dict):
-            self.error("", "must be an object")
+            self.error("", type_error(data, "object"))
+
+    def _get(self, key: str) -> Any:
+        self.asked.add(key)
+        return self.data.get(key)
+
+    def unknown_fields(self) -> None:
+        """Report each key that no reader of this tree asked about."""
+        for r in self.readers:
+            for key in r.data:
+                if key not in r.asked:
+                    where = r.field(str(key))
+                    r.errors.append(FieldError(where, f'unknown field "{where}"'))
 
     def field(self, key: str) -> str:
         return f"{self.path}.{key}" if key else self.path
@@ -29,50 +86,50 @@ class Reader:
         self.errors.append(FieldError(self.field(key), message))
 
     def has(self, key: str) -> bool:
-        return self.data.get(key) is not None
+        return self._get(key) is not None
 
     def child(self, key: str) -> Reader:
-        return Reader(self.data.get(key), self.field(key), self.errors)
+        return Reader(self._get(key), self.field(key), self.errors, self.readers)
 
     def items(self, key: str, *, min_items: int = 0, max_items: int = 1000) -> Iterator[Reader]:
-        value = self.data.get(key)
+        value = self._get(key)
         if value is None:
             value = []
         if not isinstance(value, list):
-            self.error(key, "must be a list")
+            self.error(key, type_error(value, "array"))
             return
         if len(value) < min_items:
             self.error(key, f"must have at least {min_items} item(s)")
         if len(value) > max_items:
             self.error(key, f"must have at most {max_items} items")
         for index, item in enumerate(value):
-            yield Reader(item, f"{self.field(key)}[{index}]", self.errors)
+            yield Reader(item, f"{self.field(key)}[{index}]", self.errors, self.readers)
 
     def string(self, key: str, default: str | None = None, *, required: bool = False) -> str:
-        value = self.data.get(key)
+        value = self._get(key)
         if value is None:
             if required:
                 self.error(key, "Required value")
             return default or ""
         if not isinstance(value, str):
-            self.error(key, f"must be a string, got {value!r}")
+            self.error(key, type_error(value, "string"))
             return default or ""
         return value
 
     def enum(self, key: str, allowed: tuple[str, ...], default: str) -> str:
         value = self.string(key, default)
         if value not in allowed:
-            self.error(key, f"Unsupported value: {value!r}: supported values: "
+            self.error(key, f"Unsupported value: {shown(value)}: supported values: "
                        + ", ".join(f'"{a}"' for a in allowed))
             return default
         return value
 
     def integer(self, key: str, default: int, *, minimum: int, maximum: int) -> int:
-        value = self.data.get(key)
+        value = self._get(key)
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, int):
-            self.error(key, f"must be an integer, got {value!r}")
+            self.error(key, type_error(value, "integer"))
             return default
         if not minimum <= value <= maximum:
             self.error(key, f"must be between {minimum} and {maximum}, got {value}")
@@ -80,11 +137,11 @@ class Reader:
         return value
 
     def boolean(self, key: str, default: bool = False) -> bool:
-        value = self.data.get(key)
+        value = self._get(key)
         if value is None:
             return default
         if not isinstance(value, bool):
-            self.error(key, f"must be true or false, got {value!r}")
+            self.error(key, type_error(value, "boolean"))
             return default
         return value
 
@@ -102,14 +159,14 @@ class Reader:
         return ms
 
     def string_list(self, key: str) -> list[str]:
-        value = self.data.get(key) or []
+        value = self._get(key) or []
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             self.error(key, "must be a list of strings")
             return []
         return list(value)
 
     def string_map(self, key: str) -> dict[str, str]:
-        value = self.data.get(key) or {}
+        value = self._get(key) or {}
         if not isinstance(value, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in value.items()
         ):
@@ -118,4 +175,4 @@ class Reader:
         return dict(value)
 
     def raw(self, key: str) -> Any:
-        return self.data.get(key)
+        return self._get(key)

@@ -28,10 +28,12 @@ from roundhouse.model.common import (
     check_name,
     identity,
     limits_rules,
+    object_meta,
     parse_backend,
     parse_shared_blocks,
     parse_source_ranges,
     required_value,
+    reserved_port_rules,
 )
 from roundhouse.model.errors import FieldError, SpecError
 from roundhouse.model.loadbalancer import Listener
@@ -200,7 +202,7 @@ def parse_reverseproxy(obj: dict[str, Any]) -> ReverseProxy:
     Raises SpecError listing every problem, each naming its field.
     """
     errors: list[FieldError] = []
-    meta = obj.get("metadata") or {}
+    meta = object_meta(obj, "ReverseProxy", errors)
     name = check_name(meta, "rp", errors)
     spec = Reader(obj.get("spec"), "spec", errors)
     if not spec.has("listeners"):
@@ -226,6 +228,7 @@ def parse_reverseproxy(obj: dict[str, Any]) -> ReverseProxy:
         **parse_shared_blocks(spec),
     )
     _cross_field_rules(rp, errors)
+    spec.unknown_fields()
     if errors:
         raise SpecError(errors)
     return rp
@@ -476,6 +479,7 @@ def _cross_field_rules(rp: ReverseProxy, errors: list[FieldError]) -> None:
     if certificate_count(rp.hosts) > MAX_CERTIFICATES:
         errors.append(FieldError("spec.hosts", CERTIFICATES_MESSAGE))
     limits_rules(rp.algorithm, rp.limits, errors)
+    reserved_port_rules([li.port for li in rp.listeners], errors)
 
 
 # Every certificate of an HTTPS listener goes on its one `bind` line (crt <file> each),

@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import re
 
-DURATION_RE = re.compile(r"^([0-9]{1,7})(ms|s|m|h)$")
-DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-DNS_NAME_RE = re.compile(
+
+def _whole(pattern: str) -> re.Pattern[str]:
+    """A pattern that must match the whole text, as the CRD's (RE2, Go) `$` does.
+
+    Python's `$` also matches before a trailing newline, so "web\n" would pass a
+    pattern the API server refuses (and a header value "x\n" would end a haproxy.cfg
+    line): `\\Z` is the end of the text only."""
+    return re.compile(pattern.removesuffix("$") + r"\Z")
+
+
+DURATION_RE = _whole(r"^([0-9]{1,7})(ms|s|m|h)$")
+DNS_LABEL_RE = _whole(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+DNS_NAME_RE = _whole(
     r"^(\*\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
 )
-HOST_NAME_RE = re.compile(  # no wildcard: a Secret name or a Host header
+HOST_NAME_RE = _whole(  # no wildcard: a Secret name or a Host header
     r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
 )
 # URL path characters only: nothing that could end or comment a haproxy.cfg token.
-HTTP_PATH_RE = re.compile(r"^/[A-Za-z0-9._~!&()*+,;=:@%/?-]*$")
+HTTP_PATH_RE = _whole(r"^/[A-Za-z0-9._~!&()*+,;=:@%/?-]*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
 
 
@@ -34,5 +44,5 @@ def format_duration_ms(ms: int) -> str:
 
 # RFC 7230 header field names (tokens) and values without control characters: what the
 # CRD allows, and nothing that could end a haproxy.cfg line.
-HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!#%&*+.^_|~-]+$")
-HEADER_VALUE_RE = re.compile(r"^[^\x00-\x1f\x7f]*$")
+HEADER_NAME_RE = _whole(r"^[A-Za-z0-9!#%&*+.^_|~-]+$")
+HEADER_VALUE_RE = _whole(r"^[^\x00-\x1f\x7f]*$")

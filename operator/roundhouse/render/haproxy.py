@@ -18,10 +18,10 @@ import jinja2
 
 from roundhouse.graph import DRAIN, MAINT, Pool, ProxyGraph, RedirectRule, RouteRule, Server
 from roundhouse.model.pcre2 import full_match
+from roundhouse.model.pod import STATUS_PORT
 from roundhouse.model.values import format_duration_ms
 from roundhouse.render import structure
 
-STATUS_PORT = 8404
 PLACEHOLDER = "127.0.0.1:1"  # a free slot points nowhere useful and is disabled
 STICK_TABLE_MAX_MS = 24 * 86_400_000  # HAProxy timers stop at 2^31 ms (~24.8 days)
 
@@ -56,12 +56,9 @@ class RenderedConfig:
 
 
 def status_port(graph: ProxyGraph) -> int:
-    """8404 unless a listener took it: then the next free port, deterministically."""
-    used = {f.port for f in graph.frontends}
-    port = STATUS_PORT
-    while port in used:
-        port += 1
-    return port
+    """Fixed, never moved: the model refuses a listener on it, so the Pod's probes and
+    containerPort stay put whatever the listeners (moving it would roll every Pod)."""
+    return STATUS_PORT
 
 
 def server_line(server: Server) -> str:

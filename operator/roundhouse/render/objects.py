@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from roundhouse import API_GROUP, API_VERSION
 from roundhouse.graph import ProxyGraph, child_name
+from roundhouse.model.pod import AGENT_METRICS_PORT
 from roundhouse.render import payload
 from roundhouse.render.haproxy import RenderedConfig
 
@@ -231,7 +233,8 @@ def deployment(owner: Owner, graph: ProxyGraph, rendered: RenderedConfig, proxy:
         "imagePullPolicy": images.pull_policy,
         "args": agent_args,
         "env": agent_env,
-        "ports": [{"name": "agent-metrics", "containerPort": 9101, "protocol": "TCP"}],
+        "ports": [{"name": "agent-metrics", "containerPort": AGENT_METRICS_PORT,
+                   "protocol": "TCP"}],
         "resources": {"requests": {"cpu": "20m", "memory": "64Mi"},
                       "limits": {"memory": "256Mi"}},
         "securityContext": _container_security(),
@@ -308,3 +311,27 @@ def tls_secret(owner: Owner, name: str, cert_pem: str, key_pem: str, ca_pem: str
 
 def to_json(obj: dict[str, Any]) -> str:
     return json.dumps(obj, sort_keys=True)
+
+
+# Where a field of the proxy Deployment comes from in the resource's spec: when the API
+# server refuses the Deployment, the user is told which of *their* fields caused it.
+CHILD_FIELD_SOURCES = {
+    "Deployment": (
+        ("spec.template.spec.nodeSelector", "spec.proxy.nodeSelector"),
+        ("spec.template.spec.tolerations", "spec.proxy.tolerations"),
+        ("spec.template.spec.containers[0].resources", "spec.proxy.resources"),
+        ("spec.replicas", "spec.proxy.replicas"),
+    ),
+}
+_MAP_KEY = re.compile(r"\[([^\]0-9][^\]]*)\]")  # requests[cpu] -> requests.cpu
+
+
+def resource_field(kind: str, child_field: str) -> str | None:
+    """The resource's field a child's field (as the API server names it) comes from:
+    spec.template.spec.tolerations[0].operator -> spec.proxy.tolerations[0].operator.
+    None when the child's field is not the user's (the operator's own choice)."""
+    for child_prefix, source in CHILD_FIELD_SOURCES.get(kind, ()):
+        rest = child_field.removeprefix(child_prefix)
+        if rest != child_field and (not rest or rest[0] in ".["):
+            return source + _MAP_KEY.sub(r".\1", rest)
+    return None
