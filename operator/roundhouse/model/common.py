@@ -367,9 +367,8 @@ def check_name(meta: dict[str, Any], suffix: str, errors: list[FieldError]) -> s
 
     metadata.namespace too: the API server only stores DNS labels there, but offline
     anything can be written, and it reaches haproxy.cfg (a comment, the cookie key)."""
-    namespace = meta.get("namespace")
-    if namespace and not (isinstance(namespace, str)
-                          and DNS_LABEL_RE.fullmatch(namespace)):
+    namespace = meta.get("namespace")  # not a string: object_meta() reported its type
+    if isinstance(namespace, str) and namespace and not DNS_LABEL_RE.fullmatch(namespace):
         errors.append(FieldError("metadata.namespace", "must be a DNS label (a-z, 0-9, '-', "
                                  "at most 63 characters), as Kubernetes names namespaces"))
     name = meta.get("name")
