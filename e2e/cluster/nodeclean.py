@@ -1,0 +1,264 @@
+"""Forceful cleanup after the real node, and the check that nothing was left behind.
+
+Teardown does not rely on the kubelet to drain: it kills whatever runs in the
+node's cgroups, unmounts everything under the node's work dir, removes the
+cgroup dirs and every KUBE-* iptables chain. `find_leftovers` then lists
+anything still there (processes, mounts, iptables rules, routes, links,
+cgroups, CNI cache files, changed sysctls); tests assert it is empty.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import netguard, nodenet
+
+CGROUP_FS = Path("/sys/fs/cgroup")
+CNI_CACHE = Path("/var/lib/cni")  # libcni's result cache; not configurable in containerd 1.6
+SHIM_SOCKETS = Path("/run/containerd/s")  # containerd 1.6 shims always put sockets here
+KUBE_CHAIN_PREFIX = "KUBE-"
+_BUILTIN_CHAINS = {"INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"}
+
+
+def _run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), capture_output=True, text=True, check=False)
+
+
+def _unescape_mount_path(raw: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as octal.
+    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        raw = raw.replace(code, char)
+    return raw
+
+
+def mounts_under(directory: Path) -> list[str]:
+    """Mount points at or below `directory`, deepest first."""
+    prefix = str(directory).rstrip("/") + "/"
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = _unescape_mount_path(line.split()[4])
+        if point.startswith(prefix) or point == str(directory):
+            points.append(point)
+    return sorted(set(points), key=lambda p: (-p.count("/"), p))
+
+
+def unmount_all(directory: Path) -> None:
+    for _ in range(5):  # a lazy unmount can reveal mounts stacked underneath
+        points = mounts_under(directory)
+        if not points:
+            return
+        for point in points:
+            if _run(["umount", point]).returncode != 0:
+                _run(["umount", "-l", point])
+
+
+# --------------------------------------------------------------------------- cgroups
+
+
+def cgroup_dirs(cgroup_root: str) -> list[Path]:
+    """The node's cgroup root in every mounted v1 hierarchy that has it."""
+    if not CGROUP_FS.is_dir():
+        return []
+    name = cgroup_root.strip("/")
+    return [h / name for h in sorted(CGROUP_FS.iterdir()) if (h / name).is_dir()]
+
+
+def create_cgroup_root(cgroup_root: str) -> None:
+    name = cgroup_root.strip("/")
+    for hierarchy in sorted(CGROUP_FS.iterdir()):
+        if (hierarchy / "cgroup.procs").exists():
+            (hierarchy / name).mkdir(exist_ok=True)
+
+
+def pids_in_cgroups(cgroup_root: str) -> set[int]:
+    pids: set[int] = set()
+    for top in cgroup_dirs(cgroup_root):
+        for procs in top.rglob("cgroup.procs"):
+            with contextlib.suppress(OSError, ValueError):
+                pids.update(int(p) for p in procs.read_text().split())
+    return pids
+
+
+def kill_cgroup_processes(cgroup_root: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (pids := pids_in_cgroups(cgroup_root)) and time.monotonic() < deadline:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+
+
+def remove_cgroups(cgroup_root: str) -> None:
+    for top in cgroup_dirs(cgroup_root):
+        dirs = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
+        for d in [*dirs, top]:
+            for _ in range(20):  # rmdir fails while the kernel still frees a task
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.1)
+
+
+# --------------------------------------------------------------------------- iptables
+
+
+def _tables(save: str) -> Iterable[tuple[str, list[str]]]:
+    table = ""
+    lines: list[str] = []
+    for line in save.splitlines():
+        if line.startswith("*"):
+            table, lines = line[1:], []
+        elif line == "COMMIT":
+            yield table, lines
+        else:
+            lines.append(line)
+
+
+def kube_iptables_lines(command: str) -> list[str]:
+    """Lines of `<command>-save` that mention a KUBE-* chain or the node's bridge."""
+    res = _run([f"{command}-save"])
+    hits = []
+    for table, lines in _tables(res.stdout):
+        for line in lines:
+            if KUBE_CHAIN_PREFIX in line or nodenet.BRIDGE in line:
+                hits.append(f"{command} -t {table}: {line}")
+    return hits
+
+
+def flush_kube_chains(command: str) -> None:
+    """Remove every jump to a KUBE-* chain from built-in chains, then the chains themselves."""
+    res = _run([f"{command}-save"])
+    for table, lines in _tables(res.stdout):
+        chains = [ln[1:].split()[0] for ln in lines if ln.startswith(":")]
+        for line in lines:
+            parts = line.split()
+            if parts[:1] == ["-A"] and parts[1] in _BUILTIN_CHAINS and KUBE_CHAIN_PREFIX in line:
+                _run([command, "-w", "-t", table, "-D", *parts[1:]])
+        kube = [c for c in chains if c.startswith(KUBE_CHAIN_PREFIX)]
+        for chain in kube:
+            _run([command, "-w", "-t", table, "-F", chain])
+        for chain in kube:
+            _run([command, "-w", "-t", table, "-X", chain])
+
+
+# --------------------------------------------------------------------------- snapshot
+
+
+def _link_names() -> set[str]:
+    out = _run(["ip", "-o", "link", "show"]).stdout
+    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line}
+
+
+def _shim_sockets() -> set[str]:
+    return {p.name for p in SHIM_SOCKETS.iterdir()} if SHIM_SOCKETS.is_dir() else set()
+
+
+@dataclass
+class HostSnapshot:
+    """What the host looked like before the node started, to compare after teardown."""
+
+    sysctls: dict[str, str] = field(default_factory=dict)
+    links: list[str] = field(default_factory=list)
+    shim_sockets: list[str] = field(default_factory=list)
+
+    @classmethod
+    def take(cls) -> HostSnapshot:
+        return cls(nodenet.read_sysctls(), sorted(_link_names()), sorted(_shim_sockets()))
+
+    def to_state(self) -> dict[str, Any]:
+        return {"sysctls": self.sysctls, "links": self.links, "shim_sockets": self.shim_sockets}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> HostSnapshot:
+        return cls(dict(state["sysctls"]), list(state["links"]), list(state["shim_sockets"]))
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+
+
+def pids_referencing(needle: str) -> list[int]:
+    """Processes whose command line or cwd names `needle` (e.g. the node's work dir)."""
+    found = []
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        with contextlib.suppress(OSError):
+            cwd = ""
+            with contextlib.suppress(OSError):
+                cwd = os.readlink(f"/proc/{entry}/cwd")
+            if needle in _cmdline(int(entry)) or cwd.startswith(needle):
+                found.append(int(entry))
+    return found
+
+
+def kill_pid(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _describe(pid: int) -> str:
+    try:
+        return f"pid {pid}: {_cmdline(pid)[:160]}"
+    except OSError:
+        return f"pid {pid}"
+
+
+def find_leftovers(
+    node_dir: Path, cgroup_root: str, network_name: str, before: HostSnapshot
+) -> list[str]:
+    """Everything the node left on the host; empty after a clean teardown."""
+    left = [f"process {_describe(p)}" for p in pids_referencing(str(node_dir))]
+    left += [
+        f"process in the node's cgroups: pid {p}" for p in sorted(pids_in_cgroups(cgroup_root))
+    ]
+    left += [f"mount {m}" for m in mounts_under(node_dir)]
+    left += [f"cgroup {d}" for d in cgroup_dirs(cgroup_root)]
+    for command in ("iptables", "ip6tables"):
+        left += [f"iptables rule {line}" for line in kube_iptables_lines(command)]
+    routes = _run(["ip", "route", "show"]).stdout.splitlines()
+    left += [
+        f"route {r}"
+        for r in routes
+        if nodenet.BRIDGE in r or nodenet.DISCARD in r or r.startswith("10.244.200.")
+    ]
+    if netguard.discard_route_present(netguard.SERVICE_CIDR):
+        left.append(f"route {netguard.SERVICE_CIDR} still goes to {nodenet.DISCARD}")
+    left += [f"link {name}" for name in sorted(_link_names() - set(before.links))]
+    left += [
+        f"containerd shim socket {s}" for s in sorted(_shim_sockets() - set(before.shim_sockets))
+    ]
+    if CNI_CACHE.is_dir():
+        left += [f"CNI cache {p}" for p in CNI_CACHE.rglob(f"*{network_name}*")]
+    for name, value in before.sysctls.items():
+        now = nodenet.read_sysctls().get(name)
+        if now != value:
+            left.append(f"sysctl {name} = {now} (was {value})")
+    if node_dir.exists():
+        left.append(f"directory {node_dir}")
+    return left
+
+
+def remove_cni_cache(network_name: str) -> None:
+    if not CNI_CACHE.is_dir():
+        return
+    for path in sorted(CNI_CACHE.rglob(f"*{network_name}*"), key=lambda p: -len(p.parts)):
+        with contextlib.suppress(OSError):
+            if path.is_dir():
+                for child in path.iterdir():
+                    child.unlink()
+                path.rmdir()
+            else:
+                path.unlink()
