@@ -372,6 +372,16 @@ class ControlPlane:
         return self.workdir
 
     @property
+    def service_cidr(self) -> str:
+        """10.96.0.0/16, or its upper half with a real node (see nodenet.py for why)."""
+        return nodenet.SERVICE_CIDR if self.with_real_node else SERVICE_CIDR
+
+    @property
+    def first_service_ip(self) -> str:
+        """The `kubernetes` Service's ClusterIP."""
+        return nodenet.FIRST_SERVICE_IP if self.with_real_node else FIRST_SERVICE_IP
+
+    @property
     def workdir_path(self) -> Path:
         """The work dir of a started cluster (raises before start)."""
         return self._dir()
@@ -574,12 +584,12 @@ class ControlPlane:
         ca = self._ca = CertificateAuthority.generate()
         pki = self.pki_dir
         ca.cert_key.write(pki, "ca")
-        # In-cluster clients of a real node dial 10.96.0.1, relayed via the bridge address.
+        # In-cluster clients dial the first Service IP (relayed via the bridge address).
         node_ips = (nodenet.NODE_ADDRESS,) if self.with_real_node else ()
         ca.issue(
             "kube-apiserver",
             dns_names=APISERVER_SANS,
-            ip_addresses=(LOOPBACK, FIRST_SERVICE_IP, *node_ips),
+            ip_addresses=(LOOPBACK, self.first_service_ip, *node_ips),
             server=True,
         ).write(pki, "apiserver")
         sa_key, sa_pub = service_account_keypair()
@@ -780,7 +790,7 @@ class ControlPlane:
                 f"--tls-private-key-file={pki / 'apiserver.key'}",
                 f"--client-ca-file={pki / 'ca.crt'}",
                 "--authorization-mode=Node,RBAC",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--service-cluster-ip-range={self.service_cidr}",
                 f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
@@ -866,7 +876,7 @@ class ControlPlane:
                 f"--service-account-private-key-file={pki / 'sa.key'}",
                 f"--cluster-signing-cert-file={pki / 'ca.crt'}",
                 f"--cluster-signing-key-file={pki / 'ca.key'}",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--service-cluster-ip-range={self.service_cidr}",
                 f"--cluster-cidr={POD_CIDR}",
                 "--allocate-node-cidrs=false",  # nodes get their pod /24 at creation
                 # Default is /usr/libexec/...; keep every file the cluster writes in the work dir.

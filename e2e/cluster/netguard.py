@@ -9,10 +9,6 @@ Several clusters may run at once and share these routes, so the routes this
 module adds are reference counted in a small lock-protected registry: a route
 is removed when the last cluster that used it stops, and a route that existed
 before any of our clusters is never removed.
-
-While a real node runs (node.py), the Service range is routed to a discard veth
-instead (kube-proxy's DNAT must see the packet; `unreachable` fails connect()
-first). That route counts as guarded too: the veth's far end drops everything.
 """
 
 from __future__ import annotations
@@ -33,9 +29,6 @@ GUARDED_CIDRS: tuple[str, ...] = (POD_CIDR, SERVICE_CIDR)
 # One address inside each guarded CIDR, checked with `ip route get`.
 PROBE_ADDRESSES: tuple[str, ...] = ("10.244.0.5", "10.96.0.1")
 _STARTUP_GRACE_SECONDS = 600.0
-# The real node's discard veth pair (see nodenet.py); nothing listens behind it.
-DISCARD_DEVICE = "rhdiscard0"
-DISCARD_PEER = "rhdiscard1"
 
 
 class NetworkGuardError(RuntimeError):
@@ -71,32 +64,6 @@ def unreachable_route_present(cidr: str) -> bool:
     return any(line.split()[:2] == ["unreachable", cidr] for line in out.splitlines())
 
 
-def discard_route_present(cidr: str) -> bool:
-    out = _ip("route", "show", "exact", cidr, "dev", DISCARD_DEVICE).stdout
-    return any(line.split()[:1] == [cidr] for line in out.splitlines())
-
-
-def _guarded(cidr: str) -> bool:
-    return unreachable_route_present(cidr) or discard_route_present(cidr)
-
-
-def route_services_to_discard(cidr: str = SERVICE_CIDR) -> None:
-    """Swap the Service range's unreachable route for the discard veth, atomically."""
-    with _locked_registry():
-        res = _ip("route", "replace", cidr, "dev", DISCARD_DEVICE)
-        if res.returncode != 0:
-            raise NetworkGuardError(f"ip route replace {cidr} dev {DISCARD_DEVICE}: {res.stderr}")
-
-
-def route_services_unreachable(cidr: str = SERVICE_CIDR) -> None:
-    """Put the unreachable route back (before the discard veth goes away)."""
-    with _locked_registry():
-        if discard_route_present(cidr):
-            res = _ip("route", "replace", "unreachable", cidr)
-            if res.returncode != 0:
-                raise NetworkGuardError(f"ip route replace unreachable {cidr}: {res.stderr}")
-
-
 def _has_process_in(directory: Path) -> bool:
     # Every component runs with the cluster's work dir as its cwd.
     for entry in os.listdir("/proc"):
@@ -130,9 +97,9 @@ def acquire(owner: str, cidrs: Sequence[str] = GUARDED_CIDRS) -> list[str]:
     with _locked_registry() as registry:
         for cidr in cidrs:
             owners = _live_owners(registry.get(cidr, []))
-            if cidr not in registry and _guarded(cidr):
+            if cidr not in registry and unreachable_route_present(cidr):
                 continue  # pre-existing route that is not ours: leave it alone
-            if not _guarded(cidr):
+            if not unreachable_route_present(cidr):
                 res = _ip("route", "add", "unreachable", cidr)
                 if res.returncode != 0:
                     raise NetworkGuardError(
@@ -160,15 +127,12 @@ def release(owner: str, cidrs: Sequence[str]) -> list[str]:
 
 
 def verify(addresses: Sequence[str] = PROBE_ADDRESSES) -> None:
-    """Raise unless the kernel says every probe address is unreachable (or discarded)."""
+    """Raise unless the kernel says every probe address is unreachable."""
     for address in addresses:
         res = _ip("route", "get", address)
         text = (res.stdout + res.stderr).strip()
         # iproute2 reports an unreachable route as an error ("No route to host", exit 2).
         blocked = "unreachable" in text or "No route to host" in text
-        discarded = f" dev {DISCARD_DEVICE} " in f"{res.stdout} "
-        if discarded and " via " not in res.stdout:
-            continue
         if not blocked or " via " in res.stdout or " dev " in res.stdout:
             raise NetworkGuardError(
                 f"refusing to start: `ip route get {address}` is not unreachable: {text!r}"

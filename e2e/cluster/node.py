@@ -154,7 +154,7 @@ class RealNode:
         changed = nodenet.restore_sysctls(self.snapshot.sysctls)
         if changed:
             self.log(f"restored sysctls: {changed}")
-        nodeclean.remove_cni_cache(CNI_NETWORK)
+        nodeclean.remove_cni_cache(CNI_NETWORK, self.snapshot.cni_cache_existed)
         if self.cp.keep_workdir:  # keep the logs (they live in the cluster's logs dir)
             shutil.rmtree(self._path("containerd"), ignore_errors=True)
         shutil.rmtree(self.node_dir, ignore_errors=True)

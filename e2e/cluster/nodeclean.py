@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import netguard, nodenet
+from . import nodenet
 
 CGROUP_FS = Path("/sys/fs/cgroup")
 CNI_CACHE = Path("/var/lib/cni")  # libcni's result cache; not configurable in containerd 1.6
@@ -76,6 +77,12 @@ def create_cgroup_root(cgroup_root: str) -> None:
     for hierarchy in sorted(CGROUP_FS.iterdir()):
         if (hierarchy / "cgroup.procs").exists():
             (hierarchy / name).mkdir(exist_ok=True)
+            # A new v1 cpuset starts with no CPUs or memory nodes: nothing could run in it.
+            for knob in ("cpuset.cpus", "cpuset.mems"):
+                if (hierarchy / knob).exists() and not (
+                    hierarchy / name / knob
+                ).read_text().strip():
+                    (hierarchy / name / knob).write_text((hierarchy / knob).read_text())
 
 
 def pids_in_cgroups(cgroup_root: str) -> set[int]:
@@ -171,17 +178,33 @@ class HostSnapshot:
     sysctls: dict[str, str] = field(default_factory=dict)
     links: list[str] = field(default_factory=list)
     shim_sockets: list[str] = field(default_factory=list)
+    cni_cache_existed: bool = True
 
     @classmethod
     def take(cls) -> HostSnapshot:
-        return cls(nodenet.read_sysctls(), sorted(_link_names()), sorted(_shim_sockets()))
+        return cls(
+            nodenet.read_sysctls(),
+            sorted(_link_names()),
+            sorted(_shim_sockets()),
+            CNI_CACHE.exists(),
+        )
 
     def to_state(self) -> dict[str, Any]:
-        return {"sysctls": self.sysctls, "links": self.links, "shim_sockets": self.shim_sockets}
+        return {
+            "sysctls": self.sysctls,
+            "links": self.links,
+            "shim_sockets": self.shim_sockets,
+            "cni_cache_existed": self.cni_cache_existed,
+        }
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> HostSnapshot:
-        return cls(dict(state["sysctls"]), list(state["links"]), list(state["shim_sockets"]))
+        return cls(
+            dict(state["sysctls"]),
+            list(state["links"]),
+            list(state["shim_sockets"]),
+            bool(state["cni_cache_existed"]),
+        )
 
 
 def _cmdline(pid: int) -> str:
@@ -232,16 +255,18 @@ def find_leftovers(
     left += [
         f"route {r}"
         for r in routes
-        if nodenet.BRIDGE in r or nodenet.DISCARD in r or r.startswith("10.244.200.")
+        if nodenet.BRIDGE in r
+        or nodenet.DISCARD in r
+        or r.startswith(("10.244.200.", nodenet.SERVICE_CIDR))
     ]
-    if netguard.discard_route_present(netguard.SERVICE_CIDR):
-        left.append(f"route {netguard.SERVICE_CIDR} still goes to {nodenet.DISCARD}")
     left += [f"link {name}" for name in sorted(_link_names() - set(before.links))]
     left += [
         f"containerd shim socket {s}" for s in sorted(_shim_sockets() - set(before.shim_sockets))
     ]
     if CNI_CACHE.is_dir():
         left += [f"CNI cache {p}" for p in CNI_CACHE.rglob(f"*{network_name}*")]
+        if not before.cni_cache_existed:
+            left.append(f"directory {CNI_CACHE} (created by the node)")
     for name, value in before.sysctls.items():
         now = nodenet.read_sysctls().get(name)
         if now != value:
@@ -251,8 +276,12 @@ def find_leftovers(
     return left
 
 
-def remove_cni_cache(network_name: str) -> None:
+def remove_cni_cache(network_name: str, cache_existed: bool) -> None:
+    """Drop libcni's cache files of our network (and the cache dir if we made it)."""
     if not CNI_CACHE.is_dir():
+        return
+    if not cache_existed:
+        shutil.rmtree(CNI_CACHE, ignore_errors=True)
         return
     for path in sorted(CNI_CACHE.rglob(f"*{network_name}*"), key=lambda p: -len(p.parts)):
         with contextlib.suppress(OSError):

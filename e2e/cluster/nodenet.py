@@ -1,13 +1,17 @@
 """Host networking of the real node: the Pod bridge, the Service discard device, guards.
 
     bridge rhnode0 (10.244.200.1/24)   Pods' veths plug in here (CNI bridge plugin)
-    veth rhdiscard0 <-> rhdiscard1     10.96.0.0/16 routes here while the node runs
+    veth rhdiscard0 <-> rhdiscard1     10.96.128.0/17 routes here while the node runs
 
 Nothing here makes traffic leave the machine: ip_forward stays 0, a FORWARD rule
 drops anything routed from the bridge to another interface, and Service IPs are
 routed to a veth pair whose far end drops every packet (no address, no
-forwarding). The veth replaces the `unreachable` route of the Service range
-because an unreachable route fails connect() before kube-proxy's DNAT runs.
+forwarding). An `unreachable` route would fail connect() before kube-proxy's
+DNAT runs, so a real-node cluster allocates its Service IPs from 10.96.128.0/17
+and only that more specific range goes to the veth: the shared, reference
+counted `unreachable 10.96.0.0/16` of netguard.py stays as it is (other clusters
+may run at once), and if the veth ever disappears its route goes with it and
+the unreachable /16 covers the range again.
 """
 
 from __future__ import annotations
@@ -21,8 +25,11 @@ from pathlib import Path
 from . import netguard
 
 BRIDGE = "rhnode0"
-DISCARD = netguard.DISCARD_DEVICE
-DISCARD_PEER = netguard.DISCARD_PEER
+DISCARD = "rhdiscard0"
+DISCARD_PEER = "rhdiscard1"
+# Inside netguard's unreachable 10.96.0.0/16; its probe address 10.96.0.1 stays outside.
+SERVICE_CIDR = "10.96.128.0/17"
+FIRST_SERVICE_IP = "10.96.128.1"
 NODE_SUBNET = "10.244.200.0/24"  # far above kwok's 10.244.(i+1).0/24 node ranges
 NODE_ADDRESS = "10.244.200.1"
 NODE_PREFIX = 24
@@ -111,6 +118,9 @@ class NodeNetwork:
                 "left it behind (`python e2e/cluster/cli.py down` or `ip link del "
                 f"{BRIDGE}`)"
             )
+        # The cluster's unreachable routes must be in place: they cover every address
+        # this node routes once its links are gone.
+        netguard.verify()
         if _run(["sysctl", "-n", "net.ipv4.ip_forward"]).stdout.strip() != "0":
             raise NodeNetworkError("net.ipv4.ip_forward is on; the real node needs it off")
         add_forward_guard()  # before any Pod exists
@@ -121,11 +131,11 @@ class NodeNetwork:
             _run(["ip", "link", "add", DISCARD, "type", "veth", "peer", "name", DISCARD_PEER])
             _run(["ip", "link", "set", DISCARD, "up"])
             _run(["ip", "link", "set", DISCARD_PEER, "up"])
-        netguard.route_services_to_discard()
+        _run(["ip", "route", "replace", SERVICE_CIDR, "dev", DISCARD])
 
     def teardown(self) -> None:
-        """Undo `setup`, in an order that never leaves the Service range without a route."""
-        netguard.route_services_unreachable()
+        """Undo `setup`; the Service range falls back to netguard's unreachable /16."""
+        _run(["ip", "route", "del", SERVICE_CIDR, "dev", DISCARD], check=False)
         for name in (DISCARD, BRIDGE):
             if link_exists(name):
                 _run(["ip", "link", "del", name])

@@ -15,6 +15,7 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any, TypeVar
 
 import pytest
@@ -48,7 +49,9 @@ def wait_until(what: str, probe: Callable[[], T | None], timeout: float = 90.0) 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[ControlPlane]:
     echo = nodeimages.build_image(nodeimages.ECHO)  # before the clock of the cluster starts
-    cp = ControlPlane(controllers=True, nodes=2, real_node=True)
+    cp = ControlPlane(
+        controllers=True, nodes=2, real_node=True, log=lambda m: print(f"[real-node] {m}")
+    )
     cp.start()
     try:
         assert cp.real_node is not None
@@ -143,7 +146,14 @@ def test_real_node_is_ready_and_kwok_nodes_are_tainted(cluster: ControlPlane) ->
     for item in kwok:
         assert KWOK_TAINT in item["spec"]["taints"]
     # Service IPs go to the discard veth, the node range to the bridge: never eth0.
-    assert route_device("10.96.0.1") == nodenet.DISCARD
+    assert route_device(nodenet.FIRST_SERVICE_IP) == nodenet.DISCARD
+    # The shared guard of other clusters' Service IPs is untouched.
+    assert (
+        "unreachable 10.96.0.0/16"
+        in subprocess.run(
+            ["ip", "route", "show", "type", "unreachable"], capture_output=True, text=True
+        ).stdout
+    )
     assert route_device("10.244.200.77") == nodenet.BRIDGE
     assert set(node.images()) >= {nodeimages.PAUSE_IMAGE, nodeimages.ECHO_IMAGE}
     print(f"real node Ready in {node.startup_seconds:.1f}s (containerd+kubelet+kube-proxy)")
@@ -185,9 +195,7 @@ def test_pause_pod_runs_on_the_real_node(cluster: ControlPlane) -> None:
 def test_echo_pods_serve_log_and_exec(cluster: ControlPlane) -> None:
     for name in ("echo-0", "echo-1"):
         create(cluster, "pods", echo_pod(name, {"app": "echo"}))
-    pods = [
-        wait_until(f"{n} Ready", lambda n=n: pod_ready(cluster, n)) for n in ("echo-0", "echo-1")
-    ]
+    pods = [wait_until(f"{n} Ready", partial(pod_ready, cluster, n)) for n in ("echo-0", "echo-1")]
     ips = [p["status"]["podIP"] for p in pods]
     assert len(set(ips)) == 2
     for ip in ips:
@@ -232,7 +240,7 @@ def test_cluster_ip_spreads_over_both_pods(cluster: ControlPlane) -> None:
 def test_pod_reaches_the_api_server_through_the_kubernetes_service(
     cluster: ControlPlane,
 ) -> None:
-    # /echo probe-apiserver: in-cluster config (10.96.0.1:443, SA token, CA verified).
+    # /echo probe-apiserver: in-cluster config (10.96.128.1:443, SA token, CA verified).
     out = cluster.kubectl(
         "exec", "-n", NAMESPACE, "echo-0", "--", "/echo", "probe-apiserver"
     ).stdout
@@ -253,7 +261,9 @@ def test_teardown_leaves_nothing_behind(cluster: ControlPlane) -> None:
         == []
     )
     assert not nodenet.link_exists(nodenet.BRIDGE)
-    out = subprocess.run(["ip", "route", "get", "10.96.0.1"], capture_output=True, text=True)
+    out = subprocess.run(
+        ["ip", "route", "get", nodenet.FIRST_SERVICE_IP], capture_output=True, text=True
+    )
     assert "unreachable" in out.stdout + out.stderr or "No route to host" in out.stderr
 
 
