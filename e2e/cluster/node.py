@@ -111,6 +111,11 @@ class RealNode:
         return self
 
     def _start(self, pause_archive: Path) -> None:
+        for binary in ("kubelet", "kube-proxy"):
+            if not Path(self.cp.binary(binary)).exists():
+                raise RealNodeError(
+                    f"{self.cp.binary(binary)} is missing: run e2e/cluster/build-binaries.sh"
+                )
         self.node_dir.mkdir(mode=0o700)
         for sub in ("pki", "cni/net.d", "cni/ipam", "kubelet", "pod-logs", "containerd"):
             self._path(sub).mkdir(parents=True, exist_ok=True)
@@ -154,7 +159,7 @@ class RealNode:
         changed = nodenet.restore_sysctls(self.snapshot.sysctls)
         if changed:
             self.log(f"restored sysctls: {changed}")
-        nodeclean.remove_cni_cache(CNI_NETWORK, self.snapshot.cni_cache_existed)
+        nodeclean.remove_host_paths(self.node_dir, CNI_NETWORK, self.snapshot)
         if self.cp.keep_workdir:  # keep the logs (they live in the cluster's logs dir)
             shutil.rmtree(self._path("containerd"), ignore_errors=True)
         shutil.rmtree(self.node_dir, ignore_errors=True)
@@ -273,7 +278,7 @@ class RealNode:
                 "namespace": "default",
                 "labels": {
                     "kubernetes.io/service-name": "kubernetes",
-                    "endpointslice.kubernetes.io/managed-by": "roundhouse.dev/real-node",
+                    "endpointslice.kubernetes.io/managed-by": "real-node.roundhouse.dev",
                 },
             },
             "addressType": "IPv4",
@@ -506,6 +511,7 @@ def kubelet_config(
         "tlsPrivateKeyFile": str(pki / "kubelet-serving.key"),
         "resolvConf": str(resolv_conf),
         "podLogsDir": str(pod_logs),
+        "volumePluginDir": str(pod_logs.parent / "volume-plugins"),  # not /usr/libexec
         "maxPods": 60,
         "clusterDomain": "cluster.local",
         # Thresholds low enough that a busy test machine never evicts the suite's Pods.

@@ -25,6 +25,17 @@ from . import nodenet
 CGROUP_FS = Path("/sys/fs/cgroup")
 CNI_CACHE = Path("/var/lib/cni")  # libcni's result cache; not configurable in containerd 1.6
 SHIM_SOCKETS = Path("/run/containerd/s")  # containerd 1.6 shims always put sockets here
+CONTAINER_LOG_LINKS = Path("/var/log/containers")  # the kubelet's symlinks, always here
+# Host paths the kubelet, containerd's shims and libcni create whatever the config says
+# (device plugin socket, shim sockets, CNI cache, log links): removed at teardown unless
+# they existed before the node started.
+HOST_PATHS = (
+    CNI_CACHE,
+    SHIM_SOCKETS.parent,
+    CONTAINER_LOG_LINKS,
+    Path("/var/lib/kubelet"),
+    Path("/usr/libexec/kubernetes"),  # the default volumePluginDir
+)
 KUBE_CHAIN_PREFIX = "KUBE-"
 _BUILTIN_CHAINS = {"INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"}
 
@@ -178,7 +189,7 @@ class HostSnapshot:
     sysctls: dict[str, str] = field(default_factory=dict)
     links: list[str] = field(default_factory=list)
     shim_sockets: list[str] = field(default_factory=list)
-    cni_cache_existed: bool = True
+    existing_paths: list[str] = field(default_factory=lambda: [str(p) for p in HOST_PATHS])
 
     @classmethod
     def take(cls) -> HostSnapshot:
@@ -186,15 +197,19 @@ class HostSnapshot:
             nodenet.read_sysctls(),
             sorted(_link_names()),
             sorted(_shim_sockets()),
-            CNI_CACHE.exists(),
+            [str(p) for p in HOST_PATHS if p.exists()],
         )
+
+    def created(self) -> list[Path]:
+        """Host paths that did not exist before the node started."""
+        return [p for p in HOST_PATHS if str(p) not in self.existing_paths]
 
     def to_state(self) -> dict[str, Any]:
         return {
             "sysctls": self.sysctls,
             "links": self.links,
             "shim_sockets": self.shim_sockets,
-            "cni_cache_existed": self.cni_cache_existed,
+            "existing_paths": self.existing_paths,
         }
 
     @classmethod
@@ -203,7 +218,7 @@ class HostSnapshot:
             dict(state["sysctls"]),
             list(state["links"]),
             list(state["shim_sockets"]),
-            bool(state["cni_cache_existed"]),
+            list(state["existing_paths"]),
         )
 
 
@@ -265,8 +280,8 @@ def find_leftovers(
     ]
     if CNI_CACHE.is_dir():
         left += [f"CNI cache {p}" for p in CNI_CACHE.rglob(f"*{network_name}*")]
-        if not before.cni_cache_existed:
-            left.append(f"directory {CNI_CACHE} (created by the node)")
+    left += [f"container log link {p}" for p in _log_links_into(node_dir)]
+    left += [f"{p} (created by the node)" for p in before.created() if p.exists()]
     for name, value in before.sysctls.items():
         now = nodenet.read_sysctls().get(name)
         if now != value:
@@ -276,12 +291,29 @@ def find_leftovers(
     return left
 
 
-def remove_cni_cache(network_name: str, cache_existed: bool) -> None:
-    """Drop libcni's cache files of our network (and the cache dir if we made it)."""
+def _log_links_into(node_dir: Path) -> list[Path]:
+    if not CONTAINER_LOG_LINKS.is_dir():
+        return []
+    prefix = str(node_dir) + "/"
+    return [
+        p
+        for p in CONTAINER_LOG_LINKS.iterdir()
+        if p.is_symlink() and os.readlink(p).startswith(prefix)
+    ]
+
+
+def remove_host_paths(node_dir: Path, network_name: str, before: HostSnapshot) -> None:
+    """Remove what the node created outside its work dir (see HOST_PATHS)."""
+    for link in _log_links_into(node_dir):
+        link.unlink(missing_ok=True)
+    for path in before.created():
+        shutil.rmtree(path, ignore_errors=True)
+    remove_cni_cache(network_name)
+
+
+def remove_cni_cache(network_name: str) -> None:
+    """Drop libcni's cache files of our network."""
     if not CNI_CACHE.is_dir():
-        return
-    if not cache_existed:
-        shutil.rmtree(CNI_CACHE, ignore_errors=True)
         return
     for path in sorted(CNI_CACHE.rglob(f"*{network_name}*"), key=lambda p: -len(p.parts)):
         with contextlib.suppress(OSError):
