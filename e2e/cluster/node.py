@@ -137,36 +137,53 @@ class RealNode:
         )
 
     def stop(self) -> None:
-        """Stop everything and undo every host change; fills `leftovers`."""
+        """Stop everything and undo every host change; fills `leftovers`.
+
+        Every step runs even if an earlier one failed: the leftover check then
+        names whatever a failed step did not remove.
+        """
         if not self._started:
             return
         self._started = False
         began = time.monotonic()
         for proc in reversed(self.processes):
-            if proc.name != "containerd":
-                proc.stop()
-        nodeclean.kill_cgroup_processes(CGROUP_ROOT)
-        containerd = [p for p in self.processes if p.name == "containerd"]
-        if containerd and containerd[0].alive():
-            self._delete_containers()  # lets the shims exit and unmount container rootfs
-            containerd[0].stop()
+            if proc.name != "containerd":  # containerd goes last: it deletes the containers
+                self._step(f"stop {proc.name}", proc.stop)
+        self._step("kill Pod processes", lambda: nodeclean.kill_cgroup_processes(CGROUP_ROOT))
+        self._step("stop containerd", self._stop_containerd)
         self.processes = []
-        self._kill_strays()
-        nodeclean.unmount_all(self.node_dir)
-        nodeclean.remove_cgroups(CGROUP_ROOT)
-        self._cleanup_iptables()
-        self.network.teardown()
-        changed = nodenet.restore_sysctls(self.snapshot.sysctls)
-        if changed:
-            self.log(f"restored sysctls: {changed}")
-        nodeclean.remove_host_paths(self.node_dir, CNI_NETWORK, self.snapshot)
-        if self.cp.keep_workdir:  # keep the logs (they live in the cluster's logs dir)
-            shutil.rmtree(self._path("containerd"), ignore_errors=True)
-        shutil.rmtree(self.node_dir, ignore_errors=True)
+        self._step("kill shims", self._kill_strays)
+        self._step("unmount", lambda: nodeclean.unmount_all(self.node_dir))
+        self._step("remove cgroups", lambda: nodeclean.remove_cgroups(CGROUP_ROOT))
+        self._step("clean iptables", self._cleanup_iptables)
+        self._step("remove links and routes", self.network.teardown)
+        self._step("restore sysctls", self._restore_sysctls)
+        self._step(
+            "remove host paths",
+            lambda: nodeclean.remove_host_paths(self.node_dir, CNI_NETWORK, self.snapshot),
+        )
+        shutil.rmtree(self.node_dir, ignore_errors=True)  # the logs live in cp.logs_dir
         self.teardown_seconds = time.monotonic() - began
         self.leftovers = self.find_leftovers()
         summary = "nothing left behind" if not self.leftovers else f"LEFT: {self.leftovers}"
         self.log(f"real node stopped in {self.teardown_seconds:.1f}s; {summary}")
+
+    def _step(self, what: str, action: Callable[[], object]) -> None:
+        try:
+            action()
+        except Exception as err:  # keep tearing down; find_leftovers reports the rest
+            self.log(f"real node teardown: {what} failed: {type(err).__name__}: {err}")
+
+    def _stop_containerd(self) -> None:
+        for proc in self.processes:
+            if proc.name == "containerd" and proc.alive():
+                self._delete_containers()  # lets the shims exit and unmount container rootfs
+                proc.stop()
+
+    def _restore_sysctls(self) -> None:
+        changed = nodenet.restore_sysctls(self.snapshot.sysctls)
+        if changed:
+            self.log(f"restored sysctls (found, restored): {changed}")
 
     def find_leftovers(self) -> list[str]:
         return nodeclean.find_leftovers(self.node_dir, CGROUP_ROOT, CNI_NETWORK, self.snapshot)

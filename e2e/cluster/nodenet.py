@@ -75,7 +75,7 @@ def read_sysctls() -> dict[str, str]:
 
 
 def restore_sysctls(saved: Mapping[str, str]) -> dict[str, tuple[str, str]]:
-    """Write back every value that changed; return {name: (was, now)} of those."""
+    """Write back every value that changed; return {name: (found, restored)} of those."""
     changed = {}
     current = read_sysctls()
     for name, value in saved.items():
