@@ -19,6 +19,7 @@ server on 127.0.0.1 (the API server never listens beyond loopback).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -96,6 +97,8 @@ class RealNode:
 
     def start(self) -> RealNode:
         """Bring the node to Ready; on failure tear down what was started and re-raise."""
+        if os.geteuid() != 0:
+            raise RealNodeError("a real node needs root (links, iptables, mounts, cgroups)")
         ensure_node_deps(self.log)
         pause = nodeimages.build_image(nodeimages.PAUSE)
         began = time.monotonic()
