@@ -100,6 +100,7 @@ class RealNode:
         if os.geteuid() != 0:
             raise RealNodeError("a real node needs root (links, iptables, mounts, cgroups)")
         ensure_node_deps(self.log)
+        self._sweep_killed_node()
         pause = nodeimages.build_image(nodeimages.PAUSE)
         began = time.monotonic()
         self.snapshot = HostSnapshot.take()
@@ -120,6 +121,7 @@ class RealNode:
                     f"{self.cp.binary(binary)} is missing: run e2e/cluster/build-binaries.sh"
                 )
         self.node_dir.mkdir(mode=0o700)
+        self._path(nodeclean.SNAPSHOT_FILE).write_text(json.dumps(self.snapshot.to_state()))
         for sub in ("pki", "cni/net.d", "cni/ipam", "kubelet", "pod-logs", "containerd"):
             self._path(sub).mkdir(parents=True, exist_ok=True)
         self.log(f"real node: bridge {nodenet.BRIDGE} {self.address}/{nodenet.NODE_PREFIX}")
@@ -170,6 +172,17 @@ class RealNode:
         self.leftovers = self.find_leftovers()
         summary = "nothing left behind" if not self.leftovers else f"LEFT: {self.leftovers}"
         self.log(f"real node stopped in {self.teardown_seconds:.1f}s; {summary}")
+
+    def _sweep_killed_node(self) -> None:
+        """One real node per machine: refuse if one runs, clean up if a killed one is left."""
+        live = nodeclean.live_node_dirs()
+        if live:
+            raise RealNodeError(f"another real node runs (one per machine): {', '.join(live)}")
+        leftover_dirs = nodeclean.stale_node_dirs(self.node_dir.parent.parent)
+        if nodenet.link_exists(nodenet.BRIDGE) or leftover_dirs:
+            nodeclean.sweep_stale_node(
+                self.node_dir.parent.parent, CGROUP_ROOT, CNI_NETWORK, self.log
+            )
 
     def _step(self, what: str, action: Callable[[], object]) -> None:
         try:

@@ -10,12 +10,13 @@ cgroups, CNI cache files, changed sysctls); tests assert it is empty.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,6 +179,15 @@ def _link_names() -> set[str]:
     return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line}
 
 
+def _node_link(name: str) -> bool:
+    """The bridge, the discard pair, or a Pod's host-side veth (the CNI plugin's "veth…")."""
+    return name.startswith("veth") or name in (
+        nodenet.BRIDGE,
+        nodenet.DISCARD,
+        nodenet.DISCARD_PEER,
+    )
+
+
 def _shim_sockets() -> set[str]:
     return {p.name for p in SHIM_SOCKETS.iterdir()} if SHIM_SOCKETS.is_dir() else set()
 
@@ -274,7 +284,9 @@ def find_leftovers(
         or nodenet.DISCARD in r
         or r.startswith(("10.244.200.", nodenet.SERVICE_CIDR))
     ]
-    left += [f"link {name}" for name in sorted(_link_names() - set(before.links))]
+    # Only names the node makes: other test runs may add their own links meanwhile.
+    new_links = _link_names() - set(before.links)
+    left += [f"link {name}" for name in sorted(new_links) if _node_link(name)]
     left += [
         f"containerd shim socket {s}" for s in sorted(_shim_sockets() - set(before.shim_sockets))
     ]
@@ -323,3 +335,64 @@ def remove_cni_cache(network_name: str) -> None:
                 path.rmdir()
             else:
                 path.unlink()
+
+
+# --------------------------------------------------------------------------- stale nodes
+
+_NODE_DIR_GLOB = "roundhouse-cp-*/node"
+SNAPSHOT_FILE = "host-snapshot.json"  # in the node dir: lets a sweep undo a killed node
+
+
+def live_node_dirs() -> list[str]:
+    """Node dirs some live kubelet or containerd of ours still uses (a real node runs)."""
+    live = set()
+    for pid in pids_referencing("/roundhouse-cp-"):
+        with contextlib.suppress(OSError):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            name = Path(argv[0].decode()).name
+            if name in ("kubelet", "containerd"):
+                for arg in argv:
+                    text = arg.decode()
+                    if "/node/" in text and "/roundhouse-cp-" in text:
+                        live.add(text[: text.index("/node/") + len("/node")].split("=")[-1])
+    return sorted(live)
+
+
+def stale_node_dirs(tmp: Path) -> list[Path]:
+    return sorted(tmp.glob(_NODE_DIR_GLOB))
+
+
+def sweep_stale_node(
+    tmp: Path, cgroup_root: str, network_name: str, log: Callable[[str], None]
+) -> None:
+    """Clean up after a real node whose test run was killed (no live kubelet/containerd).
+
+    Its shims and Pods may still run, its mounts, cgroups, links, routes and
+    KUBE-* chains are still there. The sysctls it changed cannot be restored:
+    their old values died with the run.
+    """
+    dirs = stale_node_dirs(tmp)
+    log(f"sweeping a killed real node: {', '.join(map(str, dirs)) or '(no work dir left)'}")
+    snapshots = []
+    for node_dir in dirs:
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            state = json.loads((node_dir / SNAPSHOT_FILE).read_text())
+            snapshots.append(HostSnapshot.from_state(state))
+    kill_cgroup_processes(cgroup_root)
+    for node_dir in dirs:
+        for pid in pids_referencing(str(node_dir)):
+            kill_pid(pid)
+    time.sleep(0.5)
+    for node_dir in dirs:
+        unmount_all(node_dir)
+        shutil.rmtree(node_dir, ignore_errors=True)
+    remove_cgroups(cgroup_root)
+    for command in ("iptables", "ip6tables"):
+        flush_kube_chains(command)
+    nodenet.NodeNetwork().teardown()
+    remove_cni_cache(network_name)
+    for node_dir, snapshot in zip(dirs, snapshots, strict=False):
+        remove_host_paths(node_dir, network_name, snapshot)
+        changed = nodenet.restore_sysctls(snapshot.sysctls)
+        if changed:
+            log(f"restored sysctls (found, restored): {changed}")

@@ -113,11 +113,7 @@ class NodeNetwork:
 
     def setup(self) -> None:
         if link_exists(BRIDGE):
-            raise NodeNetworkError(
-                f"{BRIDGE} exists: another real node runs (one per machine) or a killed one "
-                "left it behind (`python e2e/cluster/cli.py down` or `ip link del "
-                f"{BRIDGE}`)"
-            )
+            raise NodeNetworkError(f"{BRIDGE} exists: another real node runs (one per machine)")
         # The cluster's unreachable routes must be in place: they cover every address
         # this node routes once its links are gone.
         netguard.verify()

@@ -275,7 +275,8 @@ def test_leftover_check_sees_what_a_teardown_would_miss(tmp_path: Any) -> None:
     chain = "KUBE-RH-LEFTOVER-TEST"
     subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(node_dir / "mnt")], check=True)
     subprocess.run(
-        ["ip", "link", "add", "rhleft0", "type", "veth", "peer", "name", "rhleft1"], check=True
+        ["ip", "link", "add", "vethrhleft0", "type", "veth", "peer", "name", "vethrhleft1"],
+        check=True,
     )
     subprocess.run(["iptables", "-w", "-N", chain], check=True)
     try:
@@ -283,12 +284,12 @@ def test_leftover_check_sees_what_a_teardown_would_miss(tmp_path: Any) -> None:
             nodeclean.find_leftovers(node_dir, "/roundhouse-node", "roundhouse-node", before)
         )
         assert f"mount {node_dir / 'mnt'}" in found
-        assert "link rhleft0" in found and "link rhleft1" in found
+        assert "link vethrhleft0" in found and "link vethrhleft1" in found
         assert chain in found
         assert f"directory {node_dir}" in found
     finally:
         subprocess.run(["umount", str(node_dir / "mnt")], check=False)
-        subprocess.run(["ip", "link", "del", "rhleft0"], check=False)
+        subprocess.run(["ip", "link", "del", "vethrhleft0"], check=False)
         subprocess.run(["iptables", "-w", "-X", chain], check=False)
     node_dir.joinpath("mnt").rmdir()
     node_dir.rmdir()
