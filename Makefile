@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 EXAMPLES := $(filter-out examples/sample-app.yaml examples/offline-cluster.yaml,$(wildcard examples/*.yaml))
 
-.PHONY: help venv system-deps binaries haproxy-lts test test-unit test-integration test-e2e test-e2e-lts test-e2e-pods demo bench lint render manifests manifests-check \
+.PHONY: help venv system-deps node-deps binaries haproxy-lts test test-unit test-integration test-e2e test-e2e-lts test-e2e-pods demo bench lint render manifests manifests-check \
         cluster-up cluster-down clean
 
 help:  ## list the targets
@@ -27,6 +27,9 @@ system-deps:  ## Debian's haproxy (the tests' `haproxy -c`) and iproute2, if mis
 	@command -v haproxy >/dev/null && command -v ip >/dev/null || { \
 	  echo "installing Debian packages: haproxy iproute2"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy iproute2 >/dev/null; }
+
+node-deps:  ## Debian packages of the real node (containerd, runc, CNI plugins, conntrack, iptables, buildah, socat), if missing
+	@e2e/cluster/node-deps.sh
 
 binaries:  ## build (or reuse) kube-apiserver, etcd, controllers, kwok, helm from Go modules
 	@e2e/cluster/build-binaries.sh >/dev/null

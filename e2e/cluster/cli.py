@@ -1,6 +1,6 @@
 """Run a detached local control plane for manual work and e2e scripts.
 
-    python e2e/cluster/cli.py up [--no-controllers] [--nodes N]
+    python e2e/cluster/cli.py up [--no-controllers] [--nodes N] [--real-node]
     python e2e/cluster/cli.py status
     python e2e/cluster/cli.py kubeconfig
     python e2e/cluster/cli.py down
@@ -38,6 +38,7 @@ if sys.path and Path(sys.path[0]).resolve() == HERE:
 sys.path.insert(0, str(REPO_ROOT))
 
 from e2e.cluster.controlplane import ControlPlane, ControlPlaneError, cache_dir  # noqa: E402
+from e2e.cluster.processes import ManagedProcess  # noqa: E402
 
 
 def state_dir() -> Path:
@@ -80,18 +81,26 @@ def print_usage_hint(cp: ControlPlane) -> None:
 
 def stop_recorded(cp: ControlPlane) -> int:
     """Stop a recorded cluster; 0 when nothing it started is left running."""
-    started = list(cp.processes)  # stop() forgets them
+    node = cp.real_node
+    started = [*cp.processes, *(node.processes if node else [])]  # stop() forgets them
     cp.stop()
     state_file().unlink(missing_ok=True)
     leftovers = [p for p in started if p.alive()]
+    if node is not None and node.leftovers:
+        say(f"the real node left behind: {node.leftovers}")
+        return 1
     return 1 if leftovers else 0
+
+
+def all_processes(cp: ControlPlane) -> list[ManagedProcess]:
+    return [*cp.processes, *(cp.real_node.processes if cp.real_node else [])]
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     with state_lock():
         recorded = load_recorded()
         if recorded is not None:
-            dead = [p.name for p in recorded.processes if not p.alive()]
+            dead = [p.name for p in all_processes(recorded) if not p.alive()]
             if not dead:
                 say("already up")
                 print_usage_hint(recorded)
@@ -104,6 +113,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             log=say,
             detached=True,
             startup_timeout=args.timeout,
+            real_node=args.real_node,
         )
         try:
             cp.start()
@@ -115,6 +125,11 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"up in {cp.startup_seconds:.1f}s, kube-apiserver {cp.version.get('gitVersion')}; "
             f"state in {state_file()}"
         )
+        if cp.real_node is not None:
+            say(
+                f"real node {cp.real_node.name} ({cp.real_node.address}) Ready in "
+                f"{cp.real_node.startup_seconds:.1f}s; kwok nodes tainted NoSchedule"
+            )
         print_usage_hint(cp)
         return 0
 
@@ -137,8 +152,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if recorded is None:
         say("down (no cluster recorded)")
         return 1
-    dead = [p.name for p in recorded.processes if not p.alive()]
-    for proc in recorded.processes:
+    dead = [p.name for p in all_processes(recorded) if not p.alive()]
+    for proc in all_processes(recorded):
         state = "NOT RUNNING" if proc.name in dead else "running"
         print(f"  {proc.name:<24} pid {proc.pid:<8} {state}  log {proc.log_path}")
     if dead:
@@ -175,6 +190,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="also run controller-manager, scheduler and kwok (default: on)",
     )
     up.add_argument("--nodes", type=int, default=3, help="fake kwok nodes (default: 3)")
+    up.add_argument(
+        "--real-node",
+        action="store_true",
+        help="also run a real kubelet node (containerd, kube-proxy; root); see README",
+    )
     up.add_argument("--timeout", type=float, default=120.0, help="per-step startup timeout")
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop the recorded cluster").set_defaults(func=cmd_down)

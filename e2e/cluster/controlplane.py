@@ -36,11 +36,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import netguard
+from . import netguard, nodenet
 from .pki import CertificateAuthority, CertKey, service_account_keypair
 from .processes import ManagedProcess, clean_env, spawn
+
+if TYPE_CHECKING:
+    from .node import RealNode
 
 LOG = logging.getLogger("roundhouse.controlplane")
 
@@ -332,9 +335,18 @@ class ControlPlane:
         startup_timeout: float = 120.0,
         keep_workdir: bool | None = None,
         detached: bool = False,
+        real_node: bool = False,
     ) -> None:
-        """`detached=True` lets the processes outlive this Python process (cli.py up)."""
+        """`detached=True` lets the processes outlive this Python process (cli.py up).
+
+        `real_node=True` (needs `controllers=True` and root) also runs a real kubelet
+        node (node.py) and taints the kwok nodes so ordinary Pods run on it for real.
+        """
+        if real_node and not controllers:
+            raise ControlPlaneError("real_node=True needs controllers=True")
         self.detached = detached
+        self.with_real_node = real_node
+        self.real_node: RealNode | None = None
         self.controllers = controllers
         self.node_count = nodes if controllers else 0
         self.bin_dir = bin_dir
@@ -358,6 +370,21 @@ class ControlPlane:
         if self.workdir is None:
             raise ControlPlaneError("control plane is not started")
         return self.workdir
+
+    @property
+    def service_cidr(self) -> str:
+        """10.96.0.0/16, or its upper half with a real node (see nodenet.py for why)."""
+        return nodenet.SERVICE_CIDR if self.with_real_node else SERVICE_CIDR
+
+    @property
+    def first_service_ip(self) -> str:
+        """The `kubernetes` Service's ClusterIP."""
+        return nodenet.FIRST_SERVICE_IP if self.with_real_node else FIRST_SERVICE_IP
+
+    @property
+    def workdir_path(self) -> Path:
+        """The work dir of a started cluster (raises before start)."""
+        return self._dir()
 
     @property
     def pki_dir(self) -> Path:
@@ -458,6 +485,21 @@ class ControlPlane:
             self.log(f"WARNING: expected kube-apiserver {K8S_VERSION}, got {git_version}")
         if self.controllers:
             self._start_controllers()
+        if self.with_real_node:
+            self._start_real_node()
+
+    def _start_real_node(self) -> None:
+        from .node import KWOK_TAINT, RealNode  # node.py imports this module
+
+        for i in range(self.node_count):
+            self.rest.json(
+                "PATCH",
+                f"/api/v1/nodes/kwok-node-{i}",
+                {"spec": {"taints": [KWOK_TAINT]}},
+                content_type="application/merge-patch+json",
+            )
+        self.real_node = RealNode(self)
+        self.real_node.start()
 
     def _guard_network(self) -> None:
         self.log(f"guarding {', '.join(netguard.GUARDED_CIDRS)} with unreachable routes")
@@ -467,6 +509,9 @@ class ControlPlane:
     def stop(self) -> None:
         """Stop every process started (reverse order), drop routes, remove the work dir."""
         atexit.unregister(self.stop)
+        if self.real_node is not None:  # first: its teardown may still use the API server
+            self.real_node.stop()
+            self.real_node = None
         for proc in reversed(self.processes):
             if proc.alive():
                 self.log(f"stopping {proc.name} (pid {proc.pid})")
@@ -501,6 +546,7 @@ class ControlPlane:
             "server": self.server,
             "admin_kubeconfig": str(self.admin_kubeconfig),
             "processes": [p.to_state() for p in self.processes],
+            "real_node": self.real_node.to_state() if self.real_node else None,
         }
 
     @classmethod
@@ -519,10 +565,17 @@ class ControlPlane:
         cp.routes = list(state["routes"])
         cp.version = dict(state["version"])
         cp.processes = [ManagedProcess.from_state(p) for p in state["processes"]]
+        if state.get("real_node"):
+            from .node import RealNode
+
+            cp.with_real_node = True
+            cp.real_node = RealNode.from_state(cp, state["real_node"])
         return cp
 
     def running(self) -> list[ManagedProcess]:
-        return [p for p in self.processes if p.alive()]
+        nodes = self.real_node.processes if self.real_node else []
+        return [p for p in [*self.processes, *nodes] if p.alive()]
+
 
     # ---- PKI and kubeconfigs
 
@@ -531,10 +584,12 @@ class ControlPlane:
         ca = self._ca = CertificateAuthority.generate()
         pki = self.pki_dir
         ca.cert_key.write(pki, "ca")
+        # In-cluster clients dial the first Service IP (relayed via the bridge address).
+        node_ips = (nodenet.NODE_ADDRESS,) if self.with_real_node else ()
         ca.issue(
             "kube-apiserver",
             dns_names=APISERVER_SANS,
-            ip_addresses=(LOOPBACK, FIRST_SERVICE_IP),
+            ip_addresses=(LOOPBACK, self.first_service_ip, *node_ips),
             server=True,
         ).write(pki, "apiserver")
         sa_key, sa_pub = service_account_keypair()
@@ -546,6 +601,8 @@ class ControlPlane:
             "kube-controller-manager": ("system:kube-controller-manager", []),
             "kube-scheduler": ("system:kube-scheduler", []),
             "kwok": ("kwok", ["system:masters"]),  # a test fake: no need for tight RBAC
+            # The API server's identity at the kubelet (logs, exec, port-forward).
+            "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", ["system:masters"]),
         }
         for stem, (user, groups) in identities.items():
             cert = ca.issue(user, groups, client=True)
@@ -563,6 +620,14 @@ class ControlPlane:
             self.server, self.ca_file.read_bytes(), user, credentials, namespace
         )
         return _write_private(self.kubeconfig_dir / filename, json.dumps(config, indent=2))
+
+    def write_kubeconfig_for_cert(
+        self, path: Path, user: str, cert_file: Path, key_file: Path
+    ) -> Path:
+        """A kubeconfig at `path` for a client certificate already on disk."""
+        credentials = {"client-certificate": str(cert_file), "client-key": str(key_file)}
+        config = kubeconfig_dict(self.server, self.ca_file.read_bytes(), user, credentials)
+        return _write_private(path, json.dumps(config, indent=2))
 
     def kubeconfig_for_user(self, user: str, groups: Sequence[str] = ()) -> Path:
         """Kubeconfig authenticating as `user` in `groups` with a CA-signed client cert."""
@@ -635,6 +700,20 @@ class ControlPlane:
         )
         self.processes.append(proc)
         return proc
+
+    def allocate_port(self) -> int:
+        """A free loopback port for another component."""
+        return free_port()
+
+    def wait_for(
+        self,
+        what: str,
+        probe: Callable[[], bool],
+        procs: Sequence[ManagedProcess],
+        timeout: float | None = None,
+    ) -> None:
+        """Poll `probe` until true; fail fast with log tails if one of `procs` dies."""
+        self._wait(what, probe, procs, timeout)
 
     def _wait(
         self,
@@ -711,15 +790,27 @@ class ControlPlane:
                 f"--tls-private-key-file={pki / 'apiserver.key'}",
                 f"--client-ca-file={pki / 'ca.crt'}",
                 "--authorization-mode=Node,RBAC",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--service-cluster-ip-range={self.service_cidr}",
                 f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
                 "--allow-privileged=true",
                 "--profiling=false",
+                f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+                *self._real_node_apiserver_flags(),
             ],
         )
         self._wait("kube-apiserver /readyz", lambda: self.readyz() == "ok", [proc])
+
+    def _real_node_apiserver_flags(self) -> list[str]:
+        if not self.with_real_node:
+            return []  # kwok-only clusters keep the defaults
+        return [
+            # logs/exec dial the kubelet at its InternalIP (the bridge address), verified.
+            "--kubelet-preferred-address-types=InternalIP",
+            f"--kubelet-certificate-authority={self.pki_dir / 'ca.crt'}",
+        ]
 
     def _start_controllers(self) -> None:
         self._create_nodes()
@@ -785,7 +876,7 @@ class ControlPlane:
                 f"--service-account-private-key-file={pki / 'sa.key'}",
                 f"--cluster-signing-cert-file={pki / 'ca.crt'}",
                 f"--cluster-signing-key-file={pki / 'ca.key'}",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--service-cluster-ip-range={self.service_cidr}",
                 f"--cluster-cidr={POD_CIDR}",
                 "--allocate-node-cidrs=false",  # nodes get their pod /24 at creation
                 # Default is /usr/libexec/...; keep every file the cluster writes in the work dir.

@@ -1,0 +1,3 @@
+module roundhouse.dev/nodeimages
+
+go 1.26
