@@ -19,6 +19,7 @@ a hash of the image's inputs. Needs root (debootstrap, buildah); installs both i
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -184,7 +185,8 @@ class Builder:
                         volumes=(f"{HOST_CA}:{BASE_CA}:ro",) if HOST_CA.exists() else ())
             buildah.save(name, archive)
             log(f"{name}: archive written after {time.monotonic() - started:.0f}s")
-        prune(archive, f"{short}-{tag}-*.tar")
+        # A hash tag is replaced by the next one; a chosen tag only by itself.
+        prune(archive, f"{short}-{'[0-9a-f]' * 12 if self.tag is None else tag}-*.tar")
         log(f"{name}: built in {time.monotonic() - started:.0f}s")
         return BuiltImage(role, name, archive, built=True)
 
@@ -199,7 +201,10 @@ def prune(keep: Path, pattern: str) -> None:
 def build_all(tag: str | None = None) -> list[BuiltImage]:
     """The operator, haproxy and echo images, built or taken from the cache."""
     builder = Builder(tag)
-    return [builder.operator(), builder.haproxy(), builder.echo()]
+    # One build at a time per cache: two runs would write the same partial files.
+    with (builder.cache / "build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return [builder.operator(), builder.haproxy(), builder.echo()]
 
 
 def main(argv: list[str] | None = None) -> int:
