@@ -105,6 +105,10 @@ def test_operator_image_runs_roundhouse_as_10001(images: dict[str, BuiltImage],
     assert ran.returncode == 0, ran.stderr
     assert "render" in ran.stdout and "agent" in ran.stdout
     assert not (rootfs["operator"] / "opt/venv/bin/pip").exists()  # the Dockerfile drops pip
+    # pip saw the build host's CA bundle through a mount only: the image keeps the base's
+    # (Debian's, the same one the haproxy image copies), not the host's intercepting CA.
+    bundle = "etc/ssl/certs/ca-certificates.crt"
+    assert (rootfs["operator"] / bundle).read_bytes() == (rootfs["haproxy"] / bundle).read_bytes()
 
 
 def test_echo_image_runs_its_server_as_10002(images: dict[str, BuiltImage],
