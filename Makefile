@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 EXAMPLES := $(filter-out examples/sample-app.yaml examples/offline-cluster.yaml,$(wildcard examples/*.yaml))
 
-.PHONY: help venv system-deps node-deps binaries haproxy-lts test test-unit test-integration test-e2e test-e2e-lts test-e2e-pods demo bench lint render manifests manifests-check \
+.PHONY: help venv system-deps node-deps binaries haproxy-lts images test-images test test-unit test-integration test-e2e test-e2e-lts test-e2e-pods demo bench lint render manifests manifests-check \
         cluster-up cluster-down clean
 
 help:  ## list the targets
@@ -36,6 +36,12 @@ binaries:  ## build (or reuse) kube-apiserver, etcd, controllers, kwok, helm fro
 
 haproxy-lts:  ## fetch (or reuse) HAProxy 3.2, the LTS branch the manifests run, for the tests
 	@[ -n "$${ROUNDHOUSE_HAPROXY_LTS:-}" ] || e2e/cluster/fetch-haproxy-lts.sh >/dev/null
+
+images:  ## build (or reuse) the real-Pods tier's images offline; prints one docker-archive per line
+	@python3 e2e/images/build.py $(if $(IMAGES_TAG),--tag $(IMAGES_TAG))
+
+test-images: $(STAMP)  ## the images' own tests (root, buildah, debootstrap; a cold build takes minutes)
+	$(PYTEST) tests/harness/test_images.py -q -o testpaths=tests/harness
 
 render: $(STAMP) system-deps  ## render every example offline and validate it with the real haproxy -c
 	@for f in $(EXAMPLES); do \

@@ -1,0 +1,1 @@
+"""Container images of the real-Pods tier, built offline (build.py)."""
