@@ -67,6 +67,19 @@ async def apply_object(obj: dict[str, Any]) -> dict[str, Any]:
         raise apply_error(obj, kube.status_code(error), str(body)) from error
 
 
+async def drop_config_map_keys(namespace: str, name: str, keys: Iterable[str]) -> None:
+    """Remove `keys` from a ConfigMap's data (a merge patch: others' keys stay).
+    The ConfigMap already gone: nothing to drop."""
+    path = kube.object_path("ConfigMap", namespace, name)
+    try:
+        await kube.request("PATCH", path, body={"data": dict.fromkeys(keys)},
+                           content_type="application/merge-patch+json")
+    except Exception as error:
+        status = kube.status_code(error)
+        if status != 404:
+            raise ApplyError("ConfigMap", name, status, str(error)) from error
+
+
 async def apply_changed(objects: Iterable[dict[str, Any]], applied: Applied) -> list[ChildKey]:
     """Apply, in order (RBAC and config before the workload that uses them), each child
     whose desired form differs from the last one applied; `applied` is updated as each

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,7 +21,9 @@ from roundhouse import apply, certificates, resources, status
 from roundhouse.graph import ClusterState, ProxyGraph, child_name, issued_secret_name
 from roundhouse.model import SpecError
 from roundhouse.model.cluster import TLSSecret
+from roundhouse.model.pods import ProxyPod
 from roundhouse.pipeline import Desired
+from roundhouse.programmed import Want, parse_agent_report, programmed, stale_reports
 from roundhouse.render import objects
 from roundhouse.status import Condition
 
@@ -147,6 +148,7 @@ class Reconciler:
                      ", ".join(f"{k} {n}" for k, n in written), kind, namespace, name,
                      desired.rendered.config_hash)
         await self._write(key, body, generation, previous, conditions, counts, address)
+        await _drop_stale_reports(owner, idx)
         return [p.message for p in desired.graph.problems if p.retry]
 
     def _cluster_state(self, model: resources.Model, idx: Indexes) -> ClusterState:
@@ -188,11 +190,33 @@ class Reconciler:
             return
         await status.write_status(kind, namespace, name, new_status)
         before = {c.get("type"): (c.get("status"), c.get("message")) for c in previous}
+        before_reason = {c.get("type"): c.get("reason") for c in previous}
         for c in conditions:
             if not c.status and c.type != "Ready" and before.get(c.type) != ("False", c.message):
                 kopf.event(body, type="Warning", reason=c.reason, message=c.message)
+            elif (c.status and c.type != "Ready" and c.reason in status.DEGRADED_REASONS
+                  and before_reason.get(c.type) != c.reason):
+                # Once per change of reason: the message names the config, which moves.
+                kopf.event(body, type="Warning", reason=c.reason, message=c.message)
             elif c.status and c.type == "Ready" and before.get("Ready", ("",))[0] != "True":
                 kopf.event(body, type="Normal", reason="Ready", message=c.message)
+
+
+async def _drop_stale_reports(owner: objects.Owner, idx: Indexes) -> None:
+    """Reports of Pods that are gone: out of the agents' ConfigMap (status ignores them
+    already). The operator does it, as it sees the Pods; the agents cannot list them."""
+    pods = {p.name for p in _proxy_pods(owner, idx)}
+    stale = stale_reports(_report_data(owner, idx), pods, dt.datetime.now(dt.UTC))
+    if not stale:
+        return
+    name = objects.agent_status_name(owner)
+    try:
+        await apply.drop_config_map_keys(owner.namespace, name, stale)
+    except apply.ApplyError as err:  # the next reconcile tries again
+        log.warning("cannot drop stale agent reports: %s", err)
+        return
+    log.info("dropped the reports of Pods that are gone from %s/%s: %s", owner.namespace,
+             name, ", ".join(stale))
 
 
 def _conditions(owner: objects.Owner, replicas: int, desired: Desired,
@@ -223,35 +247,21 @@ def _accepted(g: ProxyGraph) -> Condition:
 
 def _programmed(owner: objects.Owner, replicas: int, desired: Desired,
                 idx: Indexes) -> Condition:
-    instance = child_name(owner.kind, owner.name)
-    pods = list(idx.pods.get((owner.namespace, instance)) or [])
-    ready = sorted(pod for pod, is_ready in pods if is_ready)
-    want = desired.rendered.config_hash
-    if not ready:
-        return Condition("Programmed", False, "NoReadyReplicas",
-                         f"0/{replicas} proxy replicas are ready; config {want} "
-                         "is waiting for them")
+    want = Want(replicas, desired.rendered.config_hash, desired.graph.limits.max_connections)
+    return programmed(want, _proxy_pods(owner, idx), _reports(owner, idx))
+
+
+def _proxy_pods(owner: objects.Owner, idx: Indexes) -> list[ProxyPod]:
+    return list(idx.pods.get((owner.namespace, child_name(owner.kind, owner.name))) or [])
+
+
+def _report_data(owner: objects.Owner, idx: Indexes) -> dict[str, str]:
     cm = idx.first(idx.configmaps, (owner.namespace, objects.agent_status_name(owner)))
-    reports = {pod: parse_agent_report(text) for pod, text in (cm["data"] if cm else {}).items()}
-    current = [p for p in ready if reports.get(p, {}).get("configHash") == want]
-    if len(current) == len(ready):
-        return Condition("Programmed", True, "Programmed",
-                         f"{len(ready)} ready proxy replica(s) run config {want}")
-    rejected = sorted({str(r["error"]) for p in ready if (r := reports.get(p, {})).get("error")})
-    if rejected:
-        return Condition("Programmed", False, "ConfigRejected",
-                         f"proxies kept their previous config: {rejected[0]}")
-    return Condition("Programmed", False, "Pending",
-                     f"{len(current)}/{len(ready)} ready proxy replicas run config {want}")
+    return dict(cm["data"]) if cm else {}
 
 
-def parse_agent_report(text: str) -> dict[str, Any]:
-    """An agent's report: {"configHash", "structureHash", "error", "reloads", "time"}."""
-    try:
-        report = json.loads(text)
-    except ValueError:
-        return {}
-    return report if isinstance(report, dict) else {}
+def _reports(owner: objects.Owner, idx: Indexes) -> dict[str, dict[str, Any]]:
+    return {pod: parse_agent_report(text) for pod, text in _report_data(owner, idx).items()}
 
 
 def _backends_healthy(g: ProxyGraph) -> Condition:

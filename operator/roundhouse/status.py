@@ -41,9 +41,18 @@ def merge_conditions(previous: Iterable[Mapping[str, Any]], new: Iterable[Condit
     return out
 
 
+# True, but short of what the spec asks: Ready stays True and names it, and a Warning
+# Event is posted when a condition takes such a reason.
+DEGRADED_REASONS = frozenset({"ConnectionLimitReduced"})
+
+
 def ready_condition(conditions: list[Condition]) -> Condition:
     failing = [c for c in conditions if not c.status]
     if not failing:
+        degraded = [c for c in conditions if c.reason in DEGRADED_REASONS]
+        if degraded:
+            return Condition("Ready", True, degraded[0].reason,
+                             f"{degraded[0].type}: {degraded[0].message}")
         return Condition("Ready", True, "Ready", "all conditions are met")
     first = failing[0]
     return Condition("Ready", False, first.reason, f"{first.type}: {first.message}")

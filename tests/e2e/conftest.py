@@ -254,8 +254,9 @@ def lb_body(name: str = "web", port: int = LISTENER_PORT, **spec: Any) -> dict[s
         "spec": {"listeners": [{"name": "http", "port": port, "protocol": "HTTP"}],
                  "backends": [{"service": "web", "port": "http"}],
                  "proxy": {"replicas": 1},
-                 # The default (10000) makes HAProxy want 20041 FDs; this sandbox caps
-                 # RLIMIT_NOFILE at 20000 without CAP_SYS_RESOURCE to raise it.
+                 # This sandbox caps RLIMIT_NOFILE at 20000 (no CAP_SYS_RESOURCE to raise
+                 # it): under the default (10000) HAProxy derives a maxconn just below and
+                 # the status says ConnectionLimitReduced (a test of its own checks that).
                  "limits": {"maxConnections": 4000}},
     }
     body["spec"].update(spec)

@@ -140,6 +140,28 @@ def test_status_ready_and_programmed_through_the_real_agent_report(
     assert lb["status"]["backends"] == {"ready": 3, "total": 3}
 
 
+def test_default_max_connections_start_under_the_sandbox_open_files_limit(
+        env_factory: Callable[..., Env]) -> None:
+    """This machine's RLIMIT_NOFILE is 20000 and cannot be raised: a global maxconn of
+    10000 (20041 FDs) made HAProxy refuse to start on a real node here. It serves now,
+    and the status names the connections it really accepts."""
+    env = _ready_env(env_factory, limits={"maxConnections": 10_000})
+    assert env.proxy is not None
+    assert "<error>" not in traffic.spread(env.port, 30)
+    lb = wait_for(lambda: (o := get_lb(env.kube, env.namespace, "web")) and condition(
+        o, "Programmed").get("reason") == "ConnectionLimitReduced" and o, 60,
+        "Programmed=True/ConnectionLimitReduced")
+    programmed = condition(lb, "Programmed")
+    assert programmed["status"] == "True"
+    report = json.loads(client.CoreV1Api(env.kube).read_namespaced_config_map(
+        "web-lb-agents", env.namespace).data[env.proxy.pod_name])
+    assert 9_000 < report["maxconn"] < 10_000 and report["ulimitN"] <= 20_000, report
+    assert f"{env.proxy.pod_name} at most {report['maxconn']} (open-files limit " \
+           f"{report['ulimitN']})" in programmed["message"], programmed
+    ready = condition(lb, "Ready")
+    assert (ready["status"], ready["reason"]) == ("True", "ConnectionLimitReduced")
+
+
 def _cookie(reply: traffic.Reply) -> str:
     assert reply.cookie, f"no Set-Cookie from {reply.backend}"
     return reply.cookie.split(";")[0].strip()

@@ -124,6 +124,7 @@ class Scenario:
     cert: Cert | None = None
     timeouts: dict[str, str] = field(default_factory=dict)
     previous: dict[str, dict[str, str]] = field(default_factory=dict)
+    max_connections: int = 1000
 
     def desired(self) -> DesiredState:
         protocol = "HTTPS" if self.https else "HTTP"
@@ -131,7 +132,8 @@ class Scenario:
                                     "protocol": protocol}
         if self.https:
             listener["tls"] = {"secretName": SECRET}
-        spec: dict[str, Any] = {"listeners": [listener], "limits": {"maxConnections": 1000}}
+        spec: dict[str, Any] = {"listeners": [listener],
+                                "limits": {"maxConnections": self.max_connections}}
         if self.timeouts:
             spec["timeouts"] = self.timeouts
         lb = parse_loadbalancer(lb_object(**spec))
@@ -223,11 +225,13 @@ def configmap_for(desired: DesiredState, version: str, name: str = "web-lb") -> 
 
 
 class HAProxy:
-    def __init__(self, binary: str, runtime_dir: Path) -> None:
+    def __init__(self, binary: str, runtime_dir: Path, nofile: int | None = None) -> None:
         self.runtime_dir = runtime_dir
         self.log = open(runtime_dir / "haproxy.log", "wb")  # noqa: SIM115
+        # nofile: start under that open-files limit (soft and hard), as on a node with it.
+        limit = ["prlimit", f"--nofile={nofile}:{nofile}"] if nofile else []
         self.proc = subprocess.Popen(
-            [binary, "-W", "-db", "-S", str(runtime_dir / "master.sock"),
+            [*limit, binary, "-W", "-db", "-S", str(runtime_dir / "master.sock"),
              "-f", str(runtime_dir / "haproxy.cfg")],
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)  # its own process group: the teardown kills it whole
@@ -285,14 +289,16 @@ class Rig:
 
 @contextlib.contextmanager
 def rig(binary: str, backends: int = 3, *, https: bool = False,
-        agent_binary: str | None = None) -> Iterator[Rig]:
+        agent_binary: str | None = None, max_connections: int = 1000,
+        nofile: int | None = None) -> Iterator[Rig]:
     """Backends + a rendered config installed by the agent + a running HAProxy; all cleaned up.
 
     A test may replace `rig.haproxy` (restart it): whichever is current is stopped.
     """
     tmp = Path(tempfile.mkdtemp(prefix="rh-agent-"))  # short: unix socket paths are limited
     scenario = Scenario(tmp, free_port(), free_port(), https=https,
-                        cert=issue_cert() if https else None)
+                        cert=issue_cert() if https else None,
+                        max_connections=max_connections)
     started: list[HAProxy] = []
     try:
         for name in "abcdefgh"[:backends]:
@@ -300,7 +306,7 @@ def rig(binary: str, backends: int = 3, *, https: bool = False,
         agent = Agent(tmp, haproxy_bin=agent_binary or binary, metrics=AgentMetrics())
         result = agent.install(scenario.desired())
         assert result.action != "rejected", result.error
-        started.append(HAProxy(binary, tmp))
+        started.append(HAProxy(binary, tmp, nofile))
         started[0].wait_up()
         wait_serving(scenario.port, https)
         r = Rig(scenario, agent, started[0])

@@ -295,3 +295,58 @@ def test_loop_applies_watched_changes_and_reports(haproxy_binary: str) -> None:
         finally:
             stop.set()
             loop.join(5)
+
+
+# -- the open-files limit of the node ----------------------------------------------------------
+
+DEFAULT_MAX_CONNECTIONS = 10_000  # spec.limits.maxConnections when omitted
+
+
+def test_default_spec_starts_under_a_20000_open_files_limit(haproxy_binary: str) -> None:
+    """The wall a real node showed: a global maxconn 10000 needs 20041 FDs and HAProxy
+    refused to start. Rendered now, HAProxy derives maxconn from the limit, serves, and
+    the agent reports what it got, below what the spec asked."""
+    with rig(haproxy_binary, max_connections=DEFAULT_MAX_CONNECTIONS, nofile=20_000) as r:
+        assert set(r.spread(6)) == {"a", "b", "c"}
+        limits = r.agent.refresh_limits()
+        assert limits is not None
+        assert 19_900 <= limits.open_files <= 20_000  # 2.6's worker keeps one for itself
+        assert 9_000 < limits.max_connections < DEFAULT_MAX_CONNECTIONS
+        assert limits.max_sockets <= 20_000
+        body = r.agent.status().to_dict()
+        assert (body["maxconn"], body["ulimitN"]) == (limits.max_connections,
+                                                      limits.open_files)
+
+
+def test_low_open_files_limit_gives_a_proportionally_lower_maxconn(haproxy_binary: str) -> None:
+    with rig(haproxy_binary, max_connections=DEFAULT_MAX_CONNECTIONS, nofile=1024) as r:
+        assert set(r.spread(3)) == {"a", "b", "c"}
+        limits = r.agent.refresh_limits()
+        assert limits is not None and 1000 <= limits.open_files <= 1024
+        assert 256 < limits.max_connections < 512
+
+
+def test_enough_open_files_give_at_least_the_spec_maxconn(haproxy_binary: str) -> None:
+    """fd-hard-limit caps the derived maxconn near the spec, never below it."""
+    with rig(haproxy_binary, max_connections=2_000, nofile=20_000) as r:
+        limits = r.agent.refresh_limits()
+        assert limits is not None
+        assert limits.open_files < 20_000  # capped by fd-hard-limit, not the node's limit
+        assert 2_000 <= limits.max_connections <= 2_600
+
+
+def test_loop_reports_the_limits_haproxy_runs_with(haproxy_binary: str) -> None:
+    with rig(haproxy_binary, max_connections=DEFAULT_MAX_CONNECTIONS, nofile=4096) as r:
+        desired = r.scenario.desired()
+        api = FakeAPI(configmap_for(desired, "1"))
+        stop = threading.Event()
+        loop = threading.Thread(target=run, args=(r.agent, Source(
+            api, "ns", "web-lb", "web-lb-agents", "pod-1"), stop), daemon=True)
+        loop.start()
+        try:
+            _eventually(lambda: 4000 <= (api.status() or {}).get("ulimitN", 0) <= 4096)
+            status = api.status() or {}
+            assert 1000 < status["maxconn"] < 2048 and status["maxsock"] <= 4096
+        finally:
+            stop.set()
+            loop.join(5)

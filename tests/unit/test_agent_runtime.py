@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 
 from roundhouse.agent.runtime import (
+    ProcessLimits,
     RuntimeAPIError,
     RuntimeClient,
     SocketUnavailable,
     _server_reply_ok,
     parse_servers_state,
+    parse_show_info,
     parse_show_proc,
 )
 
@@ -113,3 +115,29 @@ def test_missing_socket_is_unavailable(tmp_path: object) -> None:
         client.server_command("show info")
     with pytest.raises(ValueError):
         client.replace_certificate("/x/../evil pem", "")
+
+
+INFO = """\
+Name: HAProxy
+Version: 3.2.26-1
+Pid: 7
+Uptime_sec: 3
+Memmax_MB: 0
+Ulimit-n: 20000
+Maxsock: 20000
+Maxconn: 9986
+Hard_maxconn: 9986
+CurrConns: 0
+"""
+
+
+def test_show_info_limits() -> None:
+    assert parse_show_info(INFO) == ProcessLimits(max_connections=9986, max_sockets=20000,
+                                                  open_files=20000)
+
+
+def test_show_info_without_limits_is_an_error() -> None:
+    with pytest.raises(RuntimeAPIError, match="Maxconn"):
+        parse_show_info("Name: HAProxy\nPid: 7\n")
+    with pytest.raises(RuntimeAPIError):
+        parse_show_info(INFO.replace("Maxconn: 9986", "Maxconn: lots"))

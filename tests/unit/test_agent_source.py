@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import json
 import threading
@@ -17,6 +18,7 @@ from roundhouse.agent.agent import Agent, AgentStatus, DesiredState
 from roundhouse.agent.cli import build_parser, run_agent, run_once
 from roundhouse.agent.loop import Latest
 from roundhouse.agent.metrics import AgentMetrics
+from roundhouse.agent.runtime import ProcessLimits
 from roundhouse.agent.source import (
     Gone,
     KubernetesAPI,
@@ -140,6 +142,10 @@ def test_status_report_is_a_json_value_under_the_pod_name() -> None:
                                          "time": "2030-01-02T03:04:05Z"}
     assert not src.report(status)  # unchanged: not patched again
     assert src.report(status, force=True)
+    with_limits = dataclasses.replace(status, limits=ProcessLimits(9986, 20000, 20000))
+    assert src.report(with_limits)  # HAProxy answered `show info`: a change worth a patch
+    assert json.loads(api.patches[-1][1]["pod-1"])["maxconn"] == 9986
+    assert json.loads(api.patches[-1][1]["pod-1"])["ulimitN"] == 20000
 
 
 def test_latest_mailbox_keeps_only_the_newest() -> None:

@@ -51,6 +51,8 @@ def test_deployment_is_hardened_and_highly_available() -> None:
         assert sc["readOnlyRootFilesystem"] is True
         assert sc["allowPrivilegeEscalation"] is False
         assert sc["capabilities"] == {"drop": ["ALL"]}
+        # A crash's last log lines become the termination message the status quotes.
+        assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
     anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
     assert anti[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
     assert {t["topologyKey"] for t in pod["topologySpreadConstraints"]} == {

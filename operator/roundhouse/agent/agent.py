@@ -37,7 +37,12 @@ from roundhouse.agent.plan import (
     digest,
     parse_pools,
 )
-from roundhouse.agent.runtime import RuntimeAPIError, RuntimeClient, SocketUnavailable
+from roundhouse.agent.runtime import (
+    ProcessLimits,
+    RuntimeAPIError,
+    RuntimeClient,
+    SocketUnavailable,
+)
 from roundhouse.render.structure import config_hash, structure_hash
 
 log = logging.getLogger(__name__)
@@ -110,15 +115,22 @@ class AgentStatus:
     error: str | None
     reloads: int
     time: dt.datetime
+    limits: ProcessLimits | None = None  # None: HAProxy not asked yet (or not running)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "configHash": self.config_hash,
             "structureHash": self.structure_hash,
             "error": self.error,
             "reloads": self.reloads,
             "time": self.time.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
+        if self.limits is not None:
+            # The operator compares maxconn with spec.limits.maxConnections.
+            body |= {"maxconn": self.limits.max_connections,
+                     "maxsock": self.limits.max_sockets,
+                     "ulimitN": self.limits.open_files}
+        return body
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -147,6 +159,7 @@ class Agent:
         self.retry_rejected_after = retry_rejected_after
         self.reloads = 0
         self.error: str | None = None
+        self.limits: ProcessLimits | None = None
         self._applied: Snapshot | None = None
         self._hashes: tuple[str, str] | None = None  # (configHash, structureHash) applied
         self._rejected: tuple[str, str, float] | None = None  # (desired key, why, when)
@@ -161,7 +174,21 @@ class Agent:
 
     def status(self) -> AgentStatus:
         config, structure = self._hashes or (None, None)
-        return AgentStatus(config, structure, self.error, self.reloads, dt.datetime.now(dt.UTC))
+        return AgentStatus(config, structure, self.error, self.reloads, dt.datetime.now(dt.UTC),
+                           self.limits)
+
+    def refresh_limits(self) -> ProcessLimits | None:
+        """Ask the serving worker what it runs with; the last answer if it cannot say now."""
+        try:
+            limits = self.client.limits()
+        except RuntimeAPIError as err:
+            log.debug("cannot read HAProxy's limits: %s", err)
+            return self.limits
+        if limits != self.limits:
+            log.info("HAProxy runs with maxconn %d (open-files limit %d, maxsock %d)",
+                     limits.max_connections, limits.open_files, limits.max_sockets)
+        self.limits = limits
+        return limits
 
     def load(self) -> bool:
         """Adopt what is on disk as applied, if the agent's own record vouches for it."""

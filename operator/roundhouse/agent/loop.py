@@ -88,6 +88,7 @@ def run(agent: Agent, source: Source, stop: threading.Event, *, retry_seconds: f
         elif current is None or retry_at is None or time.monotonic() < retry_at:
             continue
         result = apply_configmap(agent, source, current)
+        agent.refresh_limits()  # a reload may have started a worker with other limits
         source.report(agent.status())
         if result.action == "error":  # transient (HAProxy or a Secret away): try again
             retry_at = time.monotonic() + delay

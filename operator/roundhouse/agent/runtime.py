@@ -59,6 +59,25 @@ class ServerRuntimeState:
     weight: int
 
 
+@dataclass(frozen=True)
+class ProcessLimits:
+    """What the serving worker runs with (`show info`): HAProxy derives its global maxconn
+    from the open-files limit, so on a node with a low limit it can be below the spec."""
+
+    max_connections: int  # Maxconn
+    max_sockets: int  # Maxsock
+    open_files: int  # Ulimit-n
+
+
+def parse_show_info(text: str) -> ProcessLimits:
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    try:
+        return ProcessLimits(int(fields["Maxconn"]), int(fields["Maxsock"]),
+                             int(fields["Ulimit-n"]))
+    except (KeyError, ValueError) as err:
+        raise RuntimeAPIError(f"`show info` has no usable {err}") from err
+
+
 def parse_show_proc(text: str) -> ProcTable:
     master_pid = reloads = 0
     failed = -1
@@ -207,6 +226,9 @@ class RuntimeClient:
 
     def show_proc(self) -> ProcTable:
         return parse_show_proc(self.master("show proc"))
+
+    def limits(self) -> ProcessLimits:
+        return parse_show_info(self.command("show info"))
 
     def worker_pid(self) -> int:
         """The PID of the process answering on the stats socket."""

@@ -14,6 +14,7 @@ from typing import Any
 import kopf
 
 from roundhouse.model.cluster import parse_endpoint_slice, parse_service, parse_tls_secret
+from roundhouse.model.pods import parse_proxy_pod
 from roundhouse.render import payload
 from roundhouse.resources import claim_of
 
@@ -72,9 +73,9 @@ def rh_proxy_pods(namespace: str, name: str, labels: kopf.Labels, status: kopf.S
     instance = labels.get("app.kubernetes.io/instance")
     if not instance or meta.get("deletionTimestamp"):
         return None
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True"
-                for c in status.get("conditions") or [])
-    return {(namespace, instance): (name, ready)}
+    # Readiness and, if it cannot run, why: every status change re-reconciles its owner
+    # (dependencies.proxy_pod_changed), which reads this.
+    return {(namespace, instance): parse_proxy_pod(name, status)}
 
 
 @kopf.index("roundhouse.dev", "v1alpha1", "loadbalancers")

@@ -55,6 +55,18 @@ class RenderedConfig:
                 + "\n}}\n")
 
 
+# File descriptors beyond two per connection (client and server side): listeners, sockets,
+# pollers and wake-up pipes per thread. Generous, so that on a node with enough of them the
+# maxconn HAProxy derives is never below limits.maxConnections, even with many threads.
+FD_RESERVE = 1024
+
+
+def fd_hard_limit(max_connections: int) -> int:
+    """The `fd-hard-limit` for `max_connections`: HAProxy derives its global maxconn from
+    min(this, the process's open-files limit), about (limit - reserved) / 2."""
+    return 2 * max_connections + FD_RESERVE
+
+
 def status_port(graph: ProxyGraph) -> int:
     """Fixed, never moved: the model refuses a listener on it, so the Pod's probes and
     containerPort stay put whatever the listeners (moving it would roll every Pod)."""
@@ -234,6 +246,7 @@ def _render(graph: ProxyGraph, options: RenderOptions) -> str:
         source_acl=source_acl,
         retry_on=retry_on,
         hv=header_value,
+        fd_hard_limit=fd_hard_limit,
     )
 
 

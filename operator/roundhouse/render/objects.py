@@ -225,6 +225,9 @@ def deployment(owner: Owner, graph: ProxyGraph, rendered: RenderedConfig, proxy:
             "limits": {"memory": "512Mi"},
         },
         "securityContext": _container_security(),
+        # HAProxy's last words ("Cannot raise FD limit ...") reach the Pod status, and
+        # from there the LoadBalancer's: a crash loop says why in `Programmed`.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [runtime_mount, {"name": "tmp", "mountPath": "/tmp"}],
     }
     agent = {
@@ -238,6 +241,7 @@ def deployment(owner: Owner, graph: ProxyGraph, rendered: RenderedConfig, proxy:
         "resources": {"requests": {"cpu": "20m", "memory": "64Mi"},
                       "limits": {"memory": "256Mi"}},
         "securityContext": _container_security(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [runtime_mount],
     }
     init = {**agent, "name": "agent-init", "args": [*agent_args, "--once"]}
