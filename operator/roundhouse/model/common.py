@@ -204,7 +204,7 @@ def parse_proxy(r: Reader) -> ProxySettings:
         replicas=r.integer("replicas", 2, minimum=1, maximum=50),
         service_type=r.enum("serviceType", SERVICE_TYPES, "LoadBalancer"),
         resources=parse_resources(r.child("resources")),
-        node_selector=check_labels(r, "nodeSelector"),
+        node_selector=check_labels(r, "nodeSelector", max_items=32),
         tolerations=tuple(parse_toleration(t) for t in r.items("tolerations", max_items=32)),
     )
 
