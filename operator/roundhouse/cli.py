@@ -23,6 +23,7 @@ from roundhouse.model.cluster import (
     parse_service,
     parse_tls_secret,
 )
+from roundhouse.model.common import size_errors
 from roundhouse.pipeline import Desired, desired_for_loadbalancer, desired_for_reverseproxy
 from roundhouse.render.guard import forbidden_lines
 from roundhouse.render.haproxy import RenderOptions
@@ -104,8 +105,11 @@ def cmd_render(args: argparse.Namespace) -> int:
             meta.setdefault("uid", "00000000-0000-0000-0000-000000000000")
         name = meta.get("name", "?") if isinstance(meta, dict) else "?"
         try:
+            refused = size_errors(doc)
             if "apiVersion" not in doc:
-                raise SpecError([FieldError("apiVersion", "Required value")])
+                refused.append(FieldError("apiVersion", "Required value"))
+            if refused:
+                raise SpecError(refused)
             desired = _desired(doc, docs, RenderOptions(cert_dir=args.cert_dir)
                                if args.cert_dir else None)
         except SpecError as err:

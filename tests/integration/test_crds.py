@@ -119,10 +119,15 @@ def test_unknown_fields_are_refused_as_offline(crds_installed: None, kube: clien
                    "limits": {"cpu": 1, "memory": "1Gi"}}},
 ])
 def test_what_the_crd_accepts_renders_a_deployment_the_api_server_accepts(
-        crds_installed: None, kube: client.ApiClient, proxy: dict[str, Any]) -> None:
-    obj = merge_patch(LB_BASE, {"spec": {"proxy": proxy}})
+        crds_installed: None, kube: client.ApiClient, control_plane: Any, tmp_path: Path,
+        proxy: dict[str, Any]) -> None:
+    obj = merge_patch(LB_BASE, {"spec": {"proxy": proxy},
+                                "metadata": {"uid": "0b7c1e4e-52a4-4c1b-9d0e-6f1d2a3b4c5d"}})
     dry_run_create(kube, "default", obj)  # the CRD accepts it
-    lb = parse_loadbalancer(obj)
-    desired = desired_for_loadbalancer(lb, ClusterState())
+    desired = desired_for_loadbalancer(parse_loadbalancer(obj), ClusterState())
     [deployment] = [c for c in desired.children if c["kind"] == "Deployment"]
-    client.AppsV1Api(kube).create_namespaced_deployment("default", deployment, dry_run="All")
+    # kubectl, not the Python client: its models refuse `cpu: 1`, which a Pod takes.
+    path = tmp_path / "deployment.json"
+    path.write_text(json.dumps(deployment))
+    done = control_plane.kubectl("create", "--dry-run=server", "-f", str(path), check=False)
+    assert done.returncode == 0, done.stderr

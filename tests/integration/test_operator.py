@@ -334,17 +334,20 @@ def test_missing_user_secret_is_reported_and_recovers(
         operator: OperatorProcess, kube: client.ApiClient, namespace: str,
         tmp_path: Path) -> None:
     sample_app(kube, namespace)
-    listeners = [{"name": "http", "port": 80, "protocol": "HTTP"},
+    listeners = [{"name": "http", "port": 80, "protocol": "HTTP", "redirectToHTTPS": True},
                  {"name": "https", "port": 443, "protocol": "HTTPS",
                   "tls": {"secretName": "my-cert"}}]
     create_lb(kube, namespace, lb_body(listeners=listeners))
     bad = wait_for(lambda: (c := condition(get_lb(kube, namespace, "web"), "TLSReady"))
                    .get("status") == "False" and c, 60, "TLSReady=False")
     assert bad["reason"] == "SecretNotFound" and "'my-cert'" in bad["message"]
+    # Its redirect would point at nothing: the status says the HTTP listener answers 503.
+    assert "spec.listeners[0].redirectToHTTPS: HTTPS listener 'https' is down" in bad["message"]
     # The HTTP listener keeps working meanwhile: only the HTTPS one is left out.
     cfg = client.CoreV1Api(kube).read_namespaced_config_map("web-lb", namespace).data[
         "haproxy.cfg"]
     assert "frontend fe_http" in cfg and "frontend fe_https" not in cfg
+    assert "http-request return status 503" in cfg and "redirect scheme" not in cfg
 
     import base64
     import datetime as dt
@@ -362,6 +365,8 @@ def test_missing_user_secret_is_reported_and_recovers(
     cfg = client.CoreV1Api(kube).read_namespaced_config_map("web-lb", namespace).data[
         "haproxy.cfg"]
     assert "frontend fe_https" in cfg and "crt my-cert.pem" in cfg
+    assert "http-request redirect scheme https code 301" in cfg
+    assert "return status 503" not in cfg
     role = client.RbacAuthorizationV1Api(kube).read_namespaced_role("web-lb", namespace)
     assert any(r.resources == ["secrets"] and r.resource_names == ["my-cert"] for r in role.rules)
 

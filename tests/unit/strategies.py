@@ -14,6 +14,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from roundhouse.model.kubetypes import parse_quantity
+from roundhouse.model.pod import RESERVED_PORTS
 
 API_VERSION = "roundhouse.dev/v1alpha1"
 PROTOCOLS = ("TCP", "HTTP", "HTTPS", "TLSPassthrough")
@@ -39,6 +40,16 @@ def short_labels() -> st.SearchStrategy[str]:
 
 def dns_subdomains() -> st.SearchStrategy[str]:
     return st.lists(dns_labels(20), min_size=1, max_size=4).map(".".join)
+
+
+def listener_ports() -> st.SearchStrategy[int]:
+    """Any port but the ones the proxy Pod uses itself."""
+    return st.integers(1, 65535).filter(lambda port: port not in RESERVED_PORTS)
+
+
+def label_keys() -> st.SearchStrategy[str]:
+    """Kubernetes label (and taint) keys: a name, or a DNS subdomain prefix and a name."""
+    return st.one_of(dns_labels(20), st.tuples(dns_subdomains(), dns_labels(20)).map("/".join))
 
 
 def dns_names() -> st.SearchStrategy[str]:
@@ -84,7 +95,7 @@ def listener_tls(draw: st.DrawFn) -> Obj:
 def listeners(draw: st.DrawFn) -> list[Obj]:
     count = draw(st.one_of(st.integers(1, 4), st.integers(1, 16)))
     names = draw(st.lists(short_labels(), min_size=count, max_size=count, unique=True))
-    ports = draw(st.lists(st.integers(1, 65535), min_size=count, max_size=count,
+    ports = draw(st.lists(listener_ports(), min_size=count, max_size=count,
                           unique=True))
     protocols = draw(st.lists(st.sampled_from(PROTOCOLS), min_size=count, max_size=count))
     has_https = "HTTPS" in protocols
@@ -178,9 +189,9 @@ def tolerations(draw: st.DrawFn) -> Obj:
     operator = draw(st.sampled_from(["Exists", "Equal"]))
     toleration: Obj = {"operator": operator}
     if operator == "Equal":  # an empty key only goes with Exists ("match all keys")
-        toleration["key"] = draw(dns_subdomains())
+        toleration["key"] = draw(label_keys())
     else:
-        _maybe(draw, toleration, "key", dns_subdomains())
+        _maybe(draw, toleration, "key", label_keys())
     if operator == "Equal":
         _maybe(draw, toleration, "value", dns_labels(20))
     _maybe(draw, toleration, "effect",
@@ -387,7 +398,7 @@ def reverseproxy_specs(draw: st.DrawFn) -> Obj:
     """A valid ReverseProxy spec."""
     count = draw(st.integers(1, 3))
     names = draw(st.lists(short_labels(), min_size=count, max_size=count, unique=True))
-    ports = draw(st.lists(st.integers(1, 65535), min_size=count, max_size=count, unique=True))
+    ports = draw(st.lists(listener_ports(), min_size=count, max_size=count, unique=True))
     protocols = draw(st.lists(st.sampled_from(["HTTP", "HTTPS"]), min_size=count,
                               max_size=count))
     has_https = "HTTPS" in protocols

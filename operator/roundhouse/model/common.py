@@ -204,7 +204,7 @@ def parse_proxy(r: Reader) -> ProxySettings:
         replicas=r.integer("replicas", 2, minimum=1, maximum=50),
         service_type=r.enum("serviceType", SERVICE_TYPES, "LoadBalancer"),
         resources=parse_resources(r.child("resources")),
-        node_selector=check_labels(r, "nodeSelector"),
+        node_selector=check_labels(r, "nodeSelector", max_items=32),
         tolerations=tuple(parse_toleration(t) for t in r.items("tolerations", max_items=32)),
     )
 
@@ -268,7 +268,7 @@ MAX_OBJECT_BYTES = 1 << 20
 
 def object_meta(obj: dict[str, Any], kind: str, errors: list[FieldError]) -> dict[str, Any]:
     """What the API server checks before the schema: apiVersion, the top-level and
-    metadata fields, their types, labels, the object's size. Returns the metadata."""
+    metadata fields, their types, labels. Returns the metadata."""
     api_version = obj.get("apiVersion")
     if api_version is not None and api_version != API_VERSION:
         errors.append(FieldError("apiVersion", f"Invalid value: {shown(api_version)}: must "
@@ -276,11 +276,6 @@ def object_meta(obj: dict[str, Any], kind: str, errors: list[FieldError]) -> dic
     for key in obj:
         if key not in TOP_LEVEL_FIELDS:
             errors.append(FieldError(str(key), f'unknown field "{key}"'))
-    size = json_size(obj)
-    if size > MAX_OBJECT_BYTES:
-        errors.append(FieldError("<root>", f"Too long: the object is {size} bytes as JSON; "
-                                 f"the API server can store at most about {MAX_OBJECT_BYTES} "
-                                 "(etcd's 1.5 MiB request limit, with managedFields)"))
     meta = obj.get("metadata")
     if meta is None:
         return {}
@@ -297,6 +292,17 @@ def object_meta(obj: dict[str, Any], kind: str, errors: list[FieldError]) -> dic
     r.integer("generation", 0, minimum=0, maximum=2**63 - 1)
     r.unknown_fields()
     return meta
+
+
+def size_errors(obj: dict[str, Any]) -> list[FieldError]:
+    """An object the API server could not store. Offline only (`roundhouse render`): an
+    object the operator reads was stored, so it fits, whatever its managedFields add."""
+    size = json_size(obj)
+    if size <= MAX_OBJECT_BYTES:
+        return []
+    return [FieldError("<root>", f"Too long: the object is {size} bytes as JSON; the API "
+                       f"server can store at most about {MAX_OBJECT_BYTES} (etcd's 1.5 MiB "
+                       "request limit, with managedFields)")]
 
 
 def json_size(obj: Any) -> int:

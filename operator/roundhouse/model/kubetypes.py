@@ -74,10 +74,12 @@ def label_value_errors(value: str) -> list[str]:
     return errors
 
 
-def check_labels(r: Reader, key: str) -> dict[str, str]:
+def check_labels(r: Reader, key: str, max_items: int | None = None) -> dict[str, str]:
     """A label map (metadata.labels, a nodeSelector): each key and value as Kubernetes
     has them. Errors name the map, then the key, as the CRD's rules do."""
     labels = r.string_map(key)
+    if max_items is not None and len(labels) > max_items:
+        r.error(key, f"Too many: {len(labels)}: must have at most {max_items} items")
     for name, value in labels.items():
         for problem in qualified_name_errors(name):
             r.error(key, f"Invalid value: {shown(name)}: {problem}")
