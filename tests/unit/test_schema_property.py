@@ -18,10 +18,13 @@ from tests.unit.conftest import haproxy_binaries
 from tests.unit.schema_properties import Rendered, Tally, check_configs, check_object
 from tests.unit.schema_strategies import SchemaStrategies
 
-EXAMPLES = int(os.environ.get("ROUNDHOUSE_PROPERTY_EXAMPLES", "300"))
+EXAMPLES = int(os.environ.get("ROUNDHOUSE_PROPERTY_EXAMPLES", "200"))
 KINDS = ("LoadBalancer", "ReverseProxy")
 
 
+# pytest-timeout's 600 s would stop a large run midway (and hypothesis then reports the
+# interrupted example as flaky): about a second an object even on a busy machine.
+@pytest.mark.timeout(max(600, EXAMPLES))
 @pytest.mark.parametrize("kind", KINDS)
 def test_schema_drawn_objects_render_and_pass_haproxy(kind: str, tmp_path: Path) -> None:
     strategies = SchemaStrategies.for_kind(kind)
