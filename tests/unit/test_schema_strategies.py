@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 import re2
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 
-from tests.unit.schema_strategies import CRD_FILES, SchemaStrategies, cidrs, regex
+from tests.unit.schema_strategies import CRD_FILES, cidrs, regex
 from tests.unit.schema_validator import _is_cidr, load_crd
 
 

@@ -306,10 +306,10 @@ def _route(r: Reader) -> Route:
     redirect = _redirect(r.child("redirect")) if r.has("redirect") else None
     if r.has("backends") == r.has("redirect"):
         r.error("", "a route needs exactly one of backends or redirect")
-    for field in BACKEND_ONLY_ROUTE_FIELDS:
+    for key in BACKEND_ONLY_ROUTE_FIELDS:
         # A redirect route answers by itself: these would silently do nothing.
-        if r.has(field) and not r.has("backends"):
-            r.error(field, f"{field} is only allowed on a route with backends")
+        if r.has(key) and not r.has("backends"):
+            r.error(key, f"{key} is only allowed on a route with backends")
     rewrite = None
     if r.has("rewrite"):
         w = r.child("rewrite")
