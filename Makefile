@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 EXAMPLES := $(filter-out examples/sample-app.yaml examples/offline-cluster.yaml,$(wildcard examples/*.yaml))
 
-.PHONY: help venv system-deps node-deps binaries haproxy-lts images test-images test test-unit test-integration test-e2e test-e2e-lts test-e2e-pods demo bench lint render manifests manifests-check \
+.PHONY: help venv system-deps node-deps binaries haproxy-lts images test-images test test-unit test-property-large test-integration test-e2e test-e2e-lts test-e2e-pods demo bench lint render manifests manifests-check \
         cluster-up cluster-down clean
 
 help:  ## list the targets
@@ -53,6 +53,9 @@ render: $(STAMP) system-deps  ## render every example offline and validate it wi
 
 test-unit: $(STAMP) system-deps haproxy-lts  ## unit tier: model, graph, render, tls, schema, agent (no cluster); haproxy -c and the agent on 2.6 and 3.2
 	$(PYTEST) tests/unit -q
+
+test-property-large: $(STAMP) system-deps haproxy-lts  ## issue 11's property test at scale: 3000 objects from the CRDs' schema and CEL rules (about 15 min)
+	ROUNDHOUSE_PROPERTY_EXAMPLES=$${ROUNDHOUSE_PROPERTY_EXAMPLES:-3000} $(PYTEST) tests/unit/test_schema_property.py -q -s
 
 test-integration: $(STAMP) binaries  ## integration tier: real kube-apiserver, etcd, controllers, kwok
 	$(PYTEST) tests/integration -q -o testpaths=tests/integration

@@ -57,6 +57,10 @@ Schema = dict[str, Any]
 # ---------------------------------------------------------------------------- builders
 
 
+# Route fields that only a request sent to a backend uses (not a redirect).
+BACKEND_ONLY_ROUTE_FIELDS = ("timeouts", "retries", "requestHeaders", "responseHeaders")
+
+
 def rule(expr: str, message: str, *, field_path: str | None = None,
          reason: str = "FieldValueInvalid") -> Schema:
     """One x-kubernetes-validations entry."""
@@ -858,6 +862,12 @@ def route() -> Schema:
             rule("!has(self.rewrite) || has(self.backends)",
                  "rewrite is only allowed on a route with backends",
                  field_path=".rewrite", reason="FieldValueForbidden"),
+            # A redirect route answers by itself: what only a request to a backend
+            # uses would be accepted and silently do nothing.
+            *(rule(f"!has(self.{field}) || has(self.backends)",
+                   f"{field} is only allowed on a route with backends",
+                   field_path=f".{field}", reason="FieldValueForbidden")
+              for field in BACKEND_ONLY_ROUTE_FIELDS),
             rule("!has(self.rewrite) || !has(self.rewrite.pathPrefix) || "
                  "self.match.path.type == 'Prefix'",
                  "rewrite.pathPrefix needs match.path.type Prefix",

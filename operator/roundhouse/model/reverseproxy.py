@@ -56,6 +56,8 @@ RETRY_ON = ("connect-failure", "empty-response", "junk-response", "response-time
             "502", "503", "504")
 REDIRECT_SCHEMES = ("http", "https")
 REDIRECT_CODES = (301, 302, 303, 307, 308)
+# Route fields that only a request sent to a backend uses (crds/generate.py has the same).
+BACKEND_ONLY_ROUTE_FIELDS = ("timeouts", "retries", "requestHeaders", "responseHeaders")
 HSTS_MAX_MS = 2 * 365 * 86_400_000
 
 
@@ -316,6 +318,10 @@ def _route(r: Reader) -> Route:
     redirect = _redirect(r.child("redirect")) if r.has("redirect") else None
     if r.has("backends") == r.has("redirect"):
         r.error("", "a route needs exactly one of backends or redirect")
+    for key in BACKEND_ONLY_ROUTE_FIELDS:
+        # A redirect route answers by itself: these would silently do nothing.
+        if r.has(key) and not r.has("backends"):
+            r.error(key, f"{key} is only allowed on a route with backends")
     rewrite = None
     if r.has("rewrite"):
         w = r.child("rewrite")
