@@ -47,6 +47,7 @@ CHART = ROOT / "manifests" / "roundhouse"
 OPERATOR_REPOSITORY = "roundhouse"
 ECHO_REPOSITORY = "roundhouse-echo"
 UPGRADE_SUFFIX = "-upgrade"
+DOCKER_LIBRARY = "docker.io/library/"  # how containerd names `roundhouse:<tag>`
 
 
 def log(message: str) -> None:
@@ -159,15 +160,16 @@ def main(argv: Sequence[str]) -> int:
     archives = build_images(tag)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     began = time.monotonic()
-    cp = ControlPlane(controllers=True, nodes=3, real_node=True, log=log)  # type: ignore[call-arg]
+    cp = ControlPlane(controllers=True, nodes=3, real_node=True, log=log)
     rc = 1
     try:
         cp.start()
-        node = cp.real_node  # type: ignore[attr-defined]
+        node = cp.real_node
+        assert node is not None
         node.import_images(archives)
         # The upgrade test's "new" operator image: the same content under a second tag.
-        node.tag_image(f"{OPERATOR_REPOSITORY}:{tag}",
-                       f"{OPERATOR_REPOSITORY}:{tag}{UPGRADE_SUFFIX}")
+        node.ctr("images", "tag", "--force", f"{DOCKER_LIBRARY}{OPERATOR_REPOSITORY}:{tag}",
+                 f"{DOCKER_LIBRARY}{OPERATOR_REPOSITORY}:{tag}{UPGRADE_SUFFIX}")
         helm_install(cp, tag)
         args = list(argv) or ["tests/e2e", "-q", "-p", "no:cacheprovider",
                               "-o", "testpaths=tests/e2e", "-rs"]
