@@ -168,10 +168,20 @@ class PodProxy:
     def restart_agent(self, timeout: float = 120.0) -> None:
         """SIGTERM the agent; returns once the kubelet restarted its container."""
         starts = self.agent_starts()
-        with contextlib.suppress(PodProxyError):  # the container may go before kubectl
-            self._exec("stop-agent")               # exec reports back
-        wait_for(lambda: self.agent_starts() > starts and self.agent_running(), timeout,
-                 f"the agent container of {self.pod_name} restarted")
+        deadline = time.monotonic() + timeout
+        # Sent again while the container has not restarted: on a real node a `kubectl
+        # exec` can end before its process ran (seen here: no "signal 15" in the log).
+        while True:
+            with contextlib.suppress(PodProxyError):  # the container may go before
+                self._exec("stop-agent")               # kubectl exec reports back
+            try:
+                wait_for(lambda: self.agent_starts() > starts and self.agent_running(),
+                         min(20.0, max(1.0, deadline - time.monotonic())),
+                         f"the agent container of {self.pod_name} restarted")
+                return
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise
 
     def alive(self) -> bool:
         statuses = self._pod().status.container_statuses or []
