@@ -52,6 +52,7 @@ ECHO_UID = 10002  # the echo Dockerfile's USER
 ECHO_NAME_LABEL = "app.kubernetes.io/name"
 ECHO_NAME = "roundhouse-echo"  # e2e/kind/run.sh collects these Pods' logs on failure
 TLS_MOUNT = "/etc/echo-tls"
+ECHO_DRAIN_SECONDS = 8  # a scaled-down echo Pod serves this long after its deletion
 
 
 def echo_image() -> str:
@@ -146,11 +147,16 @@ def echo_deployment(app: str = "web", replicas: int = 3, image: str | None = Non
                     tls_secret: str | None = None) -> dict[str, Any]:
     """The kubeconfig-mode sample_app(): a Deployment of echo Pods (scale it as usual)."""
     labels = echo_labels(app)
+    spec = echo_pod_spec(image or echo_image(), tls_secret)
+    # As a well-behaved backend does: keep serving while the endpoint removal of a
+    # scale-down reaches the proxies (the echo server itself stops at SIGTERM).
+    spec["terminationGracePeriodSeconds"] = 15
+    for container in spec["containers"]:
+        container["lifecycle"] = {"preStop": {"sleep": {"seconds": ECHO_DRAIN_SECONDS}}}
     return {"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": app, "labels": labels},
             "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": app}},
-                     "template": {"metadata": {"labels": labels},
-                                  "spec": echo_pod_spec(image or echo_image(), tls_secret)}}}
+                     "template": {"metadata": {"labels": labels}, "spec": spec}}}
 
 
 def echo_service(app: str = "web", port: int = 80) -> dict[str, Any]:

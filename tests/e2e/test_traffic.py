@@ -13,7 +13,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from e2e.harness import traffic
+import pytest
+from e2e.harness import modes, traffic
+from e2e.harness.service_relay import SERVICE, proxy_access
 from kubernetes import client
 from tests.e2e.conftest import (
     BULK_BACKENDS,
@@ -207,8 +209,12 @@ def test_cookie_persistence_across_scaling(env_factory: Callable[..., Env]) -> N
         got = _pinned(env.port, cookie)
         if backend in two:
             assert got == {backend}, f"{backend} lost its clients at 2: {got}"
-        else:  # its Pod is gone: redispatched to a live one, never an error
-            assert got <= set(two), f"client of gone {backend} got {got}"
+        else:
+            # Its Pod is going: while it drains (a real Pod serves through its preStop
+            # pause) its clients may still reach it; then they are redispatched to a live
+            # one. Never an error (None).
+            assert None not in got and got <= {*two, backend}, (
+                f"client of gone {backend} got {got}")
     # Scaling only moves servers between slots: run time, no reload.
     assert env.proxy.show_proc()[:2] == procs
     print(f"cookies held over 3 -> 5 -> 2 for {sorted(two)}; HAProxy {procs} not reloaded")
@@ -272,6 +278,12 @@ def test_structural_changes_under_load_lose_nothing(env_factory: Callable[..., E
     assert f"timeout server {31 + changes - 1}s" in proxy.running_config()
 
 
+@pytest.mark.skipif(
+    not modes.is_local() and proxy_access() == SERVICE,
+    reason="through the Service: while its agent container restarts, Kubernetes counts the "
+           "proxy Pod NotReady (every container counts), so with the suite's one proxy "
+           "replica the Service has no endpoint for that moment; port-forward (kind) and the "
+           "local tier reach HAProxy directly, and 2+ replicas (the default) keep serving")
 def test_agent_restart_adopts_the_running_config_without_reload(
         env_factory: Callable[..., Env]) -> None:
     env = _ready_env(env_factory)
