@@ -524,6 +524,15 @@ def test_request_rate_per_client_answers_429_then_recovers(
     assert [traffic.request(env.port).status for _ in range(5)] == [200] * 5
 
 
+def _current_connections(env: Env) -> int:
+    """CurrConns of `show info`: the connections HAProxy holds now."""
+    for line in env.proxy.stats("show info").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "CurrConns":
+            return int(value.strip() or 0)
+    return 0
+
+
 @local_only("holds idle TCP connections open to the proxy; through kubectl port-forward "
             "each is a stream of one forwarding connection, and a refused one is the "
             "forward's error, not the client's")
@@ -534,7 +543,10 @@ def test_connections_per_client_are_capped(env_factory: Callable[..., Env]) -> N
     with contextlib.ExitStack() as stack:
         idle = [stack.enter_context(socket.create_connection(("127.0.0.1", env.port), 5))
                 for _ in range(3)]
-        time.sleep(0.3)  # let HAProxy accept and count all three
+        # HAProxy counts them when it accepts them: wait for that, not a fixed pause
+        # (0.3 s was not enough on a loaded machine).
+        assert env.proxy is not None
+        wait_for(lambda: _current_connections(env) >= 3, 15, "HAProxy holding the three")
         fourth = traffic.get(env.port)
         print(f"a 4th connection while 3 are open: {fourth.error}")
         assert fourth.error is not None and fourth.status == 0, fourth
