@@ -712,16 +712,6 @@ class ControlPlane:
         procs: Sequence[ManagedProcess],
         timeout: float | None = None,
     ) -> None:
-        """Poll `probe` until true; fail fast with log tails if one of `procs` dies."""
-        self._wait(what, probe, procs, timeout)
-
-    def _wait(
-        self,
-        what: str,
-        probe: Callable[[], bool],
-        procs: Sequence[ManagedProcess],
-        timeout: float | None = None,
-    ) -> None:
         """Poll `probe` until true; fail fast with log tails if a component dies."""
         timeout = self.startup_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
@@ -770,7 +760,7 @@ class ControlPlane:
                 "--log-level=warn",
             ],
         )
-        self._wait("etcd /health", lambda: _http_ok(f"{client}/health"), [proc])
+        self.wait_for("etcd /health", lambda: _http_ok(f"{client}/health"), [proc])
 
     def _start_apiserver(self) -> None:
         pki = self.pki_dir
@@ -801,7 +791,7 @@ class ControlPlane:
                 *self._real_node_apiserver_flags(),
             ],
         )
-        self._wait("kube-apiserver /readyz", lambda: self.readyz() == "ok", [proc])
+        self.wait_for("kube-apiserver /readyz", lambda: self.readyz() == "ok", [proc])
 
     def _real_node_apiserver_flags(self) -> list[str]:
         if not self.with_real_node:
@@ -818,23 +808,23 @@ class ControlPlane:
         scheduler = self._start_scheduler()
         kwok = self._start_kwok()
         procs = [kcm, scheduler, kwok]
-        self._wait(
+        self.wait_for(
             "kube-controller-manager /healthz",
             lambda: _http_ok(f"https://{LOOPBACK}:{self.ports.controller_manager}/healthz"),
             procs,
         )
-        self._wait(
+        self.wait_for(
             "kube-scheduler /healthz",
             lambda: _http_ok(f"https://{LOOPBACK}:{self.ports.scheduler}/healthz"),
             procs,
         )
-        self._wait(
+        self.wait_for(
             "kwok /healthz", lambda: _http_ok(f"http://{LOOPBACK}:{self.ports.kwok}/healthz"), procs
         )
         self.log(f"waiting for {self.node_count} fake nodes to become Ready")
-        self._wait(f"{self.node_count} Ready nodes", self._nodes_ready, procs)
+        self.wait_for(f"{self.node_count} Ready nodes", self._nodes_ready, procs)
         # Pods need their namespace's ServiceAccount (created by the KCM) to be admitted.
-        self._wait(
+        self.wait_for(
             "ServiceAccount default/default",
             lambda: (
                 self.rest.request("GET", "/api/v1/namespaces/default/serviceaccounts/default")[0]
