@@ -16,7 +16,7 @@ from typing import Any
 import kopf
 
 from roundhouse import apply, kube, tls
-from roundhouse.graph import child_name, issued_secret_name
+from roundhouse.graph.names import issued_ca_name, issued_secret_name
 from roundhouse.model.cluster import TLSSecret, parse_tls_secret
 from roundhouse.render import objects
 
@@ -30,7 +30,7 @@ def issued_name(owner: objects.Owner) -> str:
 
 
 def ca_name(owner: objects.Owner) -> str:
-    return f"{child_name(owner.kind, owner.name)}-ca"
+    return issued_ca_name(owner.kind, owner.name)
 
 
 async def ensure_issued(owner: objects.Owner, names: tuple[str, ...], lookup: Lookup,

@@ -148,7 +148,7 @@ def _haproxy_check(config: str, graph: ProxyGraph) -> bool:
         print("error: the rendered config holds directives that load or run code; not "
               "checked:\n  " + "\n  ".join(forbidden), file=sys.stderr)
         return False
-    from roundhouse.testing import write_placeholder_certificates
+    from roundhouse.placeholder_certificates import write_placeholder_certificates
 
     with tempfile.TemporaryDirectory() as tmp:
         write_placeholder_certificates(

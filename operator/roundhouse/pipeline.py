@@ -6,8 +6,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from roundhouse.graph import ClusterState, ProxyGraph, build_loadbalancer_graph
-from roundhouse.graph_reverseproxy import build_reverseproxy_graph
+from roundhouse.graph import (
+    ClusterState,
+    ProxyGraph,
+    build_loadbalancer_graph,
+    build_reverseproxy_graph,
+)
 from roundhouse.model.loadbalancer import LoadBalancer
 from roundhouse.model.reverseproxy import ReverseProxy
 from roundhouse.render import objects
@@ -21,10 +25,6 @@ class Desired:
     children: tuple[dict[str, Any], ...]  # in apply order: RBAC, config, workload, service
 
 
-def loadbalancer_owner(lb: LoadBalancer) -> objects.Owner:
-    return objects.Owner("LoadBalancer", lb.name, lb.namespace, lb.uid)
-
-
 def desired_for_loadbalancer(
     lb: LoadBalancer,
     cluster: ClusterState,
@@ -32,11 +32,7 @@ def desired_for_loadbalancer(
     options: RenderOptions | None = None,
 ) -> Desired:
     graph = build_loadbalancer_graph(lb, cluster)
-    return _desired(graph, loadbalancer_owner(lb), lb, images, options)
-
-
-def reverseproxy_owner(rp: ReverseProxy) -> objects.Owner:
-    return objects.Owner("ReverseProxy", rp.name, rp.namespace, rp.uid)
+    return _desired(graph, lb, images, options)
 
 
 def desired_for_reverseproxy(
@@ -48,12 +44,13 @@ def desired_for_reverseproxy(
 ) -> Desired:
     """`conflicts`: hostname -> message for hostnames another ReverseProxy serves."""
     graph = build_reverseproxy_graph(rp, cluster, conflicts=conflicts)
-    return _desired(graph, reverseproxy_owner(rp), rp, images, options)
+    return _desired(graph, rp, images, options)
 
 
-def _desired(graph: ProxyGraph, owner: objects.Owner, model: LoadBalancer | ReverseProxy,
+def _desired(graph: ProxyGraph, model: LoadBalancer | ReverseProxy,
              images: objects.ProxyImages | None, options: RenderOptions | None) -> Desired:
     """One path from a graph to the children, whichever kind the graph came from."""
+    owner = objects.owner_of(model)
     rendered = render_haproxy(graph, options)
     persistence = model.session_persistence
     proxy = objects.ProxySpec(

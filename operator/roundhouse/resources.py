@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from roundhouse.graph import ClusterState, child_name, issued_dns_names
+from roundhouse.graph import ClusterState, names
 from roundhouse.model import parse_loadbalancer
 from roundhouse.model.loadbalancer import LoadBalancer
 from roundhouse.model.reverseproxy import ReverseProxy, parse_reverseproxy
@@ -29,26 +29,11 @@ def parse(kind: str, body: Mapping[str, Any]) -> Model:
         dict(body))
 
 
-def kind_of(model: Model) -> str:
-    return "LoadBalancer" if isinstance(model, LoadBalancer) else "ReverseProxy"
-
-
-def owner(model: Model) -> objects.Owner:
-    return objects.Owner(kind_of(model), model.name, model.namespace, model.uid)
-
-
-def issued_names(model: Model) -> tuple[str, ...]:
-    """The DNS names of the operator-issued certificate; empty when none is needed."""
-    if isinstance(model, LoadBalancer):
-        return issued_dns_names(model)
-    hosts = model.issued_hostnames()
-    if not hosts:
-        return ()
-    base = child_name("ReverseProxy", model.name)
-    # The proxy Service's names too, so in-cluster clients can verify it as well.
-    return tuple(sorted({*hosts, base, f"{base}.{model.namespace}",
-                         f"{base}.{model.namespace}.svc",
-                         f"{base}.{model.namespace}.svc.cluster.local"}))
+# The kind-dependent names and the owner, each from its one home (graph.names and
+# render.objects), under the names the reconciler asks for.
+kind_of = names.kind_of
+owner = objects.owner_of
+issued_names = names.issued_dns_names
 
 
 def desired(model: Model, cluster: ClusterState, images: objects.ProxyImages,

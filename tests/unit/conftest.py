@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from roundhouse.graph import ProxyGraph
+from roundhouse.placeholder_certificates import write_placeholder_certificates
 from roundhouse.render.haproxy import RenderOptions, render_haproxy
-from roundhouse.testing import write_placeholder_certificates
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"

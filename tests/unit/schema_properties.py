@@ -32,9 +32,9 @@ from roundhouse.model import parse_loadbalancer, parse_reverseproxy
 from roundhouse.model.cluster import TLSSecret
 from roundhouse.model.errors import SpecError
 from roundhouse.pipeline import Desired, desired_for_loadbalancer, desired_for_reverseproxy
+from roundhouse.placeholder_certificates import write_placeholder_certificates
 from roundhouse.render.haproxy import RenderOptions, render_haproxy
 from roundhouse.render.structure import config_hash, structure_hash
-from roundhouse.testing import write_placeholder_certificates
 from tests.unit.cluster_fixtures import endpoint, endpoint_slice, service
 
 Obj = dict[str, Any]

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 
 from roundhouse.graph import ProxyGraph, build_loadbalancer_graph
-from roundhouse.graph_reverseproxy import build_reverseproxy_graph
+from roundhouse.graph.reverseproxy import build_reverseproxy_graph
 from roundhouse.model import parse_loadbalancer, parse_reverseproxy
 from roundhouse.model.cluster import TLSSecret
+from roundhouse.placeholder_certificates import write_placeholder_certificates
 from roundhouse.render.haproxy import RenderOptions, render_haproxy, status_port
-from roundhouse.testing import write_placeholder_certificates
 from tests.unit.cluster_fixtures import state
 from tests.unit.conftest import HaproxyCheck, lb_object
 from tests.unit.rp_fixtures import rp_object

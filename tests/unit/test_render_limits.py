@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from roundhouse.graph import build_loadbalancer_graph
-from roundhouse.graph_reverseproxy import build_reverseproxy_graph
+from roundhouse.graph.reverseproxy import build_reverseproxy_graph
 from roundhouse.model import SpecError, parse_loadbalancer, parse_reverseproxy
 from roundhouse.model.reverseproxy import CERTIFICATES_MESSAGE
 from tests.unit import test_render_property

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from roundhouse.graph_reverseproxy import build_reverseproxy_graph
+from roundhouse.graph.reverseproxy import build_reverseproxy_graph
 from roundhouse.model import SpecError, parse_reverseproxy
 from roundhouse.model.pcre2 import match_error
 from tests.unit.conftest import REPO, check_graph
@@ -92,7 +92,7 @@ def test_accepted_patterns_pass_haproxy_check(pattern: str, build: Any, field: s
 
 def test_the_check_is_pcre2_not_python() -> None:
     """Patterns only PCRE2 reads are HAProxy's business; the model still refuses them,
-    because the offline route replay (routing.py) runs Python's re."""
+    because the offline route replay (tests/unit/routing_oracle.py) runs Python's re."""
     assert match_error(r"/\Qa.b\E") is None
     with pytest.raises(SpecError):
         parse_reverseproxy(path_regex(r"/\Qa.b\E"))

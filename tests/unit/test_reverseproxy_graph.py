@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from roundhouse.graph import MAINT, READY, ClusterState, issued_secret_name
-from roundhouse.graph_reverseproxy import build_reverseproxy_graph, route_pool_name
+from roundhouse.graph.reverseproxy import build_reverseproxy_graph, route_pool_name
 from roundhouse.model import parse_reverseproxy
 from roundhouse.model.cluster import TLSSecret
 from roundhouse.pipeline import desired_for_reverseproxy
@@ -135,7 +135,10 @@ def test_https_certificates_one_issued_secret_for_all_issued_hosts() -> None:
     g = build(cluster(secrets={issued: TLSSecret(issued, True, True, "i"),
                                "c-tls": TLSSecret("c-tls", True, True, "c")}),
               listeners=HTTPS, hosts=hosts, hsts={"includeSubdomains": True})
-    assert g.issued_dns_names == ("a.test", "b.test")
+    # The issued hosts (not c.test: it brings its own Secret), plus the proxy Service's
+    # names: the same names the certificate issuer asks for, as for a LoadBalancer.
+    assert g.issued_dns_names == ("a.test", "b.test", "site-rp", "site-rp.default",
+                                  "site-rp.default.svc", "site-rp.default.svc.cluster.local")
     assert [(c.file, c.kind) for c in g.certificates] == [("c-tls.pem", "pair"),
                                                           ("site-rp-tls.pem", "pair")]
     http, https = g.frontends

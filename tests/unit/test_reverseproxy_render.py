@@ -15,13 +15,13 @@ from hypothesis import HealthCheck, example, given, settings
 
 from roundhouse.agent.source import Source, ca_fingerprint
 from roundhouse.graph import ClusterState
-from roundhouse.graph_reverseproxy import build_reverseproxy_graph
+from roundhouse.graph.reverseproxy import build_reverseproxy_graph
 from roundhouse.model import parse_reverseproxy
 from roundhouse.render.haproxy import quote, render_haproxy
-from roundhouse.routing import redirect_location, select_route, select_rule
 from tests.unit.agent_harness import FakeAPI, issue_cert
 from tests.unit.cluster_fixtures import endpoint, endpoint_slice, service
 from tests.unit.conftest import REPO, HaproxyCheck, check_graph
+from tests.unit.routing_oracle import redirect_location, select_route, select_rule
 from tests.unit.rp_fixtures import (
     RP_EXAMPLE_FILES,
     cluster_for,

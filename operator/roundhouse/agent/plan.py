@@ -17,9 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from roundhouse.render.structure import structure
-
-READY, DRAIN, MAINT = "ready", "drain", "maint"
-STATES = (READY, DRAIN, MAINT)
+from roundhouse.server_state import DRAIN, MAINT, STATES
 
 # Reload reasons, a small fixed set (a metrics label).
 STRUCTURE, CERTIFICATE, RECOVERY, FALLBACK = "structure", "certificate", "recovery", "fallback"

@@ -16,11 +16,12 @@ from typing import Any
 
 import jinja2
 
-from roundhouse.graph import DRAIN, MAINT, Pool, ProxyGraph, RedirectRule, RouteRule, Server
+from roundhouse.graph.types import Pool, ProxyGraph, RedirectRule, RouteRule, Server
 from roundhouse.model.pcre2 import full_match
 from roundhouse.model.pod import STATUS_PORT
 from roundhouse.model.values import format_duration_ms
 from roundhouse.render import structure
+from roundhouse.server_state import DRAIN, MAINT
 
 PLACEHOLDER = "127.0.0.1:1"  # a free slot points nowhere useful and is disabled
 STICK_TABLE_MAX_MS = 24 * 86_400_000  # HAProxy timers stop at 2^31 ms (~24.8 days)
@@ -159,7 +160,7 @@ def route_conditions(rule: RouteRule) -> str:
 
 
 def redirect_location(r: RedirectRule) -> str:
-    """The log-format Location of a redirect route; routing.redirect_location mirrors it."""
+    """The log-format Location of a redirect route; tests/unit/routing_oracle.py mirrors it."""
     if r.hostname:
         authority = r.hostname
     elif r.strip_port:

@@ -13,8 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from roundhouse import API_GROUP, API_VERSION
-from roundhouse.graph import ProxyGraph, child_name
+from roundhouse.graph import names
+from roundhouse.graph.types import ProxyGraph
+from roundhouse.model.loadbalancer import LoadBalancer
 from roundhouse.model.pod import AGENT_METRICS_PORT
+from roundhouse.model.reverseproxy import ReverseProxy
 from roundhouse.render import payload
 from roundhouse.render.haproxy import RenderedConfig
 
@@ -47,6 +50,11 @@ class Owner:
         }
 
 
+def owner_of(model: LoadBalancer | ReverseProxy) -> Owner:
+    """The owner of a resource's children, whichever kind the resource is."""
+    return Owner(names.kind_of(model), model.name, model.namespace, model.uid)
+
+
 @dataclass(frozen=True)
 class ProxySpec:
     """The parts of a resource's spec that shape the proxy's Pods and Service."""
@@ -62,7 +70,7 @@ class ProxySpec:
 def labels(owner: Owner) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "roundhouse-proxy",
-        "app.kubernetes.io/instance": child_name(owner.kind, owner.name),
+        "app.kubernetes.io/instance": names.child_name(owner.kind, owner.name),
         "app.kubernetes.io/managed-by": "roundhouse",
         f"{API_GROUP}/owner-kind": owner.kind,
         f"{API_GROUP}/owner-name": owner.name,
@@ -72,7 +80,7 @@ def labels(owner: Owner) -> dict[str, str]:
 def selector(owner: Owner) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "roundhouse-proxy",
-        "app.kubernetes.io/instance": child_name(owner.kind, owner.name),
+        "app.kubernetes.io/instance": names.child_name(owner.kind, owner.name),
     }
 
 
@@ -88,14 +96,14 @@ def _meta(owner: Owner, name: str, **extra: Any) -> dict[str, Any]:
 
 
 def agent_status_name(owner: Owner) -> str:
-    return f"{child_name(owner.kind, owner.name)}-agents"
+    return names.agent_status_name(owner.kind, owner.name)
 
 
 def config_map(owner: Owner, rendered: RenderedConfig) -> dict[str, Any]:
     obj: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _meta(owner, child_name(owner.kind, owner.name), annotations={
+        "metadata": _meta(owner, names.child_name(owner.kind, owner.name), annotations={
             f"{API_GROUP}/config-hash": rendered.config_hash,
             f"{API_GROUP}/structure-hash": rendered.structure_hash,
         }),
@@ -137,7 +145,7 @@ def service(owner: Owner, graph: ProxyGraph, proxy: ProxySpec) -> dict[str, Any]
         # The cloud load balancer (and kube-proxy) filter too; HAProxy checks either way.
         spec["loadBalancerSourceRanges"] = list(graph.allowed_source_ranges)
     return {"apiVersion": "v1", "kind": "Service",
-            "metadata": _meta(owner, child_name(owner.kind, owner.name)), "spec": spec}
+            "metadata": _meta(owner, names.child_name(owner.kind, owner.name)), "spec": spec}
 
 
 def pod_disruption_budget(owner: Owner) -> dict[str, Any]:
@@ -146,7 +154,7 @@ def pod_disruption_budget(owner: Owner) -> dict[str, Any]:
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": _meta(owner, child_name(owner.kind, owner.name)),
+        "metadata": _meta(owner, names.child_name(owner.kind, owner.name)),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(owner)},
                  "unhealthyPodEvictionPolicy": "AlwaysAllow"},
     }
@@ -154,11 +162,11 @@ def pod_disruption_budget(owner: Owner) -> dict[str, Any]:
 
 def service_account(owner: Owner) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "ServiceAccount",
-            "metadata": _meta(owner, child_name(owner.kind, owner.name))}
+            "metadata": _meta(owner, names.child_name(owner.kind, owner.name))}
 
 
 def agent_role(owner: Owner, graph: ProxyGraph) -> dict[str, Any]:
-    name = child_name(owner.kind, owner.name)
+    name = names.child_name(owner.kind, owner.name)
     rules: list[dict[str, Any]] = [
         {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [name],
          "verbs": ["get", "list", "watch"]},
@@ -174,7 +182,7 @@ def agent_role(owner: Owner, graph: ProxyGraph) -> dict[str, Any]:
 
 
 def agent_role_binding(owner: Owner) -> dict[str, Any]:
-    name = child_name(owner.kind, owner.name)
+    name = names.child_name(owner.kind, owner.name)
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
@@ -195,7 +203,7 @@ def _container_security() -> dict[str, Any]:
 
 def deployment(owner: Owner, graph: ProxyGraph, rendered: RenderedConfig, proxy: ProxySpec,
                images: ProxyImages) -> dict[str, Any]:
-    name = child_name(owner.kind, owner.name)
+    name = names.child_name(owner.kind, owner.name)
     sel = selector(owner)
     runtime_mount = {"name": "runtime", "mountPath": RUNTIME_DIR}
     agent_env = [

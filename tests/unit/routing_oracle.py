@@ -1,9 +1,10 @@
-"""Which route a request takes: the renderer's precedence, replayed in Python. Pure.
+"""Which route a request takes: the renderer's precedence, replayed in Python. Test-only.
 
-The graph holds each frontend's rules in precedence order (see graph_reverseproxy);
+The graph holds each frontend's rules in precedence order (see roundhouse.graph.reverseproxy);
 the renderer emits them in that order and HAProxy takes the first that matches.
-`select_route` walks the same order with the same match semantics, so tests can check
-routing tables without HAProxy, and the e2e tier can replay them through it.
+`select_route` walks the same order with the same match semantics, so the unit tests can
+check tests/cases/routing-table.yaml without HAProxy (the e2e tier sends the same table
+through a real HAProxy).
 """
 
 from __future__ import annotations

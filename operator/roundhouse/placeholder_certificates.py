@@ -1,4 +1,5 @@
-"""Helpers shared by `render --check` and the tests: throwaway certificates for haproxy -c."""
+"""Throwaway certificates so `haproxy -c` can check a config offline (`render --check`,
+and the tests that run haproxy -c)."""
 
 from __future__ import annotations
 

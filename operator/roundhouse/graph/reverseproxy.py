@@ -2,7 +2,7 @@
 LoadBalancer ("one pipeline, not two"): a LoadBalancer is one catch-all route.
 
 Routing precedence (what the renderer emits, in this order, and what
-roundhouse.routing.select_route replays):
+the routing oracle of the unit tests, tests/unit/routing_oracle.py, replays):
 
 1. Host. The Host header, without its port, lowercased. Exact hostnames first; then
    wildcards, longest suffix first (`*.a.example.com` before `*.example.com`). A
@@ -29,7 +29,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 
-from roundhouse.graph import (
+from roundhouse.graph.endpoints import (
+    WeightedEndpoint,
+    assign_slots,
+    cookie_key_for,
+    resolve_backends,
+)
+from roundhouse.graph.listeners import https_down
+from roundhouse.graph.names import issued_dns_names, issued_secret_name
+from roundhouse.graph.secrets import pair_certificate, refuse_unverifiable, resolve_upstream_tls
+from roundhouse.graph.types import (
     Certificate,
     ClusterState,
     Frontend,
@@ -43,15 +52,6 @@ from roundhouse.graph import (
     Server,
     UpstreamTLSConfig,
     VirtualHost,
-    WeightedEndpoint,
-    assign_slots,
-    cookie_key_for,
-    https_down,
-    issued_secret_name,
-    pair_certificate,
-    refuse_unverifiable,
-    resolve_backends,
-    resolve_upstream_tls,
 )
 from roundhouse.model.common import Backend
 from roundhouse.model.loadbalancer import Listener
@@ -154,7 +154,7 @@ def build_reverseproxy_graph(rp: ReverseProxy, cluster: ClusterState, *,
         problems=tuple(problems),
         backends_ready=ready,
         backends_total=len(seen),
-        issued_dns_names=rp.issued_hostnames(),
+        issued_dns_names=issued_dns_names(rp),
     )
 
 
