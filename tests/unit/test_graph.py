@@ -1,4 +1,5 @@
-"""graph.py: references resolved, endpoints into sticky slots, weights, health states."""
+"""roundhouse.graph (LoadBalancer builder, endpoints, slots, Secrets): references resolved,
+endpoints into sticky slots, weights, health states."""
 
 from __future__ import annotations
 

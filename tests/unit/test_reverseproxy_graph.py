@@ -1,4 +1,5 @@
-"""graph_reverseproxy: pools per route, conflicts, missing Services, weights, slots, TLS."""
+"""roundhouse.graph.reverseproxy: pools per route, conflicts, missing Services, weights, slots,
+TLS."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """Secrets -> the certificate files the agent writes for HAProxy. Pure.
 
 A serving pair (tls.crt + tls.key) per TLS listener or host, and the CA (ca.crt) that
-verifies upstream servers. A Secret that is missing or unusable leaves a Problem; with
-verification on and no usable CA, the servers are put in maintenance rather than
-reached unverified.
+verifies upstream servers. A Secret that is missing or unusable leaves a Problem; when
+the named CA Secret is unusable, the servers are put in maintenance rather than reached
+unverified.
 """
 
 from __future__ import annotations
