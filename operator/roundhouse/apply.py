@@ -1,4 +1,6 @@
-"""The only module that writes children to the API: server-side apply, idempotent.
+"""The only module that writes to the API: children by server-side apply (idempotent),
+the status subresource, and Events. What to write is decided purely elsewhere
+(pipeline.py for children, status.py for the status and its Events).
 
 Server-side apply with one field manager makes every write a declaration of the
 whole desired object: re-applying is a no-op, and fields others own are kept.
@@ -13,8 +15,11 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+import kopf
+
 from roundhouse import kube
 from roundhouse.render import objects
+from roundhouse.status import Event
 
 log = logging.getLogger(__name__)
 
@@ -96,3 +101,20 @@ async def apply_changed(objects: Iterable[dict[str, Any]], applied: Applied) -> 
         log.debug("applied %s %s/%s", obj["kind"], obj["metadata"]["namespace"],
                   obj["metadata"]["name"])
     return written
+
+
+async def write_status(kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+    """Merge-patch the status subresource. A 404 means the object is gone: nothing to do."""
+    try:
+        await kube.request("PATCH", kube.object_path(kind, namespace, name, "status"),
+                           body={"status": status},
+                           content_type="application/merge-patch+json")
+    except Exception as error:
+        if kube.status_code(error) != 404:
+            raise
+
+
+def post_events(body: Any, events: Iterable[Event]) -> None:
+    """Post Events on the resource: kopf queues them and sends them in the background."""
+    for event in events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)

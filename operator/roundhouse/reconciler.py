@@ -1,5 +1,5 @@
-"""One reconcile of a LoadBalancer or a ReverseProxy: gather (indexes) -> pure
-pipeline -> apply -> status.
+"""One reconcile of a LoadBalancer or a ReverseProxy: gather (indexes) -> pure pipeline
+and pure status (status.py) -> apply the children -> write the status and its Events.
 
 Called from kopf handlers (create/update/resume/timer) and from debounced dependency
 triggers; a per-object lock makes the two paths take turns. Both kinds take the same
@@ -18,13 +18,13 @@ from typing import Any
 import kopf
 
 from roundhouse import apply, certificates, resources, status
-from roundhouse.graph import ClusterState, ProxyGraph, child_name, issued_secret_name
+from roundhouse.graph import ClusterState, child_name, issued_secret_name
 from roundhouse.model import SpecError
 from roundhouse.model.cluster import TLSSecret
 from roundhouse.model.pods import ProxyPod
 from roundhouse.pipeline import Desired
-from roundhouse.programmed import Want, parse_agent_report, programmed, stale_reports
 from roundhouse.render import objects
+from roundhouse.reports import stale_reports
 from roundhouse.status import Condition
 
 log = logging.getLogger(__name__)
@@ -106,14 +106,11 @@ class Reconciler:
 
     async def _reconcile(self, key: Key, body: Any, idx: Indexes) -> list[str]:
         kind, namespace, name = key
-        generation = int((body.get("metadata") or {}).get("generation") or 0)
-        previous = (body.get("status") or {}).get("conditions") or []
         try:
             model = resources.parse(kind, body)
         except SpecError as err:
             message = "; ".join(str(e) for e in err.errors)
-            await self._write(key, body, generation, previous, [
-                Condition("Accepted", False, "InvalidSpec", message)], {}, None)
+            await self._write(key, body, status.invalid_spec(message))
             raise kopf.PermanentError(f"invalid spec: {message}") from err
 
         owner = resources.owner(model)
@@ -128,9 +125,11 @@ class Reconciler:
         desired = self.desired.get(key, (model, cluster, conflicts),
                                    lambda: resources.desired(model, cluster, self.images,
                                                              conflicts))
-        conditions = _conditions(owner, model.proxy.replicas, desired, idx)
+        conditions = status.conditions(desired.graph, desired.rendered.config_hash,
+                                       model.proxy.replicas, _proxy_pods(owner, idx),
+                                       _report_data(owner, idx))
         proxy_service = idx.first(idx.services, (namespace, child_name(kind, name)))
-        counts = {"ready": desired.graph.backends_ready, "total": desired.graph.backends_total}
+        counts = status.backend_counts(desired.graph)
         address = proxy_service.address if proxy_service else None
         try:
             written = await apply.apply_changed(desired.children,
@@ -138,16 +137,14 @@ class Reconciler:
         except apply.ApplyError as err:
             # The API server refused a child (too large, a quota, an admission webhook):
             # the user sees its message in status and an Event, and kopf retries.
-            await self._write(key, body, generation, previous,
-                              _with_programmed(conditions, Condition(
-                                  "Programmed", False, "ApplyFailed", str(err))),
-                              counts, address)
+            await self._write(key, body, status.apply_failed(conditions, str(err)), counts,
+                              address)
             raise kopf.TemporaryError(str(err), delay=RETRY_DELAY) from err
         if written:
             log.info("applied %s of %s %s/%s (config %s)",
                      ", ".join(f"{k} {n}" for k, n in written), kind, namespace, name,
                      desired.rendered.config_hash)
-        await self._write(key, body, generation, previous, conditions, counts, address)
+        await self._write(key, body, conditions, counts, address)
         await _drop_stale_reports(owner, idx)
         return [p.message for p in desired.graph.problems if p.retry]
 
@@ -173,33 +170,20 @@ class Reconciler:
         namespace = (body.get("metadata") or {}).get("namespace")
         return resources.hostname_conflicts(mine, idx.claims.get(namespace) or [])
 
-    async def _write(self, key: Key, body: Any, generation: int, previous: list[Any],
-                     conditions: list[Condition], counts: dict[str, int],
-                     address: str | None) -> None:
+    @staticmethod
+    async def _write(key: Key, body: Any, conditions: list[Condition],
+                     counts: dict[str, int] | None = None, address: str | None = None) -> None:
+        """The status status.py computes, written only if it changed, with its Events."""
         kind, namespace, name = key
-        now = dt.datetime.now(dt.UTC)
-        merged = status.merge_conditions(previous, conditions, generation, now)
-        new_status: dict[str, Any] = {"observedGeneration": generation, "conditions": merged}
-        if counts:
-            new_status["backends"] = counts
-            new_status["backendSummary"] = f"{counts['ready']}/{counts['total']}"
-        if address:
-            new_status["address"] = address
+        generation = int((body.get("metadata") or {}).get("generation") or 0)
         old = body.get("status") or {}
-        if all(old.get(k) == v for k, v in new_status.items()):
+        previous = old.get("conditions") or []
+        new = status.status_body(previous, conditions, generation, dt.datetime.now(dt.UTC),
+                                 counts, address)
+        if status.unchanged(old, new):
             return
-        await status.write_status(kind, namespace, name, new_status)
-        before = {c.get("type"): (c.get("status"), c.get("message")) for c in previous}
-        before_reason = {c.get("type"): c.get("reason") for c in previous}
-        for c in conditions:
-            if not c.status and c.type != "Ready" and before.get(c.type) != ("False", c.message):
-                kopf.event(body, type="Warning", reason=c.reason, message=c.message)
-            elif (c.status and c.type != "Ready" and c.reason in status.DEGRADED_REASONS
-                  and before_reason.get(c.type) != c.reason):
-                # Once per change of reason: the message names the config, which moves.
-                kopf.event(body, type="Warning", reason=c.reason, message=c.message)
-            elif c.status and c.type == "Ready" and before.get("Ready", ("",))[0] != "True":
-                kopf.event(body, type="Normal", reason="Ready", message=c.message)
+        await apply.write_status(kind, namespace, name, new)
+        apply.post_events(body, status.events(previous, conditions))
 
 
 async def _drop_stale_reports(owner: objects.Owner, idx: Indexes) -> None:
@@ -219,38 +203,6 @@ async def _drop_stale_reports(owner: objects.Owner, idx: Indexes) -> None:
              name, ", ".join(stale))
 
 
-def _conditions(owner: objects.Owner, replicas: int, desired: Desired,
-                idx: Indexes) -> list[Condition]:
-    g = desired.graph
-    conditions = [_accepted(g)]
-    conditions.append(_programmed(owner, replicas, desired, idx))
-    conditions.append(_backends_healthy(g))
-    conditions.append(_tls_ready(g))
-    conditions.append(status.ready_condition(conditions))
-    return conditions
-
-
-def _with_programmed(conditions: list[Condition], programmed: Condition) -> list[Condition]:
-    """`conditions` with Programmed replaced, and Ready decided again."""
-    kept = [programmed if c.type == "Programmed" else c for c in conditions if c.type != "Ready"]
-    return [*kept, status.ready_condition(kept)]
-
-
-def _accepted(g: ProxyGraph) -> Condition:
-    """Valid, but parts refused (a hostname another ReverseProxy serves): False, and why."""
-    refused = [p for p in g.problems if p.condition == "Accepted"]
-    if refused:
-        return Condition("Accepted", False, refused[0].reason,
-                         "; ".join(p.message for p in refused))
-    return Condition("Accepted", True, "Valid", "spec is valid")
-
-
-def _programmed(owner: objects.Owner, replicas: int, desired: Desired,
-                idx: Indexes) -> Condition:
-    want = Want(replicas, desired.rendered.config_hash, desired.graph.limits.max_connections)
-    return programmed(want, _proxy_pods(owner, idx), _reports(owner, idx))
-
-
 def _proxy_pods(owner: objects.Owner, idx: Indexes) -> list[ProxyPod]:
     return list(idx.pods.get((owner.namespace, child_name(owner.kind, owner.name))) or [])
 
@@ -258,34 +210,3 @@ def _proxy_pods(owner: objects.Owner, idx: Indexes) -> list[ProxyPod]:
 def _report_data(owner: objects.Owner, idx: Indexes) -> dict[str, str]:
     cm = idx.first(idx.configmaps, (owner.namespace, objects.agent_status_name(owner)))
     return dict(cm["data"]) if cm else {}
-
-
-def _reports(owner: objects.Owner, idx: Indexes) -> dict[str, dict[str, Any]]:
-    return {pod: parse_agent_report(text) for pod, text in _report_data(owner, idx).items()}
-
-
-def _backends_healthy(g: ProxyGraph) -> Condition:
-    broken = [p for p in g.problems if p.condition == "BackendsHealthy"]
-    if broken:
-        return Condition("BackendsHealthy", False, broken[0].reason,
-                         "; ".join(p.message for p in broken))
-    if g.backends_total == 0:
-        return Condition("BackendsHealthy", False, "NoEndpoints",
-                         "the backend Services have no endpoints")
-    if g.backends_ready == 0:
-        return Condition("BackendsHealthy", False, "NoReadyEndpoints",
-                         f"0/{g.backends_total} endpoints are ready")
-    return Condition("BackendsHealthy", True,
-                     "AllReady" if g.backends_ready == g.backends_total else "SomeReady",
-                     f"{g.backends_ready}/{g.backends_total} endpoints are ready")
-
-
-def _tls_ready(g: ProxyGraph) -> Condition:
-    broken = [p for p in g.problems if p.condition == "TLSReady"]
-    if broken:
-        return Condition("TLSReady", False, broken[0].reason,
-                         "; ".join(p.message for p in broken))
-    if not g.certificates:
-        return Condition("TLSReady", True, "NoTLS", "no listener terminates TLS")
-    names = ", ".join(sorted({c.secret for c in g.certificates}))
-    return Condition("TLSReady", True, "CertificatesReady", f"serving certificates from {names}")

@@ -22,6 +22,12 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-golden", action="store_true", default=False,
+                     help="rewrite tests/unit/golden from the translation "
+                          "(test_translation_golden.py); review the diff")
+
+
 def lb_object(**spec: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "apiVersion": "roundhouse.dev/v1alpha1",

@@ -19,8 +19,8 @@ from roundhouse.graph import ClusterState
 from roundhouse.handlers.trigger import Debouncer
 from roundhouse.model import parse_loadbalancer
 from roundhouse.pipeline import Desired, desired_for_loadbalancer
-from roundhouse.programmed import parse_agent_report
 from roundhouse.reconciler import DesiredCache
+from roundhouse.reports import parse_agent_report
 from roundhouse.status import Condition, merge_conditions, ready_condition
 from tests.unit.cluster_fixtures import endpoint, state
 from tests.unit.conftest import lb_object

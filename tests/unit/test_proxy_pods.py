@@ -1,5 +1,6 @@
-"""model/pods.py and programmed.py: what the proxy Pods' status objects and the agents'
-reports make of `Programmed`, table by table."""
+"""model/pods.py and reports.py: what a proxy Pod's status object says (ready, or why it
+cannot run), and which agents' reports are stale. What they make of `Programmed` is in
+the conditions table (tests/cases/conditions.yaml, test_status.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ from typing import Any
 import pytest
 
 from roundhouse.model.pods import ProxyPod, parse_proxy_pod
-from roundhouse.programmed import Want, programmed, stale_reports
-from roundhouse.status import Condition, ready_condition
+from roundhouse.reports import stale_reports
 
 POD = "roundhouse-web-lb-7d9f-x2k"
 FD_ALERT = ("[NOTICE]   (1) : haproxy version is 3.2.26-1\n"
@@ -117,65 +117,6 @@ def test_last_exit_keeps_only_the_end_of_a_long_termination_message() -> None:
     pod = parse_proxy_pod(POD, pod_status(container("agent", "CrashLoopBackOff", last=long)))
     assert pod.problem is not None
     assert pod.problem.endswith("the end (exit code 2)") and len(pod.problem) < 400
-
-
-# -- Programmed ----------------------------------------------------------------------------------
-
-WANT = Want(replicas=2, config_hash="c0ffee", max_connections=10_000)
-OK = ProxyPod("p-a", True)
-OK_B = ProxyPod("p-b", True)
-
-
-def report(config: str = "c0ffee", error: str | None = None, **limits: int) -> dict[str, Any]:
-    return {"configHash": config, "error": error, "reloads": 0} | limits
-
-
-PROGRAMMED_CASES: list[tuple[str, list[ProxyPod], dict[str, dict[str, Any]], Condition]] = [
-    ("all ready replicas run the config", [OK, OK_B],
-     {"p-a": report(), "p-b": report(maxconn=10_486, ulimitN=21_024)},
-     Condition("Programmed", True, "Programmed", "2 ready proxy replica(s) run config c0ffee")),
-    ("a crash loop beside a ready replica", [OK, ProxyPod("p-b", False, "p-b: container "
-                                                           "haproxy CrashLoopBackOff: x")],
-     {"p-a": report()},
-     Condition("Programmed", False, "ProxyPodsFailing",
-               "1/2 proxy replicas are ready; p-b: container haproxy CrashLoopBackOff: x")),
-    ("many failing: three named, the rest counted",
-     [ProxyPod(f"p-{i}", False, f"p-{i}: unschedulable") for i in range(5)], {},
-     Condition("Programmed", False, "ProxyPodsFailing",
-               "0/2 proxy replicas are ready; p-0: unschedulable; p-1: unschedulable; "
-               "p-2: unschedulable; and 2 more")),
-    ("none ready, none failing: waiting", [ProxyPod("p-a", False)], {},
-     Condition("Programmed", False, "NoReadyReplicas",
-               "0/2 proxy replicas are ready; config c0ffee is waiting for them")),
-    ("a replica runs fewer connections than asked", [OK, OK_B],
-     {"p-a": report(maxconn=9_979, ulimitN=19_999), "p-b": report(maxconn=10_486)},
-     Condition("Programmed", True, "ConnectionLimitReduced",
-               "HAProxy accepts fewer connections than spec.limits.maxConnections (10000): "
-               "p-a at most 9979 (open-files limit 19999); raise the nodes' open-files limit "
-               "(RLIMIT_NOFILE) or lower maxConnections; 2 ready proxy replica(s) run config "
-               "c0ffee")),
-    ("rejected by a ready replica", [OK, OK_B],
-     {"p-a": report(), "p-b": report("old", "haproxy -c rejected the configuration: bad")},
-     Condition("Programmed", False, "ConfigRejected", "proxies kept their previous config: "
-               "haproxy -c rejected the configuration: bad")),
-    ("an old error of a Pod that is gone counts for nothing", [OK],
-     {"p-a": report("old"), "p-gone": report("old", "haproxy -c rejected: long ago")},
-     Condition("Programmed", False, "Pending", "0/1 ready proxy replicas run config c0ffee")),
-]
-
-
-@pytest.mark.parametrize(("pods", "reports", "expected"), [c[1:] for c in PROGRAMMED_CASES],
-                         ids=[c[0] for c in PROGRAMMED_CASES])
-def test_programmed(pods: list[ProxyPod], reports: dict[str, dict[str, Any]],
-                    expected: Condition) -> None:
-    assert programmed(WANT, pods, reports) == expected
-
-
-def test_a_reduced_connection_limit_keeps_ready_true_and_names_it() -> None:
-    reduced = programmed(WANT, [OK], {"p-a": report(maxconn=486, ulimitN=1024)})
-    ready = ready_condition([Condition("Accepted", True, "Valid", ""), reduced])
-    assert (ready.status, ready.reason) == (True, "ConnectionLimitReduced")
-    assert "p-a at most 486 (open-files limit 1024)" in ready.message
 
 
 # -- stale reports -------------------------------------------------------------------------------
