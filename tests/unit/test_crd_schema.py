@@ -38,6 +38,7 @@ from roundhouse.model import (
     rules,
 )
 from roundhouse.model.pod import RESERVED_PORTS, reserved_port_message
+from roundhouse.model.reader import shown
 from roundhouse.model.values import parse_duration_ms
 from tests.unit.schema_validator import (
     SchemaValidator,
@@ -460,6 +461,80 @@ def test_invalid_reverseproxy_is_rejected_by_parser(case: Obj) -> None:
     errors = _parse_errors(obj)
     assert any(_names_field(e.path, case["field"]) for e in errors), \
         f"want an error at {case['field']}; parse_reverseproxy says:\n" + _explain(errors)
+
+
+# ------------------------------------------------------------------ every bound: CRD == parser
+
+
+def _set_at(obj: Obj, schema_path: str, value: Any) -> tuple[Obj, str]:
+    """A copy of obj with value at schema_path (spec.listeners[].tls.dnsNames[]: the
+    first item of each list, made when missing), and the concrete path it went to."""
+    out = merge_patch(obj, {})
+    node: Any = out
+    parts = schema_path.split(".")
+    concrete = []
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        key, is_list = part.removesuffix("[]"), part.endswith("[]")
+        if not is_list:
+            if last:
+                node[key] = value
+            else:
+                if not isinstance(node.get(key), dict):
+                    node[key] = {}
+                node = node[key]
+            concrete.append(key)
+            continue
+        if not isinstance(node.get(key), list) or not node[key]:
+            node[key] = [value if last else {}]
+        elif last:
+            node[key][0] = value
+        concrete.append(f"{key}[0]")
+        node = node[key][0]
+    return out, ".".join(concrete)
+
+
+def _bad_values(node: Obj) -> Iterator[tuple[str, Any]]:
+    """Values just outside a node's bounds, with the API server's words for each."""
+    if node.get("type") == "string" or node.get("x-kubernetes-int-or-string"):
+        if "maxLength" in node:
+            n = node["maxLength"]
+            for text in ("a" * (n + 1), "/" + "a" * n, ".".join(["a" * 63] * (n // 64 + 1))):
+                yield "may not be more than", text[:max(n + 1, len(text))]
+        if "pattern" in node:
+            for text in (" ", "A B", "\n", "/#", "a\n", "-"):
+                yield "should match", text
+        if "enum" in node:
+            yield "Unsupported value", "Unsupported"
+    if node.get("type") == "integer" or node.get("x-kubernetes-int-or-string"):
+        if "maximum" in node:
+            yield "should be less than or equal to", node["maximum"] + 1
+        if "minimum" in node:
+            yield "should be greater than or equal to", node["minimum"] - 1
+
+
+@pytest.mark.parametrize("kind", ["LoadBalancer", "ReverseProxy"])
+def test_every_bound_of_the_crd_is_refused_by_the_parser(kind: str) -> None:
+    """Each maxLength, pattern, enum, minimum and maximum of the CRD, one value past it:
+    where the API server refuses the field, the offline parser refuses it too."""
+    validator = VALIDATORS[kind]
+    base = LB_BASE if kind == "LoadBalancer" else RP_CASES["base"]
+    checked, missed = [], []
+    for where, node in _nodes(validator.schema):
+        if not where.startswith("spec.") or "[*]" in where:
+            continue
+        done: set[str] = set()
+        for words, value in _bad_values(node):
+            obj, path = _set_at(base, where, value)
+            if words in done or not any(e.path == path and words in e.message
+                                        for e in validator.validate(obj)):
+                continue  # one value per bound; a pattern this value happens to match
+            done.add(words)
+            checked.append(f"{path} {words}")
+            if not any(_names_field(e.path, path) for e in _parse_errors(obj)):
+                missed.append(f"{path}: {words} {shown(value)}")
+    assert not missed, "the API server refuses, the parser accepts:\n" + "\n".join(missed)
+    assert len(checked) > 60, checked
 
 
 # ------------------------------------------------------------------ the validator itself
