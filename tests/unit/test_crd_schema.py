@@ -182,6 +182,28 @@ def test_every_rule_of_the_crd_is_stated_in_the_rules_module(path: Path) -> None
     assert not problems, "not from roundhouse.model.rules:\n" + "\n".join(problems)
 
 
+@pytest.mark.parametrize("path", CRD_FILES, ids=lambda p: p.name)
+def test_descriptions_state_the_bounds_and_defaults_of_their_node(path: Path) -> None:
+    """A description's range ("1-100") and "Defaults to X." are text: they must say
+    what the node's minimum, maximum and default are, so a bound changed in rules.py
+    cannot leave a stale description behind."""
+    problems = []
+    for where, node in _nodes(_schema(path)):
+        text = node.get("description", "")
+        if node.get("type") == "integer" and "minimum" in node and "maximum" in node:
+            found = re.search(r"\b(\d+)-(\d+)\b", text)
+            if not found or (int(found[1]), int(found[2])) != (node["minimum"],
+                                                               node["maximum"]):
+                problems.append(f"{where}: {node['minimum']}-{node['maximum']}: {text}")
+        default = node.get("default")
+        if default is not None and not isinstance(default, dict):
+            said = re.search(r"Defaults to (\S+?)\.?(?: |$)", text)
+            want = str(default).lower() if isinstance(default, bool) else str(default)
+            if not said or said[1] != want:
+                problems.append(f"{where}: default {want}: {text}")
+    assert not problems, "\n".join(problems)
+
+
 def test_the_check_above_catches_a_rule_written_only_into_the_crd() -> None:
     """The walk above, on a schema with one hand-written pattern and one CEL message."""
     schema = _schema(LB_CRD)
