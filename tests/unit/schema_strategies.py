@@ -36,6 +36,7 @@ import re2
 from hypothesis import assume
 from hypothesis import strategies as st
 
+from roundhouse.model import rules
 from tests.unit.schema_validator import (
     SchemaValidator,
     _evaluate,
@@ -63,9 +64,10 @@ EDGE_ODDS = 5
 # within a few draws.
 NODE_TRIES = 6
 INT64 = (-(2**63), 2**63 - 1)
-# The API server's own rule for every object's name; namespaces are DNS labels.
-DNS_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*"
-DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+# The API server's own rule for every object's name; namespaces are DNS labels (the
+# patterns of roundhouse.model.rules, without their anchors).
+DNS_SUBDOMAIN = rules.DNS_SUBDOMAIN.removeprefix("^").removesuffix("$")
+DNS_LABEL = rules.DNS_LABEL.removeprefix("^").removesuffix("$")
 
 _MAP_KEY_RULE = re.compile(r"^self\.all\((\w+),\s*\1\.matches\('((?:[^'\\]|\\.)*)'\)\)$")
 _FIELD_MATCH_RULE = re.compile(r"self\.(\w+)\.matches\('((?:[^'\\]|\\.)*)'\)")
@@ -207,7 +209,7 @@ def cidrs() -> st.SearchStrategy[str]:
 
 
 # Rules that call a Kubernetes CEL library function on the node itself: what to draw.
-LIBRARY_HINTS: dict[str, st.SearchStrategy[Any]] = {"isCIDR(self)": cidrs()}
+LIBRARY_HINTS: dict[str, st.SearchStrategy[Any]] = {rules.CIDR.expr: cidrs()}
 
 
 class SchemaStrategies:
@@ -248,9 +250,9 @@ class SchemaStrategies:
                       if "self.metadata" in r["rule"] and "self.spec" not in r["rule"]]
         subdomains = st.one_of(regex(f"^{DNS_LABEL}$"), regex(f"^{DNS_SUBDOMAIN}$"))
         if not self.keep_rules:
-            return subdomains.filter(lambda n: len(n) <= 253)
+            return subdomains.filter(lambda n: len(n) <= rules.SUBDOMAIN_LENGTH)
         return _satisfying(
-            subdomains.filter(lambda n: len(n) <= 253),
+            subdomains.filter(lambda n: len(n) <= rules.SUBDOMAIN_LENGTH),
             lambda n: rules_pass({"metadata": {"name": n}},
                                  {"x-kubernetes-validations": root_rules}))
 

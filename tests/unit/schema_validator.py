@@ -50,7 +50,9 @@ import yaml
 from jsonschema.exceptions import ValidationError
 
 from roundhouse.model.common import cidr
-from roundhouse.model.kubetypes import parse_quantity
+from roundhouse.model.kubetypes import SUBDOMAIN_MESSAGE, parse_quantity
+from roundhouse.model.reader import json_type as _json_type
+from roundhouse.model.rules import K8S_DNS1123_SUBDOMAIN
 
 Schema = dict[str, Any]
 PathElems = tuple[str | int, ...]
@@ -70,12 +72,10 @@ UNKNOWN_FIELD = "UnknownField"
 BLOCKING = {NOT_SUPPORTED, REQUIRED, TOO_LONG, TOO_MANY, TYPE_INVALID}
 NOT_CHECKED = ("some validation rules were not checked because the object was invalid; "
                "correct the existing errors to complete validation")
-DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-DNS1123_SUBDOMAIN_MESSAGE = (
-    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, "
-    "'-' or '.', and must start and end with an alphanumeric character (e.g. "
-    "'example.com', regex used for validation is "
-    r"'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')")
+# metadata.name of every custom resource (NameIsDNSSubdomain): Kubernetes' expression and
+# message, as roundhouse.model.rules and kubetypes state them for the parser.
+DNS1123_SUBDOMAIN = f"^{K8S_DNS1123_SUBDOMAIN}$"
+DNS1123_SUBDOMAIN_MESSAGE = SUBDOMAIN_MESSAGE
 
 
 class Violation(NamedTuple):
@@ -139,22 +139,6 @@ def render_path(elems: Iterable[str | int]) -> str:
         else:
             out += f".{elem}" if out else elem
     return out
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
 
 
 # ------------------------------------------------------------------- schema walking

@@ -1,5 +1,10 @@
 """The CRDs agree with the offline model, and reject what the API server must reject.
 
+The CRDs are generated (roundhouse.model.crd, through crds/generate.py) from
+roundhouse.model.rules, which the offline parser reads too: the tests below check that
+every copy of the CRDs is the generated one, and that the generated schema holds no
+pattern, enum, bound or CEL rule the rules module does not state.
+
 Each invalid case in tests/cases/invalid-loadbalancers.yaml and
 invalid-reverseproxies.yaml is checked twice: against the CRD as kube-apiserver applies
 it (tests/unit/schema_validator.py: defaulting, OpenAPI validation, list types, CEL rules)
@@ -9,12 +14,13 @@ apply` and `roundhouse render` refuse the same objects for the same field.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
-import importlib.util
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -26,9 +32,13 @@ from roundhouse.model import (
     FieldError,
     LoadBalancer,
     SpecError,
+    crd,
     parse_loadbalancer,
     parse_reverseproxy,
+    rules,
 )
+from roundhouse.model.pod import RESERVED_PORTS, reserved_port_message
+from roundhouse.model.reader import shown
 from roundhouse.model.values import parse_duration_ms
 from tests.unit.schema_validator import (
     SchemaValidator,
@@ -51,16 +61,6 @@ CRD_FILES = [LB_CRD, RP_CRD]
 Obj = dict[str, Any]
 
 
-def _load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("roundhouse_crd_generate",
-                                                  CRDS / "generate.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-GENERATE = _load_generator()
 LB = SchemaValidator.from_file(LB_CRD)
 RP = SchemaValidator.from_file(RP_CRD)
 VALIDATORS = {"LoadBalancer": LB, "ReverseProxy": RP}
@@ -97,23 +97,167 @@ def _explain(errors: list[Violation] | list[FieldError]) -> str:
 # ------------------------------------------------------------------ the YAML files
 
 
-@pytest.mark.parametrize("name", sorted(GENERATE.FILES))
-def test_crd_file_is_what_generate_py_writes(name: str) -> None:
-    expected = GENERATE.render(GENERATE.FILES[name]())
+@pytest.mark.parametrize("name", sorted(crd.FILES))
+def test_crd_file_is_what_the_generator_writes(name: str) -> None:
+    expected = crd.render(crd.FILES[name]())
     assert (CRDS / name).read_text() == expected, \
-        f"crds/{name} differs from crds/generate.py: run python crds/generate.py"
+        f"crds/{name} differs from roundhouse.model.crd: run python crds/generate.py"
+
+
+def test_generate_py_check_passes_and_catches_a_hand_edit(tmp_path: Path) -> None:
+    """crds/generate.py --check, the entry point, on the real files and on an edited copy."""
+    def check(directory: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, str(directory / "generate.py"), "--check"],
+                              capture_output=True, text=True, check=False, timeout=120)
+
+    assert check(CRDS).returncode == 0, check(CRDS).stderr
+    copy = tmp_path / "crds"
+    copy.mkdir()
+    (copy / "generate.py").write_text((CRDS / "generate.py").read_text().replace(
+        'HERE.parent / "operator"', f'Path({str(ROOT)!r}) / "operator"'))
+    for name in crd.FILES:
+        (copy / name).write_text((CRDS / name).read_text())
+    assert check(copy).returncode == 0
+    edited = (copy / "loadbalancers.yaml").read_text().replace("maxItems: 16", "maxItems: 17", 1)
+    (copy / "loadbalancers.yaml").write_text(edited)
+    result = check(copy)
+    assert result.returncode == 1
+    assert "crds/loadbalancers.yaml is out of date" in result.stderr
+
+
+# ------------------------------------------------------------------ one source: rules.py
+
+
+def _stated() -> dict[str, list[Any]]:
+    """What roundhouse.model.rules states, by kind of value."""
+    stated: dict[str, list[Any]] = {"strings": [], "enums": [], "numbers": [],
+                                    "defaults": [], "rules": []}
+    for value in vars(rules).values():
+        if isinstance(value, bool):
+            stated["defaults"].append(value)
+        elif isinstance(value, str):
+            stated["strings"].append(value)
+            stated["defaults"].append(value)
+        elif isinstance(value, int):
+            stated["numbers"].append(value)
+        elif isinstance(value, rules.Enum):
+            stated["enums"].append(list(value.values))
+            stated["defaults"].append(value.default)
+        elif isinstance(value, rules.Int):
+            stated["numbers"] += [value.minimum, value.maximum]
+            stated["defaults"].append(value.default)
+        elif isinstance(value, rules.Items):
+            stated["numbers"] += [value.minimum, value.maximum]
+        elif isinstance(value, rules.Duration):
+            stated["defaults"].append(value.default)
+        elif isinstance(value, tuple) and value and all(isinstance(v, int) for v in value):
+            stated["enums"].append(list(value))
+    stated["rules"] = [r.schema() for r in rules.all_rules()]
+    return stated
+
+
+@pytest.mark.parametrize("path", CRD_FILES, ids=lambda p: p.name)
+def test_every_rule_of_the_crd_is_stated_in_the_rules_module(path: Path) -> None:
+    """A pattern, enum, bound, default or CEL rule written only into the CRD (or only
+    into the generator) fails here: each must be a value roundhouse.model.rules exports,
+    the module the offline parser reads too."""
+    stated = _stated()
+    problems = []
+    for where, node in _nodes(_schema(path)):
+        if "pattern" in node and node["pattern"] not in stated["strings"]:
+            problems.append(f"{where}: pattern {node['pattern']!r}")
+        if "enum" in node and node["enum"] not in stated["enums"]:
+            problems.append(f"{where}: enum {node['enum']!r}")
+        for key in ("minimum", "maximum", "minLength", "maxLength", "minItems", "maxItems",
+                    "maxProperties"):
+            if key in node and node[key] not in stated["numbers"]:
+                problems.append(f"{where}: {key} {node[key]!r}")
+        default = node.get("default")
+        if default is not None and not isinstance(default, dict) \
+                and default not in stated["defaults"]:
+            problems.append(f"{where}: default {default!r}")
+        for rule in node.get("x-kubernetes-validations", []):
+            if rule not in stated["rules"]:
+                problems.append(f"{where}: CEL rule {rule!r}")
+    assert not problems, "not from roundhouse.model.rules:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("path", CRD_FILES, ids=lambda p: p.name)
+def test_descriptions_state_the_bounds_and_defaults_of_their_node(path: Path) -> None:
+    """A description's range ("1-100") and "Defaults to X." are text: they must say
+    what the node's minimum, maximum and default are, so a bound changed in rules.py
+    cannot leave a stale description behind."""
+    problems = []
+    for where, node in _nodes(_schema(path)):
+        text = node.get("description", "")
+        if node.get("type") == "integer" and "minimum" in node and "maximum" in node:
+            found = re.search(r"\b(\d+)-(\d+)\b", text)
+            if not found or (int(found[1]), int(found[2])) != (node["minimum"],
+                                                               node["maximum"]):
+                problems.append(f"{where}: {node['minimum']}-{node['maximum']}: {text}")
+        default = node.get("default")
+        if default is not None and not isinstance(default, dict):
+            said = re.search(r"Defaults to (\S+?)\.?(?: |$)", text)
+            want = str(default).lower() if isinstance(default, bool) else str(default)
+            if not said or said[1] != want:
+                problems.append(f"{where}: default {want}: {text}")
+    assert not problems, "\n".join(problems)
+
+
+def test_the_check_above_catches_a_rule_written_only_into_the_crd() -> None:
+    """The walk above, on a schema with one hand-written pattern and one CEL message."""
+    schema = _schema(LB_CRD)
+    port = schema["properties"]["spec"]["properties"]["listeners"]["items"]["properties"]
+    assert port["name"]["pattern"] in _stated()["strings"]
+    port["name"]["pattern"] = "^[a-z]+$"
+    assert port["name"]["pattern"] not in _stated()["strings"]
+    rule = {**port["port"].get("x-kubernetes-validations", [{}])[0], "message": "other words"}
+    assert rule not in _stated()["rules"]
+
+
+def _literals(tree: ast.AST) -> list[str]:
+    """Bounds, patterns, enums and rules written as literals in the generator's code."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            found.append(f"line {node.lineno}: number {node.value!r}")
+        if isinstance(node, ast.Call):
+            name = getattr(node.func, "id", getattr(node.func, "attr", ""))
+            if name in ("Rule", "Int", "Enum", "Items", "Duration"):
+                found.append(f"line {node.lineno}: {name}(...)")
+            for kw in node.keywords:
+                literal = isinstance(kw.value, ast.List | ast.Tuple) or (
+                    isinstance(kw.value, ast.Constant) and kw.value.value is not None)
+                if kw.arg in ("pattern", "enum", "default") and literal:
+                    found.append(f"line {node.lineno}: {kw.arg}= literal")
+    return found
+
+
+def test_the_generator_states_no_rule_of_its_own() -> None:
+    """roundhouse.model.crd gives the schema its shape and descriptions only: no number,
+    no literal pattern, enum or default, no Rule(...) of its own (the yaml width aside)."""
+    source = Path(crd.__file__).read_text()
+    found = [f for f in _literals(ast.parse(source)) if f != _YAML_WIDTH]
+    assert not found, "\n".join(found)
+    assert _literals(ast.parse('string("x", pattern="^a$", enum=["a"])\nRule("x", "y")\n'
+                               "integer('x', minimum=3)\n"))
+
+
+_YAML_WIDTH = next(f"line {i}: number 100" for i, line in
+                   enumerate(Path(crd.__file__).read_text().splitlines(), 1)
+                   if "width=100" in line)
 
 
 @pytest.mark.parametrize("n", range(0, 200))
 def test_le_regex_matches_exactly_0_to_n(n: int) -> None:
-    pattern = re.compile(rf"^{GENERATE.le_regex(n)}$")
+    pattern = re.compile(rf"^{rules.le_regex(n)}$")
     for value in range(0, n * 10 + 20):
         assert bool(pattern.match(str(value))) == (value <= n), (n, value)
 
 
 @pytest.mark.parametrize("n", [24, 720, 17520])
 def test_le_regex_for_the_hour_limits(n: int) -> None:
-    pattern = re.compile(rf"^{GENERATE.le_regex(n)}$")
+    pattern = re.compile(rf"^{rules.le_regex(n)}$")
     for value in range(0, n * 2 + 10):
         assert bool(pattern.match(str(value))) == (value <= n), (n, value)
 
@@ -274,11 +418,7 @@ def test_case_files_are_well_formed() -> None:
         assert len(names) >= minimum
         assert len(set(names)) == len(names), "duplicate case names"
         for case in doc["cases"]:
-            assert set(case) >= {"name", "patch", "field", "message"}, case["name"]
-            assert set(case) <= {"name", "patch", "field", "message", "parser", "why"}, \
-                case["name"]
-            assert case.get("parser", "rejects") in ("rejects", "accepts")
-            assert case.get("parser") != "accepts" or case.get("why"), case["name"]
+            assert set(case) == {"name", "patch", "field", "message"}, case["name"]
 
 
 def test_every_loadbalancer_cel_rule_has_a_case() -> None:
@@ -319,12 +459,7 @@ def test_invalid_loadbalancer_is_rejected_by_schema(case: Obj) -> None:
         + _explain(errors)
 
 
-@pytest.mark.parametrize("case", [
-    pytest.param(c, id=c["name"], marks=pytest.mark.xfail(
-        strict=True, reason=f"the parser accepts it: {c.get('why')}"))
-    if c.get("parser") == "accepts" else pytest.param(c, id=c["name"])
-    for c in LB_CASES["cases"]
-])
+@pytest.mark.parametrize("case", _case_params(LB_CASES["cases"]))
 def test_invalid_loadbalancer_is_rejected_by_parser(case: Obj) -> None:
     obj = merge_patch(LB_BASE, case["patch"])
     errors = _parse_errors(obj)
@@ -348,6 +483,80 @@ def test_invalid_reverseproxy_is_rejected_by_parser(case: Obj) -> None:
     errors = _parse_errors(obj)
     assert any(_names_field(e.path, case["field"]) for e in errors), \
         f"want an error at {case['field']}; parse_reverseproxy says:\n" + _explain(errors)
+
+
+# ------------------------------------------------------------------ every bound: CRD == parser
+
+
+def _set_at(obj: Obj, schema_path: str, value: Any) -> tuple[Obj, str]:
+    """A copy of obj with value at schema_path (spec.listeners[].tls.dnsNames[]: the
+    first item of each list, made when missing), and the concrete path it went to."""
+    out = merge_patch(obj, {})
+    node: Any = out
+    parts = schema_path.split(".")
+    concrete = []
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        key, is_list = part.removesuffix("[]"), part.endswith("[]")
+        if not is_list:
+            if last:
+                node[key] = value
+            else:
+                if not isinstance(node.get(key), dict):
+                    node[key] = {}
+                node = node[key]
+            concrete.append(key)
+            continue
+        if not isinstance(node.get(key), list) or not node[key]:
+            node[key] = [value if last else {}]
+        elif last:
+            node[key][0] = value
+        concrete.append(f"{key}[0]")
+        node = node[key][0]
+    return out, ".".join(concrete)
+
+
+def _bad_values(node: Obj) -> Iterator[tuple[str, Any]]:
+    """Values just outside a node's bounds, with the API server's words for each."""
+    if node.get("type") == "string" or node.get("x-kubernetes-int-or-string"):
+        if "maxLength" in node:
+            n = node["maxLength"]
+            for text in ("a" * (n + 1), "/" + "a" * n, ".".join(["a" * 63] * (n // 64 + 1))):
+                yield "may not be more than", text[:max(n + 1, len(text))]
+        if "pattern" in node:
+            for text in (" ", "A B", "\n", "/#", "a\n", "-"):
+                yield "should match", text
+        if "enum" in node:
+            yield "Unsupported value", "Unsupported"
+    if node.get("type") == "integer" or node.get("x-kubernetes-int-or-string"):
+        if "maximum" in node:
+            yield "should be less than or equal to", node["maximum"] + 1
+        if "minimum" in node:
+            yield "should be greater than or equal to", node["minimum"] - 1
+
+
+@pytest.mark.parametrize("kind", ["LoadBalancer", "ReverseProxy"])
+def test_every_bound_of_the_crd_is_refused_by_the_parser(kind: str) -> None:
+    """Each maxLength, pattern, enum, minimum and maximum of the CRD, one value past it:
+    where the API server refuses the field, the offline parser refuses it too."""
+    validator = VALIDATORS[kind]
+    base = LB_BASE if kind == "LoadBalancer" else RP_CASES["base"]
+    checked, missed = [], []
+    for where, node in _nodes(validator.schema):
+        if not where.startswith("spec.") or "[*]" in where:
+            continue
+        done: set[str] = set()
+        for words, value in _bad_values(node):
+            obj, path = _set_at(base, where, value)
+            if words in done or not any(e.path == path and words in e.message
+                                        for e in validator.validate(obj)):
+                continue  # one value per bound; a pattern this value happens to match
+            done.add(words)
+            checked.append(f"{path} {words}")
+            if not any(_names_field(e.path, path) for e in _parse_errors(obj)):
+                missed.append(f"{path}: {words} {shown(value)}")
+    assert not missed, "the API server refuses, the parser accepts:\n" + "\n".join(missed)
+    assert len(checked) > 60, checked
 
 
 # ------------------------------------------------------------------ the validator itself
@@ -593,9 +802,6 @@ def test_apply_defaults_is_idempotent() -> None:
 
 def test_crd_reserves_the_ports_the_model_reserves() -> None:
     """The ports the proxy Pod uses are refused by both, in the same words."""
-    from roundhouse.model.pod import RESERVED_PORTS, reserved_port_message
-
-    assert GENERATE.RESERVED_PORTS == RESERVED_PORTS
     for validator in (LB, RP):
         messages = [r["message"] for _, r in iter_rules(validator.schema)]
         for port in RESERVED_PORTS:

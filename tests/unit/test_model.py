@@ -83,3 +83,61 @@ def test_parse_duration(text: str, ms: int | None) -> None:
 def test_format_duration(ms: int, text: str) -> None:
     assert format_duration_ms(ms) == text
     assert parse_duration_ms(text) == ms
+
+
+# The parser once accepted these, which the CRD refuses (its maxLength and maxItems):
+# `roundhouse render` passed a spec that `kubectl apply` then refused. The bounds now
+# come from roundhouse.model.rules for both (test_crd_schema.py checks every bound).
+LONG_NAME = ".".join(["a" * 63] * 4) + ".com"  # 260 characters, each label valid
+
+
+@pytest.mark.parametrize(("spec", "field", "words"), [
+    ({"listeners": [{"name": "https", "port": 443, "protocol": "HTTPS",
+                     "tls": {"dnsNames": [f"h{i}.example.com" for i in range(33)]}}]},
+     "spec.listeners[0].tls.dnsNames", "at most 32 items"),
+    ({"listeners": [{"name": "https", "port": 443, "protocol": "HTTPS",
+                     "tls": {"dnsNames": [LONG_NAME]}}]},
+     "spec.listeners[0].tls.dnsNames[0]", "not a valid DNS name"),
+    ({"listeners": [{"name": "https", "port": 443, "protocol": "HTTPS",
+                     "tls": {"secretName": LONG_NAME}}]},
+     "spec.listeners[0].tls.secretName", "not a valid Secret name"),
+    ({"healthCheck": {"type": "HTTP", "host": LONG_NAME}},
+     "spec.healthCheck.host", "not a valid host name"),
+    ({"healthCheck": {"type": "HTTP", "path": "/" + "a" * 1024}},
+     "spec.healthCheck.path", "must start with '/'"),
+])
+def test_bounds_the_parser_once_missed(spec: dict[str, Any], field: str, words: str) -> None:
+    with pytest.raises(SpecError) as err:
+        parse_loadbalancer(lb_object(**spec))
+    assert [e.path for e in err.value.errors] == [field]
+    assert words in err.value.errors[0].message
+
+
+def test_cross_field_messages_are_the_crds() -> None:
+    """The parser prints a failed cross-field rule in the words of the CRD's CEL rule,
+    at the field the rule names (roundhouse.model.rules states both once)."""
+    from roundhouse.model import rules
+
+    cases = [
+        (lb_object(listeners=[{"name": "a", "port": 80, "protocol": "HTTPS",
+                               "redirectToHTTPS": True}]),
+         "spec.listeners[0].redirectToHTTPS", rules.REDIRECT_ONLY_ON_HTTP),
+        (lb_object(listeners=[{"name": "a", "port": 80, "tls": {}}]),
+         "spec.listeners[0].tls", rules.TLS_ONLY_ON_HTTPS),
+        (lb_object(backends=[{"service": "web", "port": 80, "weight": 0}]),
+         "spec.backends", rules.SPEC_BACKEND_WEIGHT),
+        (lb_object(algorithm="first"), "spec.limits.maxConnectionsPerServer",
+         rules.ALGORITHM_FIRST),
+        (lb_object(limits={"maxConnections": 5, "maxConnectionsPerClient": 6}),
+         "spec.limits.maxConnectionsPerClient", rules.PER_CLIENT_AT_MOST_MAX),
+        (lb_object(listeners=[{"name": "a", "port": 5432, "protocol": "TCP"}],
+                   sessionPersistence={"type": "Cookie"}),
+         "spec.sessionPersistence.type", rules.COOKIE_NEEDS_HTTP),
+        (lb_object(healthCheck={"type": "TCP", "host": "example.com"}),
+         "spec.healthCheck.host", rules.HTTP_CHECK_ONLY[1]),
+    ]
+    for obj, field, rule in cases:
+        with pytest.raises(SpecError) as err:
+            parse_loadbalancer(obj)
+        assert (field, rule.message) in [(e.path, e.message) for e in err.value.errors], \
+            (field, err.value.errors)

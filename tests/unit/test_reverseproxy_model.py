@@ -147,3 +147,31 @@ def test_name_leaves_room_for_the_rp_suffix() -> None:
     obj["metadata"]["name"] = "a" * 51
     with pytest.raises(SpecError, match="children are named <name>-rp"):
         parse_reverseproxy(obj)
+
+
+def test_cross_field_messages_are_the_crds() -> None:
+    """A failed cross-field rule, in the words of the CRD's CEL rule and at the field it
+    names (roundhouse.model.rules states both once)."""
+    from roundhouse.model import rules
+
+    redirect = {"name": "r", "redirect": {"scheme": "https"}}
+    cases = [
+        (rp_object(hosts=hosts(route(redirect={"scheme": "https"}))),
+         "spec.hosts[0].routes[0]", rules.ROUTE_BACKENDS_OR_REDIRECT),
+        (rp_object(hosts=hosts({**redirect, "retries": {}})),
+         "spec.hosts[0].routes[0].retries", rules.BACKEND_ONLY[1]),
+        (rp_object(hosts=hosts({"name": "r", "redirect": {}})),
+         "spec.hosts[0].routes[0].redirect", rules.REDIRECT_NEEDS_TARGET),
+        (rp_object(hosts=hosts(route(match={"path": {"type": "Exact", "value": "a"}}))),
+         "spec.hosts[0].routes[0].match.path.value", rules.PATH_VALUE),
+        (rp_object(hosts=hosts(route(), tls={})), "spec.hosts", rules.HOST_TLS_NEEDS_HTTPS),
+        (rp_object(hsts={"preload": True}), "spec.hsts.preload",
+         rules.PRELOAD_NEEDS_SUBDOMAINS),
+        (rp_object(listeners=[{"name": "a", "port": 80}, {"name": "b", "port": 80}]),
+         "spec.listeners", rules.LISTENER_PORTS_UNIQUE),
+    ]
+    for obj, field, rule in cases:
+        with pytest.raises(SpecError) as err:
+            parse_reverseproxy(obj)
+        assert (field, rule.message) in [(e.path, e.message) for e in err.value.errors], \
+            (field, err.value.errors)

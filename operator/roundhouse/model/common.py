@@ -1,6 +1,7 @@
 """The spec blocks both kinds share: backends, persistence, health checks, timeouts,
-limits and the proxy settings, with their parsers. Mirrors the shared blocks of
-crds/generate.py (one source for both CRDs), so both kinds validate them alike.
+limits and the proxy settings, with their parsers. Their rules and defaults are
+roundhouse.model.rules' (the CRD's too), so both kinds, offline and in the cluster,
+validate them alike.
 """
 
 from __future__ import annotations
@@ -14,52 +15,47 @@ from typing import Any, TypedDict, TypeVar
 
 from roundhouse import API_GROUP
 from roundhouse import API_VERSION as API_VERSION_NAME
+from roundhouse.model import rules
 from roundhouse.model.errors import FieldError
 from roundhouse.model.kubetypes import check_labels, parse_resources, parse_toleration
 from roundhouse.model.pod import RESERVED_PORTS, reserved_port_message
 from roundhouse.model.reader import Reader, shown, type_error
-from roundhouse.model.values import DNS_LABEL_RE, HOST_NAME_RE, HTTP_PATH_RE
-
-ALGORITHMS = ("roundrobin", "leastconn", "source", "random", "first")
-PERSISTENCE_TYPES = ("Cookie", "SourceIP")
-HEALTH_CHECK_TYPES = ("TCP", "HTTP")
-SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
-COOKIE_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+from roundhouse.model.values import COOKIE_NAME_RE, DNS_LABEL_RE, HOST_NAME_RE, HTTP_PATH_RE
 
 
 @dataclass(frozen=True)
 class Backend:
     service: str
     port: int | str  # a Service port number or name
-    weight: int = 1
+    weight: int = rules.WEIGHT.default or 0
 
 
 @dataclass(frozen=True)
 class SessionPersistence:
     type: str
-    cookie_name: str = "RH_SESSION"
-    max_age_ms: int = 3_600_000
+    cookie_name: str = rules.DEFAULT_COOKIE_NAME
+    max_age_ms: int = rules.PERSISTENCE_MAX_AGE.default_ms
 
 
 @dataclass(frozen=True)
 class HealthCheck:
     type: str
-    path: str = "/"
+    path: str = rules.DEFAULT_CHECK_PATH
     host: str | None = None
-    expect_status: int = 200
-    interval_ms: int = 2000
-    timeout_ms: int = 1000
-    rise: int = 2
-    fall: int = 3
+    expect_status: int = rules.DEFAULT_EXPECT_STATUS
+    interval_ms: int = rules.CHECK_INTERVAL.default_ms
+    timeout_ms: int = rules.CHECK_TIMEOUT.default_ms
+    rise: int = rules.RISE.default or 0
+    fall: int = rules.FALL.default or 0
 
 
 @dataclass(frozen=True)
 class Timeouts:
-    connect_ms: int = 5000
-    client_ms: int = 50_000
-    server_ms: int = 50_000
-    queue_ms: int = 30_000
-    tunnel_ms: int = 3_600_000
+    connect_ms: int = rules.TIMEOUT_CONNECT.default_ms
+    client_ms: int = rules.TIMEOUT_CLIENT.default_ms
+    server_ms: int = rules.TIMEOUT_SERVER.default_ms
+    queue_ms: int = rules.TIMEOUT_QUEUE.default_ms
+    tunnel_ms: int = rules.TIMEOUT_TUNNEL.default_ms
 
 
 @dataclass(frozen=True)
@@ -68,7 +64,7 @@ class UpstreamTLS:
 
     ca_secret_name: str | None = None  # None: the system CAs
     sni: str | None = None
-    verify: bool = True
+    verify: bool = rules.UPSTREAM_VERIFY
 
 
 @dataclass(frozen=True)
@@ -76,7 +72,7 @@ class RequestRate:
     """At most `requests` HTTP requests per client address in any `period` (sliding)."""
 
     requests: int
-    period_ms: int = 1000
+    period_ms: int = rules.RATE_PERIOD.default_ms
 
     @property
     def retry_after_s(self) -> int:
@@ -91,9 +87,10 @@ class RequestRate:
 
 @dataclass(frozen=True)
 class Limits:
-    max_connections: int = 10_000
-    max_connections_per_server: int = 0  # 0: unlimited, no queueing
-    max_connections_per_client: int = 0  # 0: unlimited; per source address, per replica
+    max_connections: int = rules.MAX_CONNECTIONS.default or 0
+    max_connections_per_server: int = rules.MAX_CONNECTIONS_PER_SERVER.default or 0
+    # 0: unlimited (per server: no queueing; per client: per source address, per replica)
+    max_connections_per_client: int = rules.MAX_CONNECTIONS_PER_CLIENT.default or 0
     request_rate_per_client: RequestRate | None = None  # HTTP listeners only
 
     @property
@@ -103,8 +100,8 @@ class Limits:
 
 @dataclass(frozen=True)
 class ProxySettings:
-    replicas: int = 2
-    service_type: str = "LoadBalancer"
+    replicas: int = rules.REPLICAS.default or 0
+    service_type: str = rules.SERVICE_TYPE.default or ""
     resources: dict[str, Any] = field(default_factory=dict)
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: tuple[dict[str, Any], ...] = ()
@@ -125,58 +122,62 @@ def parse_backend(r: Reader) -> Backend:
         r.error("port", "Required value")
     elif isinstance(raw, bool) or not isinstance(raw, int | str):
         r.error("port", "must be a port number or a port name")
-    elif isinstance(raw, int) and not 1 <= raw <= 65535:
-        r.error("port", f"must be between 1 and 65535, got {raw}")
+    elif isinstance(raw, int) and not rules.PORT.contains(raw):
+        r.error("port", f"must be between {rules.PORT.minimum} and {rules.PORT.maximum}, "
+                f"got {raw}")
     elif isinstance(raw, str) and not DNS_LABEL_RE.match(raw):
         r.error("port", f"port name {raw!r} must be a lowercase DNS label")
     else:
         port = raw
-    return Backend(service, port, r.integer("weight", 1, minimum=0, maximum=256))
+    return Backend(service, port, r.integer("weight", rules.WEIGHT))
 
 
 def parse_persistence(r: Reader) -> SessionPersistence:
-    kind = r.enum("type", PERSISTENCE_TYPES, "Cookie")
-    cookie = r.string("cookieName", "RH_SESSION")
-    if not cookie or len(cookie) > 64 or not set(cookie) <= COOKIE_NAME_CHARS:
-        r.error("cookieName", f"{cookie!r} must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'")
+    kind = r.enum("type", rules.PERSISTENCE_TYPE)
+    cookie = r.string("cookieName", rules.DEFAULT_COOKIE_NAME)
+    length = rules.COOKIE_NAME_LENGTH
+    if not (length.minimum or 0) <= len(cookie) <= (length.maximum or 0) \
+            or not COOKIE_NAME_RE.match(cookie):
+        r.error("cookieName", f"{cookie!r} must be {length.minimum}-{length.maximum} "
+                "characters of A-Z, a-z, 0-9, '_' or '-'")
     if kind != "Cookie" and r.has("cookieName"):
-        r.error("cookieName", "is only allowed when type is Cookie")
-    return SessionPersistence(kind, cookie, r.duration_ms("maxAge", "1h",
-                                                          maximum_ms=30 * 86_400_000))
+        r.error("cookieName", rules.COOKIE_NAME_ONLY_FOR_COOKIE.message)
+    return SessionPersistence(kind, cookie, r.duration_ms("maxAge", rules.PERSISTENCE_MAX_AGE))
 
 
 def parse_health_check(r: Reader) -> HealthCheck:
-    kind = r.enum("type", HEALTH_CHECK_TYPES, "TCP")
-    path = r.string("path", "/")
-    if not HTTP_PATH_RE.match(path):
+    kind = r.enum("type", rules.HEALTH_CHECK_TYPE)
+    path = r.string("path", rules.DEFAULT_CHECK_PATH)
+    if len(path) > rules.PATH_LENGTH or not HTTP_PATH_RE.match(path):
         r.error("path", f"{path!r} must start with '/' and use only URL path characters "
                 "(no spaces, quotes, '#', '\\' or '$')")
     host = r.string("host") or None
-    if r.has("host") and not HOST_NAME_RE.match(host or ""):
-        r.error("host", f"{host!r} is not a valid host name")
-    if kind == "TCP":
-        for key in ("path", "host", "expectStatus"):
+    bounded(r, "host", host or "", HOST_NAME_RE, "host name")
+    if kind != "HTTP":
+        for rule in rules.HTTP_CHECK_ONLY:
+            key = (rule.field_path or "").lstrip(".")
             if r.has(key):
-                r.error(key, "is only allowed when type is HTTP")
+                r.error(key, rule.message)
     return HealthCheck(
         type=kind,
         path=path,
         host=host,
-        expect_status=r.integer("expectStatus", 200, minimum=100, maximum=599),
-        interval_ms=r.duration_ms("interval", "2s"),
-        timeout_ms=r.duration_ms("timeout", "1s"),
-        rise=r.integer("rise", 2, minimum=1, maximum=100),
-        fall=r.integer("fall", 3, minimum=1, maximum=100),
+        expect_status=r.integer("expectStatus", rules.EXPECT_STATUS,
+                                rules.DEFAULT_EXPECT_STATUS),
+        interval_ms=r.duration_ms("interval", rules.CHECK_INTERVAL),
+        timeout_ms=r.duration_ms("timeout", rules.CHECK_TIMEOUT),
+        rise=r.integer("rise", rules.RISE),
+        fall=r.integer("fall", rules.FALL),
     )
 
 
 def parse_timeouts(r: Reader) -> Timeouts:
     return Timeouts(
-        connect_ms=r.duration_ms("connect", "5s"),
-        client_ms=r.duration_ms("client", "50s"),
-        server_ms=r.duration_ms("server", "50s"),
-        queue_ms=r.duration_ms("queue", "30s"),
-        tunnel_ms=r.duration_ms("tunnel", "1h"),
+        connect_ms=r.duration_ms("connect", rules.TIMEOUT_CONNECT),
+        client_ms=r.duration_ms("client", rules.TIMEOUT_CLIENT),
+        server_ms=r.duration_ms("server", rules.TIMEOUT_SERVER),
+        queue_ms=r.duration_ms("queue", rules.TIMEOUT_QUEUE),
+        tunnel_ms=r.duration_ms("tunnel", rules.TIMEOUT_TUNNEL),
     )
 
 
@@ -186,14 +187,14 @@ def parse_limits(r: Reader) -> Limits:
         rr = r.child("requestRatePerClient")
         if not rr.has("requests"):
             rr.error("requests", "Required value")
-        rate = RequestRate(rr.integer("requests", 1, minimum=1, maximum=1_000_000),
-                           rr.duration_ms("period", "1s", maximum_ms=3_600_000))
+        rate = RequestRate(rr.integer("requests", rules.RATE_REQUESTS, 1),
+                           rr.duration_ms("period", rules.RATE_PERIOD))
     return Limits(
-        max_connections=r.integer("maxConnections", 10_000, minimum=1, maximum=1_000_000),
-        max_connections_per_server=r.integer("maxConnectionsPerServer", 0, minimum=0,
-                                             maximum=100_000),
-        max_connections_per_client=r.integer("maxConnectionsPerClient", 0, minimum=0,
-                                             maximum=100_000),
+        max_connections=r.integer("maxConnections", rules.MAX_CONNECTIONS),
+        max_connections_per_server=r.integer("maxConnectionsPerServer",
+                                             rules.MAX_CONNECTIONS_PER_SERVER),
+        max_connections_per_client=r.integer("maxConnectionsPerClient",
+                                             rules.MAX_CONNECTIONS_PER_CLIENT),
         request_rate_per_client=rate,
     )
 
@@ -201,16 +202,16 @@ def parse_limits(r: Reader) -> Limits:
 def parse_proxy(r: Reader) -> ProxySettings:
     """Validated as the API server validates a Pod: the Deployment must never be refused."""
     return ProxySettings(
-        replicas=r.integer("replicas", 2, minimum=1, maximum=50),
-        service_type=r.enum("serviceType", SERVICE_TYPES, "LoadBalancer"),
+        replicas=r.integer("replicas", rules.REPLICAS),
+        service_type=r.enum("serviceType", rules.SERVICE_TYPE),
         resources=parse_resources(r.child("resources")),
-        node_selector=check_labels(r, "nodeSelector", max_items=32),
-        tolerations=tuple(parse_toleration(t) for t in r.items("tolerations", max_items=32)),
+        node_selector=check_labels(r, "nodeSelector", max_items=rules.NODE_SELECTOR.maximum),
+        tolerations=tuple(parse_toleration(t) for t in r.items("tolerations", rules.TOLERATIONS)),
     )
 
 
 def bounded(r: Reader, key: str, value: str, pattern: re.Pattern[str], what: str,
-            max_length: int = 253) -> None:
+            max_length: int = rules.SUBDOMAIN_LENGTH) -> None:
     """A present string field must match its pattern within the CRD's maxLength."""
     if r.has(key) and (len(value) > max_length or not pattern.match(value)):
         r.error(key, f"{value!r} is not a valid {what}")
@@ -289,7 +290,7 @@ def object_meta(obj: dict[str, Any], kind: str, errors: list[FieldError]) -> dic
     r.string_map("annotations")
     for key in ("name", "namespace", "uid", "generateName"):
         r.string(key)
-    r.integer("generation", 0, minimum=0, maximum=2**63 - 1)
+    r.integer("generation", rules.GENERATION)
     r.unknown_fields()
     return meta
 
@@ -319,7 +320,7 @@ def parse_shared_blocks(spec: Reader) -> SharedBlocks:
         return parse(spec.child(key)) if spec.has(key) else None
 
     return SharedBlocks(
-        algorithm=spec.enum("algorithm", ALGORITHMS, "roundrobin"),
+        algorithm=spec.enum("algorithm", rules.ALGORITHM),
         session_persistence=optional("sessionPersistence", parse_persistence),
         health_check=optional("healthCheck", parse_health_check),
         timeouts=parse_timeouts(spec.child("timeouts")),
@@ -330,7 +331,7 @@ def parse_shared_blocks(spec: Reader) -> SharedBlocks:
     )
 
 
-MAX_SOURCE_RANGES = 100
+MAX_SOURCE_RANGES = rules.SOURCE_RANGES.maximum
 _CIDR_SHAPE = re.compile(r"^[0-9A-Fa-f.:]+/(0|[1-9][0-9]{0,2})\Z")  # \Z: no "\n" after
 
 
@@ -347,8 +348,7 @@ def parse_source_ranges(r: Reader, key: str) -> tuple[str, ...]:
     for i, text in enumerate(values):
         network = cidr(text)
         if network is None:
-            r.error(f"{key}[{i}]", f"{text!r} is not a CIDR such as 10.0.0.0/8 or "
-                    "2001:db8::/32")
+            r.error(f"{key}[{i}]", f"{text!r}: {rules.CIDR.message}")
         elif network not in out:
             out.append(network)
     return tuple(out)
@@ -378,9 +378,9 @@ def check_name(meta: dict[str, Any], suffix: str, errors: list[FieldError]) -> s
         errors.append(FieldError("metadata.namespace", "must be a DNS label (a-z, 0-9, '-', "
                                  "at most 63 characters), as Kubernetes names namespaces"))
     name = meta.get("name")
-    if not isinstance(name, str) or not DNS_LABEL_RE.match(name) or len(name) > 50:
-        errors.append(FieldError("metadata.name", "must be a DNS label of at most 50 characters "
-                                 f"(children are named <name>-{suffix})"))
+    if not isinstance(name, str) or not DNS_LABEL_RE.match(name) \
+            or len(name) > rules.MAX_NAME_LENGTH:
+        errors.append(FieldError("metadata.name", rules.name_message(suffix)))
         return str(name or "")
     return name
 
@@ -388,15 +388,17 @@ def check_name(meta: dict[str, Any], suffix: str, errors: list[FieldError]) -> s
 def limits_rules(algorithm: str, limits: Limits, errors: list[FieldError]) -> None:
     """The CEL rules on algorithm and limits, in the CRD's words."""
     if algorithm == "first" and limits.max_connections_per_server == 0:
-        errors.append(FieldError("spec.limits.maxConnectionsPerServer",
-                                 "must be set above 0 when algorithm is 'first' "
-                                 "(it fills each server up to this limit)"))
+        errors.append(spec_error(rules.ALGORITHM_FIRST))
     if limits.max_connections_per_server > limits.max_connections:
-        errors.append(FieldError("spec.limits.maxConnectionsPerServer",
-                                 "must not exceed spec.limits.maxConnections"))
+        errors.append(spec_error(rules.PER_SERVER_AT_MOST_MAX, "spec.limits"))
     if limits.max_connections_per_client > limits.max_connections:
-        errors.append(FieldError("spec.limits.maxConnectionsPerClient",
-                                 "must not exceed spec.limits.maxConnections"))
+        errors.append(spec_error(rules.PER_CLIENT_AT_MOST_MAX, "spec.limits"))
+
+
+def spec_error(rule: rules.Rule, node: str = "spec") -> FieldError:
+    """A failed cross-field rule as the API server reports it: at the rule's node plus
+    its fieldPath, with its message."""
+    return FieldError(node + (rule.field_path or ""), rule.message)
 
 
 def reserved_port_rules(ports: list[int], errors: list[FieldError]) -> None:

@@ -3,7 +3,8 @@ compute resources) and the resource's own labels, validated as the API server va
 a Pod (k8s.io/apimachinery/pkg/util/validation, pkg/apis/core/validation), in its words.
 
 Without this, a spec the CRD accepted could render a Deployment the API server refuses.
-crds/generate.py states the same rules in the schema (patterns and CEL).
+The CRD states the same rules in its schema (patterns and CEL); both take Kubernetes'
+expressions, enums and messages from roundhouse.model.rules.
 """
 
 from __future__ import annotations
@@ -13,10 +14,22 @@ from fractions import Fraction
 from typing import Any
 
 from roundhouse.model.reader import Reader, shown, type_error
+from roundhouse.model.rules import (
+    EMPTY_KEY_MESSAGE,
+    EXISTS_VALUE_MESSAGE,
+    LABEL_VALUE_LENGTH,
+    NAME_LENGTH,
+    RESOURCE_NAMES,
+    SECONDS_MESSAGE,
+    SUBDOMAIN_LENGTH,
+    TAINT_EFFECT,
+    TOLERATION_OPERATOR,
+    request_at_most_limit_message,
+)
+from roundhouse.model.rules import K8S_DNS1123_SUBDOMAIN as DNS1123_SUBDOMAIN
+from roundhouse.model.rules import K8S_LABEL_NAME as LABEL_NAME
+from roundhouse.model.rules import K8S_LABEL_VALUE as LABEL_VALUE
 
-LABEL_NAME = r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"
-LABEL_VALUE = r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?"
-DNS1123_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
 _NAME_RE = re.compile(LABEL_NAME)
 _VALUE_RE = re.compile(LABEL_VALUE)
 _SUBDOMAIN_RE = re.compile(DNS1123_SUBDOMAIN)
@@ -51,14 +64,14 @@ def qualified_name_errors(key: str) -> list[str]:
         if not prefix:
             errors.append("prefix part must be non-empty")
         else:
-            if len(prefix) > 253:
-                errors.append("prefix part must be no more than 253 characters")
+            if len(prefix) > SUBDOMAIN_LENGTH:
+                errors.append(f"prefix part must be no more than {SUBDOMAIN_LENGTH} characters")
             if not _SUBDOMAIN_RE.fullmatch(prefix):
                 errors.append("prefix part " + SUBDOMAIN_MESSAGE)
     if not name:
         errors.append("name part must be non-empty")
-    elif len(name) > 63:
-        errors.append("name part must be no more than 63 characters")
+    elif len(name) > NAME_LENGTH:
+        errors.append(f"name part must be no more than {NAME_LENGTH} characters")
     if name and not _NAME_RE.fullmatch(name):
         errors.append(NAME_MESSAGE)
     return errors
@@ -67,8 +80,8 @@ def qualified_name_errors(key: str) -> list[str]:
 def label_value_errors(value: str) -> list[str]:
     """validation.IsValidLabelValue."""
     errors = []
-    if len(value) > 63:
-        errors.append("must be no more than 63 characters")
+    if len(value) > LABEL_VALUE_LENGTH:
+        errors.append(f"must be no more than {LABEL_VALUE_LENGTH} characters")
     if not _VALUE_RE.fullmatch(value):
         errors.append(VALUE_MESSAGE)
     return errors
@@ -90,20 +103,14 @@ def check_labels(r: Reader, key: str, max_items: int | None = None) -> dict[str,
 
 # ---------------------------------------------------------------- tolerations
 
-TOLERATION_OPERATORS = ("Exists", "Equal", "")
-TAINT_EFFECTS = ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
-EMPTY_KEY_MESSAGE = ("operator must be Exists when `key` is empty, which means \"match all "
-                     "values and all keys\"")
-SECONDS_MESSAGE = "effect must be 'NoExecute' when `tolerationSeconds` is set"
-EXISTS_VALUE_MESSAGE = "value must be empty when `operator` is 'Exists'"
 
 
 def parse_toleration(r: Reader) -> dict[str, Any]:
     """core/validation.ValidateTolerations, for one toleration."""
     key = r.string("key")
-    operator = r.enum("operator", TOLERATION_OPERATORS, "")
+    operator = r.enum("operator", TOLERATION_OPERATOR)
     value = r.string("value")
-    effect = r.enum("effect", TAINT_EFFECTS, "")
+    effect = r.enum("effect", TAINT_EFFECT)
     seconds = r.raw("tolerationSeconds")
     if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, int)):
         r.error("tolerationSeconds", type_error(seconds, "integer"))
@@ -129,10 +136,6 @@ def parse_toleration(r: Reader) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- resources
 
-# The container resources a proxy may ask for: the others (hugepages, extended
-# resources such as GPUs, ephemeral-storage: its volumes have size limits) mean nothing
-# to HAProxy.
-RESOURCE_NAMES = ("cpu", "memory")
 _QUANTITY_RE = re.compile(
     r"([+-]?)([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|"
     r"[eE][+-]?[0-9]+)?")
@@ -197,5 +200,5 @@ def parse_resources(r: Reader) -> dict[str, Any]:
         limit = amounts.get("limits", {}).get(name)
         if limit is not None and request > limit:
             r.error(f"requests.{name}", f"Invalid value: {shown(out['requests'][name])}: "
-                    f"must be less than or equal to {name} limit")
+                    + request_at_most_limit_message(name))
     return {part: values for part, values in out.items() if values}

@@ -1,4 +1,5 @@
-"""The LoadBalancer spec: typed, defaulted, validated. Mirrors crds/loadbalancers.yaml."""
+"""The LoadBalancer spec: typed, defaulted, validated by roundhouse.model.rules, the rules
+crds/loadbalancers.yaml is generated from."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from roundhouse.model.common import (
     SessionPersistence,
     Timeouts,
     UpstreamTLS,
+    bounded,
     check_name,
     identity,
     limits_rules,
@@ -21,14 +23,30 @@ from roundhouse.model.common import (
     parse_shared_blocks,
     required_value,
     reserved_port_rules,
+    spec_error,
 )
 from roundhouse.model.errors import FieldError, SpecError
 from roundhouse.model.reader import Reader
+from roundhouse.model.rules import (
+    COOKIE_NEEDS_HTTP,
+    DNS_NAMES,
+    HTTP_PROTOCOLS,
+    LB_BACKENDS,
+    LB_SUFFIX,
+    LISTENERS,
+    PORT,
+    PROTOCOL,
+    RATE_NEEDS_HTTP,
+    REDIRECT_NEEDS_HTTPS,
+    REDIRECT_ONLY_ON_HTTP,
+    REDIRECT_TO_HTTPS,
+    SPEC_BACKEND_WEIGHT,
+    SUBDOMAIN_LENGTH,
+    TLS_ONLY_ON_HTTPS,
+    TLS_VERSION,
+    UPSTREAM_TLS_NOT_PASSTHROUGH,
+)
 from roundhouse.model.values import DNS_LABEL_RE, DNS_NAME_RE, HOST_NAME_RE
-
-PROTOCOLS = ("TCP", "HTTP", "HTTPS", "TLSPassthrough")
-HTTP_PROTOCOLS = ("HTTP", "HTTPS")
-TLS_VERSIONS = ("1.2", "1.3")
 
 __all__ = [
     "Backend",
@@ -49,7 +67,7 @@ __all__ = [
 class ListenerTLS:
     secret_name: str | None  # None: the operator issues and rotates a certificate
     dns_names: tuple[str, ...] = ()
-    min_version: str = "1.2"
+    min_version: str = TLS_VERSION.default or ""
 
     @property
     def issued(self) -> bool:
@@ -108,10 +126,10 @@ def parse_loadbalancer(obj: dict[str, Any]) -> LoadBalancer:
     """
     errors: list[FieldError] = []
     meta = object_meta(obj, "LoadBalancer", errors)
-    name = check_name(meta, "lb", errors)
+    name = check_name(meta, LB_SUFFIX, errors)
     spec = Reader(obj.get("spec"), "spec", errors)
-    listeners = tuple(_listener(r) for r in spec.items("listeners", min_items=1, max_items=16))
-    backends = tuple(parse_backend(r) for r in spec.items("backends", min_items=1, max_items=32))
+    listeners = tuple(_listener(r) for r in spec.items("listeners", LISTENERS))
+    backends = tuple(parse_backend(r) for r in spec.items("backends", LB_BACKENDS))
     lb = LoadBalancer(name=name, **identity(meta), listeners=listeners, backends=backends,
                       **parse_shared_blocks(spec))
     _cross_field_rules(lb, errors)
@@ -125,31 +143,35 @@ def _listener(r: Reader) -> Listener:
     name = r.string("name", required=True)
     if r.has("name") and not DNS_LABEL_RE.match(name):
         r.error("name", f"{name!r} must be a lowercase DNS label (a-z, 0-9, '-')")
-    protocol = r.enum("protocol", PROTOCOLS, "HTTP")
+    protocol = r.enum("protocol", PROTOCOL)
     tls = None
     if r.has("tls"):
         t = r.child("tls")
         secret = t.string("secretName") or None
-        if t.has("secretName") and not HOST_NAME_RE.match(secret or ""):
-            t.error("secretName", f"{secret!r} is not a valid Secret name")
+        bounded(t, "secretName", secret or "", HOST_NAME_RE, "Secret name")
         dns_names = t.string_list("dnsNames")
+        if len(dns_names) > DNS_NAMES.maximum:
+            t.error("dnsNames", f"must have at most {DNS_NAMES.maximum} items")
         for i, dns in enumerate(dns_names):
-            if not DNS_NAME_RE.match(dns):
+            if len(dns) > SUBDOMAIN_LENGTH or not DNS_NAME_RE.match(dns):
                 t.error(f"dnsNames[{i}]", f"{dns!r} is not a valid DNS name")
-        tls = ListenerTLS(secret, tuple(dns_names), t.enum("minVersion", TLS_VERSIONS, "1.2"))
+        tls = ListenerTLS(secret, tuple(dns_names), t.enum("minVersion", TLS_VERSION))
     elif protocol == "HTTPS":
         tls = ListenerTLS(None)
     return Listener(
         name=name,
-        port=r.integer("port", 0, minimum=1, maximum=65535) if r.has("port") else required_value(r),
+        port=r.integer("port", PORT) if r.has("port") else required_value(r),
         protocol=protocol,
-        redirect_to_https=r.boolean("redirectToHTTPS"),
+        redirect_to_https=r.boolean("redirectToHTTPS", REDIRECT_TO_HTTPS),
         tls=tls,
     )
 
 
 def _cross_field_rules(lb: LoadBalancer, errors: list[FieldError]) -> None:
-    """The rules the CRD expresses in CEL, kept here in the same words."""
+    """The rules the CRD states in CEL (roundhouse.model.rules), in their words.
+
+    Unique listener names and ports and unique backends are reported at the repeated
+    item, naming the value (the CRD: list-map keys, and a rule on spec.listeners)."""
     seen_names: set[str] = set()
     seen_ports: set[int] = set()
     for i, li in enumerate(lb.listeners):
@@ -161,13 +183,11 @@ def _cross_field_rules(lb: LoadBalancer, errors: list[FieldError]) -> None:
         seen_names.add(li.name)
         seen_ports.add(li.port)
         if li.redirect_to_https and li.protocol != "HTTP":
-            errors.append(FieldError(f"{path}.redirectToHTTPS",
-                                     "is only allowed on an HTTP listener"))
+            errors.append(spec_error(REDIRECT_ONLY_ON_HTTP, path))
         if li.redirect_to_https and lb.https_listener is None:
-            errors.append(FieldError(f"{path}.redirectToHTTPS",
-                                     "needs an HTTPS listener to redirect to"))
+            errors.append(FieldError(f"{path}.redirectToHTTPS", REDIRECT_NEEDS_HTTPS.message))
         if li.tls is not None and li.protocol != "HTTPS":
-            errors.append(FieldError(f"{path}.tls", "is only allowed on an HTTPS listener"))
+            errors.append(spec_error(TLS_ONLY_ON_HTTPS, path))
     seen_backends: set[tuple[str, int | str]] = set()
     for i, be in enumerate(lb.backends):
         if (be.service, be.port) in seen_backends:
@@ -175,19 +195,13 @@ def _cross_field_rules(lb: LoadBalancer, errors: list[FieldError]) -> None:
                                      f"service {be.service!r} port {be.port!r} is listed twice"))
         seen_backends.add((be.service, be.port))
     if lb.backends and all(be.weight == 0 for be in lb.backends):
-        errors.append(FieldError("spec.backends", "at least one backend needs a weight above 0"))
+        errors.append(spec_error(SPEC_BACKEND_WEIGHT))
     sp = lb.session_persistence
     if sp and sp.type == "Cookie" and not any(li.is_http for li in lb.listeners):
-        errors.append(FieldError("spec.sessionPersistence.type",
-                                 "Cookie persistence needs an HTTP or HTTPS listener; "
-                                 "use SourceIP for TCP"))
+        errors.append(spec_error(COOKIE_NEEDS_HTTP))
     if lb.limits.request_rate_per_client and not any(li.is_http for li in lb.listeners):
-        errors.append(FieldError("spec.limits.requestRatePerClient",
-                                 "needs an HTTP or HTTPS listener; use "
-                                 "maxConnectionsPerClient for TCP"))
+        errors.append(spec_error(RATE_NEEDS_HTTP))
     if lb.upstream_tls and any(li.protocol == "TLSPassthrough" for li in lb.listeners):
-        errors.append(FieldError("spec.upstreamTLS",
-                                 "cannot be used with a TLSPassthrough listener, whose "
-                                 "stream is already the client's TLS"))
+        errors.append(spec_error(UPSTREAM_TLS_NOT_PASSTHROUGH))
     limits_rules(lb.algorithm, lb.limits, errors)
     reserved_port_rules([li.port for li in lb.listeners], errors)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from roundhouse.model.errors import FieldError
+from roundhouse.model.rules import Duration, Enum, Int, Items
 from roundhouse.model.values import format_duration_ms, parse_duration_ms
 
 
@@ -91,17 +92,18 @@ class Reader:
     def child(self, key: str) -> Reader:
         return Reader(self._get(key), self.field(key), self.errors, self.readers)
 
-    def items(self, key: str, *, min_items: int = 0, max_items: int = 1000) -> Iterator[Reader]:
+    def items(self, key: str, size: Items, *, check_minimum: bool = True) -> Iterator[Reader]:
+        """The objects of a list within its size (an absent list is empty)."""
         value = self._get(key)
         if value is None:
             value = []
         if not isinstance(value, list):
             self.error(key, type_error(value, "array"))
             return
-        if len(value) < min_items:
-            self.error(key, f"must have at least {min_items} item(s)")
-        if len(value) > max_items:
-            self.error(key, f"must have at most {max_items} items")
+        if check_minimum and size.minimum and len(value) < size.minimum:
+            self.error(key, f"must have at least {size.minimum} item(s)")
+        if len(value) > size.maximum:
+            self.error(key, f"must have at most {size.maximum} items")
         for index, item in enumerate(value):
             yield Reader(item, f"{self.field(key)}[{index}]", self.errors, self.readers)
 
@@ -116,24 +118,31 @@ class Reader:
             return default or ""
         return value
 
-    def enum(self, key: str, allowed: tuple[str, ...], default: str) -> str:
-        value = self.string(key, default)
-        if value not in allowed:
+    def enum(self, key: str, allowed: Enum, default: str | None = None) -> str:
+        """One of allowed.values; absent or refused: the default (allowed's own unless
+        given: a field without a default still needs a placeholder value)."""
+        fallback = default if default is not None else allowed.default or ""
+        value = self.string(key, fallback)
+        if value not in allowed.values:
             self.error(key, f"Unsupported value: {shown(value)}: supported values: "
-                       + ", ".join(f'"{a}"' for a in allowed))
-            return default
+                       + ", ".join(f'"{a}"' for a in allowed.values))
+            return fallback
         return value
 
-    def integer(self, key: str, default: int, *, minimum: int, maximum: int) -> int:
+    def integer(self, key: str, bounds: Int, default: int | None = None) -> int:
+        """An integer within bounds; absent or refused: the default (the bounds' own
+        unless given: a field without a default still needs a placeholder value)."""
+        fallback = default if default is not None else bounds.default or 0
         value = self._get(key)
         if value is None:
-            return default
+            return fallback
         if isinstance(value, bool) or not isinstance(value, int):
             self.error(key, type_error(value, "integer"))
-            return default
-        if not minimum <= value <= maximum:
-            self.error(key, f"must be between {minimum} and {maximum}, got {value}")
-            return default
+            return fallback
+        if not bounds.contains(value):
+            self.error(key, f"must be between {bounds.minimum} and {bounds.maximum}, "
+                       f"got {value}")
+            return fallback
         return value
 
     def boolean(self, key: str, default: bool = False) -> bool:
@@ -145,16 +154,19 @@ class Reader:
             return default
         return value
 
-    def duration_ms(self, key: str, default: str, *, maximum_ms: int = 86_400_000) -> int:
+    def duration_ms(self, key: str, rule: Duration) -> int:
+        """A duration in milliseconds, more than 0 and at most the rule's limit; absent
+        or refused: the rule's default (0 when it has none)."""
+        default = rule.default or "0s"
         text = self.string(key, default)
         ms = parse_duration_ms(text)
         if ms is None:
             self.error(key, f"invalid duration {text!r}: use a number and a unit, "
                        "e.g. 500ms, 5s, 2m, 1h")
             ms = parse_duration_ms(default) or 0
-        elif ms == 0 or ms > maximum_ms:
+        elif ms == 0 or ms > rule.max_ms:
             self.error(key, f"must be more than 0 and at most "
-                       f"{format_duration_ms(maximum_ms)}, got {text!r}")
+                       f"{format_duration_ms(rule.max_ms)}, got {text!r}")
             ms = parse_duration_ms(default) or 0
         return ms
 

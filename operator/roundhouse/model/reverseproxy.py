@@ -1,4 +1,5 @@
-"""The ReverseProxy spec: typed, defaulted, validated. Mirrors crds/reverseproxies.yaml.
+"""The ReverseProxy spec: typed, defaulted, validated by roundhouse.model.rules, the rules
+crds/reverseproxies.yaml is generated from.
 
 Every rule of the CRD (OpenAPI schema, list-map keys and CEL rules) is checked here with
 the field path the API server names, so `roundhouse render` refuses the same objects.
@@ -34,10 +35,61 @@ from roundhouse.model.common import (
     parse_source_ranges,
     required_value,
     reserved_port_rules,
+    spec_error,
 )
 from roundhouse.model.errors import FieldError, SpecError
 from roundhouse.model.loadbalancer import Listener
 from roundhouse.model.reader import Reader
+from roundhouse.model.rules import (
+    BACKEND_ONLY,
+    BACKEND_WEIGHT,
+    CERTIFICATES,
+    DEFAULT_PATH,
+    DEFAULT_RETRY_ON,
+    HEADER_CHANGES,
+    HEADER_MAP_KEYS,
+    HEADER_MATCH_TYPE,
+    HEADER_MATCHES,
+    HEADER_NAME_LENGTH,
+    HEADER_VALUE,
+    HEADER_VALUE_LENGTH,
+    HOST_TLS_NEEDS_HTTPS,
+    HOSTS,
+    HSTS_INCLUDE_SUBDOMAINS,
+    HSTS_MAX_AGE,
+    HSTS_NEEDS_HTTPS,
+    HSTS_PRELOAD,
+    HTTPS_NEEDS_HOST_TLS,
+    LISTENER_PORTS_UNIQUE,
+    LISTENERS,
+    MAX_CERTIFICATES,
+    METHOD,
+    PATH_LENGTH,
+    PATH_MATCH_LENGTH,
+    PATH_TYPE,
+    PATH_VALUE,
+    PORT,
+    PRELOAD_NEEDS_SUBDOMAINS,
+    REDIRECT_CODE,
+    REDIRECT_CODES,
+    REDIRECT_NEEDS_HTTPS,
+    REDIRECT_NEEDS_TARGET,
+    REDIRECT_ONLY_ON_HTTP,
+    REDIRECT_SCHEME,
+    REDIRECT_TO_HTTPS,
+    RETRY_ATTEMPTS,
+    RETRY_ON,
+    REWRITE_NEEDS_BACKENDS,
+    REWRITE_NEEDS_PREFIX,
+    ROUTE_BACKENDS,
+    ROUTE_BACKENDS_OR_REDIRECT,
+    ROUTE_REQUEST_TIMEOUT,
+    ROUTE_SERVER_TIMEOUT,
+    ROUTES,
+    RP_PROTOCOL,
+    RP_SUFFIX,
+    Duration,
+)
 from roundhouse.model.values import (
     DNS_LABEL_RE,
     DNS_NAME_RE,
@@ -47,31 +99,18 @@ from roundhouse.model.values import (
     HTTP_PATH_RE,
 )
 
-RP_PROTOCOLS = ("HTTP", "HTTPS")
-PATH_TYPES = ("Exact", "Prefix", "RegularExpression")
-HEADER_MATCH_TYPES = ("Exact", "RegularExpression")
-METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
-RETRY_ON = ("connect-failure", "empty-response", "junk-response", "response-timeout",
-            "0rtt-rejected", "all-retryable-errors", "404", "408", "425", "500", "501",
-            "502", "503", "504")
-REDIRECT_SCHEMES = ("http", "https")
-REDIRECT_CODES = (301, 302, 303, 307, 308)
-# Route fields that only a request sent to a backend uses (crds/generate.py has the same).
-BACKEND_ONLY_ROUTE_FIELDS = ("timeouts", "retries", "requestHeaders", "responseHeaders")
-HSTS_MAX_MS = 2 * 365 * 86_400_000
-
 
 @dataclass(frozen=True)
 class PathMatch:
-    type: str = "Prefix"  # Exact | Prefix (whole segments) | RegularExpression (full match)
-    value: str = "/"
+    type: str = PATH_TYPE.default or ""  # Exact | Prefix (whole segments) | RegularExpression
+    value: str = DEFAULT_PATH
 
 
 @dataclass(frozen=True)
 class HeaderMatch:
     name: str
     value: str
-    type: str = "Exact"  # Exact | RegularExpression (full match)
+    type: str = HEADER_MATCH_TYPE.default or ""  # Exact | RegularExpression (full match)
 
 
 @dataclass(frozen=True)
@@ -89,8 +128,8 @@ class RouteTimeouts:
 
 @dataclass(frozen=True)
 class Retries:
-    attempts: int = 3
-    retry_on: tuple[str, ...] = ("connect-failure",)
+    attempts: int = RETRY_ATTEMPTS.default or 0
+    retry_on: tuple[str, ...] = (DEFAULT_RETRY_ON,)
 
 
 @dataclass(frozen=True)
@@ -108,7 +147,7 @@ class Redirect:
     scheme: str | None = None
     hostname: str | None = None
     path: str | None = None
-    status_code: int = 302
+    status_code: int = REDIRECT_CODE.default or 0
 
 
 @dataclass(frozen=True)
@@ -147,9 +186,9 @@ class Host:
 
 @dataclass(frozen=True)
 class HSTS:
-    max_age_ms: int = 8760 * 3_600_000
-    include_subdomains: bool = False
-    preload: bool = False
+    max_age_ms: int = HSTS_MAX_AGE.default_ms
+    include_subdomains: bool = HSTS_INCLUDE_SUBDOMAINS
+    preload: bool = HSTS_PRELOAD
 
     def header(self) -> str:
         value = f"max-age={self.max_age_ms // 1000}"
@@ -205,18 +244,17 @@ def parse_reverseproxy(obj: dict[str, Any]) -> ReverseProxy:
     """
     errors: list[FieldError] = []
     meta = object_meta(obj, "ReverseProxy", errors)
-    name = check_name(meta, "rp", errors)
+    name = check_name(meta, RP_SUFFIX, errors)
     spec = Reader(obj.get("spec"), "spec", errors)
     if not spec.has("listeners"):
         spec.error("listeners", "Required value")
     if not spec.has("hosts"):
         spec.error("hosts", "Required value")
-    listener_readers = list(spec.items("listeners", min_items=1 if spec.has("listeners") else 0,
-                                       max_items=16))
+    listener_readers = list(spec.items("listeners", LISTENERS,
+                                       check_minimum=spec.has("listeners")))
     listeners = tuple(_listener(r) for r in listener_readers)
     _unique(listener_readers, ("name",), errors)
-    host_readers = list(spec.items("hosts", min_items=1 if spec.has("hosts") else 0,
-                                   max_items=32))
+    host_readers = list(spec.items("hosts", HOSTS, check_minimum=spec.has("hosts")))
     hosts = tuple(_host(r) for r in host_readers)
     _unique(host_readers, ("hostname",), errors)
     rp = ReverseProxy(
@@ -251,8 +289,8 @@ def _unique(items: list[Reader], keys: tuple[str, ...], errors: list[FieldError]
         seen.add(key)
 
 
-def _optional_duration(r: Reader, key: str, maximum_ms: int = 86_400_000) -> int | None:
-    return r.duration_ms(key, "1s", maximum_ms=maximum_ms) if r.has(key) else None
+def _optional_duration(r: Reader, key: str, rule: Duration) -> int | None:
+    return r.duration_ms(key, rule) if r.has(key) else None
 
 
 def _regex(r: Reader, key: str, value: str) -> None:
@@ -276,12 +314,11 @@ def _listener(r: Reader) -> Listener:
     name = r.string("name", required=True)
     if r.has("name") and not DNS_LABEL_RE.match(name):
         r.error("name", f"{name!r} must be a lowercase DNS label (a-z, 0-9, '-')")
-    protocol = r.enum("protocol", RP_PROTOCOLS, "HTTP")
-    redirect = r.boolean("redirectToHTTPS")
+    protocol = r.enum("protocol", RP_PROTOCOL)
+    redirect = r.boolean("redirectToHTTPS", REDIRECT_TO_HTTPS)
     if redirect and protocol != "HTTP":
-        r.error("redirectToHTTPS", "redirectToHTTPS is only allowed on an HTTP listener")
-    port = r.integer("port", 0, minimum=1, maximum=65535) if r.has("port") \
-        else required_value(r)
+        r.errors.append(spec_error(REDIRECT_ONLY_ON_HTTP, r.path))
+    port = r.integer("port", PORT) if r.has("port") else required_value(r)
     return Listener(name=name, port=port, protocol=protocol, redirect_to_https=redirect)
 
 
@@ -296,8 +333,7 @@ def _host(r: Reader) -> Host:
         tls = HostTLS(secret)
     if not r.has("routes"):
         r.error("routes", "Required value")
-    route_readers = list(r.items("routes", min_items=1 if r.has("routes") else 0,
-                                 max_items=64))
+    route_readers = list(r.items("routes", ROUTES, check_minimum=r.has("routes")))
     routes = tuple(_route(x) for x in route_readers)
     _unique(route_readers, ("name",), r.errors)
     return Host(hostname, routes, tls)
@@ -310,30 +346,30 @@ def _route(r: Reader) -> Route:
     match = _match(r.child("match"))
     backends: tuple[Backend, ...] = ()
     if r.has("backends"):
-        readers = list(r.items("backends", min_items=1, max_items=16))
+        readers = list(r.items("backends", ROUTE_BACKENDS))
         backends = tuple(parse_backend(b) for b in readers)
         _unique(readers, ("service", "port"), r.errors)
         if backends and all(b.weight == 0 for b in backends):
-            r.error("backends", "at least one backend needs a weight above 0")
+            r.error("backends", BACKEND_WEIGHT.message)
     redirect = _redirect(r.child("redirect")) if r.has("redirect") else None
     if r.has("backends") == r.has("redirect"):
-        r.error("", "a route needs exactly one of backends or redirect")
-    for key in BACKEND_ONLY_ROUTE_FIELDS:
+        r.errors.append(spec_error(ROUTE_BACKENDS_OR_REDIRECT, r.path))
+    for rule in BACKEND_ONLY:
         # A redirect route answers by itself: these would silently do nothing.
-        if r.has(key) and not r.has("backends"):
-            r.error(key, f"{key} is only allowed on a route with backends")
+        if r.has((rule.field_path or "").lstrip(".")) and not r.has("backends"):
+            r.errors.append(spec_error(rule, r.path))
     rewrite = None
     if r.has("rewrite"):
         w = r.child("rewrite")
         rewrite = w.string("pathPrefix") or None
-        if w.has("pathPrefix") and (len(rewrite or "") > 1024
+        if w.has("pathPrefix") and (len(rewrite or "") > PATH_LENGTH
                                     or not HTTP_PATH_RE.match(rewrite or "")):
             w.error("pathPrefix", f"{rewrite!r} must start with '/' and hold only URL path "
                     "characters")
         if not r.has("backends"):
-            r.error("rewrite", "rewrite is only allowed on a route with backends")
+            r.errors.append(spec_error(REWRITE_NEEDS_BACKENDS, r.path))
         if w.has("pathPrefix") and match.path.type != "Prefix":
-            r.error("rewrite", "rewrite.pathPrefix needs match.path.type Prefix")
+            r.errors.append(spec_error(REWRITE_NEEDS_PREFIX, r.path))
     return Route(
         name=name,
         match=match,
@@ -350,38 +386,42 @@ def _route(r: Reader) -> Route:
 
 def _match(r: Reader) -> RouteMatch:
     p = r.child("path")
-    path_type = p.enum("type", PATH_TYPES, "Prefix")
-    value = p.string("value", "/")
-    if p.has("value") and (not value or len(value) > 1024 or not HEADER_VALUE_RE.match(value)):
-        p.error("value", f"{value!r} must be 1-1024 characters without control characters")
+    path_type = p.enum("type", PATH_TYPE)
+    value = p.string("value", DEFAULT_PATH)
+    if p.has("value") and (not PATH_MATCH_LENGTH.contains(len(value))
+                           or not HEADER_VALUE_RE.match(value)):
+        p.error("value", f"{value!r} must be {PATH_MATCH_LENGTH.minimum}-"
+                f"{PATH_MATCH_LENGTH.maximum} characters without control characters")
     elif path_type != "RegularExpression" and not HTTP_PATH_RE.match(value):
-        p.error("value", "path value must start with '/' and hold only URL path characters "
-                "unless type is RegularExpression")
+        p.errors.append(spec_error(PATH_VALUE, p.path))
     elif path_type == "RegularExpression":
         _regex(p, "value", value)
     headers = []
-    for h in r.items("headers", max_items=16):
+    for h in r.items("headers", HEADER_MATCHES):
         hname = h.string("name", required=True)
-        bounded(h, "name", hname, HEADER_NAME_RE, "header name (an HTTP token)", 256)
-        htype = h.enum("type", HEADER_MATCH_TYPES, "Exact")
+        bounded(h, "name", hname, HEADER_NAME_RE, "header name (an HTTP token)",
+                HEADER_NAME_LENGTH)
+        htype = h.enum("type", HEADER_MATCH_TYPE)
         hvalue = h.string("value", required=True)
-        if len(hvalue) > 4096 or not HEADER_VALUE_RE.match(hvalue):
-            h.error("value", "must be at most 4096 characters without control characters")
+        if len(hvalue) > HEADER_VALUE_LENGTH or not HEADER_VALUE_RE.match(hvalue):
+            h.error("value", f"must be at most {HEADER_VALUE_LENGTH} characters without "
+                    "control characters")
         elif htype == "RegularExpression":
             _regex(h, "value", hvalue)
         headers.append(HeaderMatch(hname, hvalue, htype))
     method = None
     if r.has("method"):
-        method = r.enum("method", METHODS, "GET")
+        method = r.enum("method", METHOD, "GET")
     return RouteMatch(PathMatch(path_type, value), tuple(headers), method)
 
 
 def _route_timeouts(r: Reader) -> RouteTimeouts:
-    return RouteTimeouts(_optional_duration(r, "request"), _optional_duration(r, "server"))
+    return RouteTimeouts(_optional_duration(r, "request", ROUTE_REQUEST_TIMEOUT),
+                         _optional_duration(r, "server", ROUTE_SERVER_TIMEOUT))
 
 
 def _retries(r: Reader) -> Retries:
-    attempts = r.integer("attempts", 3, minimum=1, maximum=10)
+    attempts = r.integer("attempts", RETRY_ATTEMPTS)
     raw = r.raw("retryOn")
     if raw is None:
         return Retries(attempts)
@@ -389,40 +429,39 @@ def _retries(r: Reader) -> Retries:
     if not isinstance(raw, list):
         r.error("retryOn", "must be a list")
         raw = []
-    if len(raw) > len(RETRY_ON):
-        r.error("retryOn", f"must have at most {len(RETRY_ON)} items")
+    if len(raw) > len(RETRY_ON.values):
+        r.error("retryOn", f"must have at most {len(RETRY_ON.values)} items")
     for i, value in enumerate(raw):
         where = f"retryOn[{i}]"
-        if value not in RETRY_ON:
+        if value not in RETRY_ON.values:
             r.error(where, f"Unsupported value: {json.dumps(value)}: supported values: "
-                    + ", ".join(f'"{k}"' for k in RETRY_ON))
+                    + ", ".join(f'"{k}"' for k in RETRY_ON.values))
         elif value in keywords:
             r.error(where, f"Duplicate value: {json.dumps(value)}")
         else:
             keywords.append(value)
-    return Retries(attempts, tuple(keywords) or ("connect-failure",))
+    return Retries(attempts, tuple(keywords) or (DEFAULT_RETRY_ON,))
 
 
 def _header_changes(r: Reader) -> HeaderChanges:
     maps: dict[str, tuple[tuple[str, str], ...]] = {}
     for key in ("set", "add"):
         values = r.string_map(key)
-        if len(values) > 16:
-            r.error(key, "must have at most 16 properties")
+        if len(values) > HEADER_CHANGES.maximum:
+            r.error(key, f"must have at most {HEADER_CHANGES.maximum} properties")
         if not all(HEADER_NAME_RE.match(k) for k in values):
-            r.error(key, "header names must be HTTP tokens (letters, digits and "
-                    "!#%&*+.^_|~-)")
+            r.error(key, HEADER_MAP_KEYS.message)
         for k, v in values.items():
-            if len(v) > 4096 or not HEADER_VALUE_RE.match(v):
-                r.error(f"{key}.{k}", "should match '^[^\\x00-\\x1f\\x7f]*$' (no control "
-                        "characters) and be at most 4096 characters")
+            if len(v) > HEADER_VALUE_LENGTH or not HEADER_VALUE_RE.match(v):
+                r.error(f"{key}.{k}", f"should match '{HEADER_VALUE}' (no control "
+                        f"characters) and be at most {HEADER_VALUE_LENGTH} characters")
         maps[key] = tuple(sorted(values.items()))
     remove = r.string_list("remove")
-    if len(remove) > 16:
-        r.error("remove", "must have at most 16 items")
+    if len(remove) > HEADER_CHANGES.maximum:
+        r.error("remove", f"must have at most {HEADER_CHANGES.maximum} items")
     seen: set[str] = set()
     for i, hname in enumerate(remove):
-        if len(hname) > 256 or not HEADER_NAME_RE.match(hname):
+        if len(hname) > HEADER_NAME_LENGTH or not HEADER_NAME_RE.match(hname):
             r.error(f"remove[{i}]", f"{hname!r} is not a valid header name (an HTTP token)")
         if hname in seen:
             r.error(f"remove[{i}]", f"Duplicate value: {json.dumps(hname)}")
@@ -431,21 +470,21 @@ def _header_changes(r: Reader) -> HeaderChanges:
 
 
 def _redirect(r: Reader) -> Redirect:
-    scheme = r.enum("scheme", REDIRECT_SCHEMES, "https") if r.has("scheme") else None
+    scheme = r.enum("scheme", REDIRECT_SCHEME) if r.has("scheme") else None
     hostname = r.string("hostname") or None
     bounded(r, "hostname", hostname or "", HOST_NAME_RE, "host name")
     path = r.string("path") or None
-    if r.has("path") and (len(path or "") > 1024 or not HTTP_PATH_RE.match(path or "")):
+    if r.has("path") and (len(path or "") > PATH_LENGTH or not HTTP_PATH_RE.match(path or "")):
         r.error("path", f"{path!r} must start with '/' and hold only URL path characters")
     code = r.raw("statusCode")
     if code is None:
-        code = 302
+        code = REDIRECT_CODE.default
     elif isinstance(code, bool) or code not in REDIRECT_CODES:
         r.error("statusCode", f"Unsupported value: {json.dumps(code)}: supported values: "
                 + ", ".join(f'"{c}"' for c in REDIRECT_CODES))
-        code = 302
+        code = REDIRECT_CODE.default
     if not (r.has("scheme") or r.has("hostname") or r.has("path")):
-        r.error("", "redirect needs at least one of scheme, hostname or path")
+        r.errors.append(spec_error(REDIRECT_NEEDS_TARGET, r.path))
     return Redirect(scheme, hostname, path, int(code))
 
 
@@ -456,46 +495,36 @@ def _default_backend(r: Reader) -> Backend:
 
 def _hsts(r: Reader) -> HSTS:
     hsts = HSTS(
-        max_age_ms=r.duration_ms("maxAge", "8760h", maximum_ms=HSTS_MAX_MS),
-        include_subdomains=r.boolean("includeSubdomains"),
-        preload=r.boolean("preload"),
+        max_age_ms=r.duration_ms("maxAge", HSTS_MAX_AGE),
+        include_subdomains=r.boolean("includeSubdomains", HSTS_INCLUDE_SUBDOMAINS),
+        preload=r.boolean("preload", HSTS_PRELOAD),
     )
     if hsts.preload and not hsts.include_subdomains:
-        r.error("preload", "preload needs includeSubdomains")
+        r.errors.append(spec_error(PRELOAD_NEEDS_SUBDOMAINS, r.path))
     return hsts
 
 
 def _cross_field_rules(rp: ReverseProxy, errors: list[FieldError]) -> None:
-    """The rules the CRD expresses in CEL on spec, kept here in the same words."""
+    """The rules the CRD states in CEL on spec (roundhouse.model.rules), in its words."""
     ports = [li.port for li in rp.listeners]
     if len(set(ports)) != len(ports):
-        errors.append(FieldError("spec.listeners", "a listener port is used twice: listener "
-                                 "ports must be unique"))
+        errors.append(spec_error(LISTENER_PORTS_UNIQUE))
     has_https = any(li.protocol == "HTTPS" for li in rp.listeners)
     if any(li.redirect_to_https for li in rp.listeners) and not has_https:
-        errors.append(FieldError("spec.listeners",
-                                 "redirectToHTTPS needs an HTTPS listener to redirect to"))
+        errors.append(spec_error(REDIRECT_NEEDS_HTTPS))
     if any(h.tls for h in rp.hosts) and not has_https:
-        errors.append(FieldError("spec.hosts", "a host with tls needs an HTTPS listener"))
+        errors.append(spec_error(HOST_TLS_NEEDS_HTTPS))
     if has_https and not any(h.tls for h in rp.hosts):
-        errors.append(FieldError("spec.listeners",
-                                 "an HTTPS listener needs at least one host with tls"))
+        errors.append(spec_error(HTTPS_NEEDS_HOST_TLS))
     if rp.hsts and not has_https:
-        errors.append(FieldError("spec.hsts", "hsts needs an HTTPS listener"))
+        errors.append(spec_error(HSTS_NEEDS_HTTPS))
     if certificate_count(rp.hosts) > MAX_CERTIFICATES:
-        errors.append(FieldError("spec.hosts", CERTIFICATES_MESSAGE))
+        errors.append(spec_error(CERTIFICATES))
     limits_rules(rp.algorithm, rp.limits, errors)
     reserved_port_rules([li.port for li in rp.listeners], errors)
 
 
-# Every certificate of an HTTPS listener goes on its one `bind` line (crt <file> each),
-# and an HAProxy config line holds at most 64 words: `bind :443 ssl alpn h2,http/1.1`
-# plus 2 words a certificate leaves room for 29.
-MAX_CERTIFICATES = 29
-CERTIFICATES_MESSAGE = (f"the hosts' tls need more than {MAX_CERTIFICATES} certificates "
-                        "(each distinct secretName, plus one issued for the hosts without): "
-                        "an HTTPS listener serves at most "
-                        f"{MAX_CERTIFICATES}")
+CERTIFICATES_MESSAGE = CERTIFICATES.message  # tests/unit/test_render_limits.py reads it
 
 
 def certificate_count(hosts: tuple[Host, ...]) -> int:

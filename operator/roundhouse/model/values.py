@@ -1,8 +1,11 @@
-"""Small value parsers shared by the model: durations, ports, names."""
+"""Small value parsers shared by the model: durations, ports, names. The patterns are
+roundhouse.model.rules' (the CRD's), compiled for Python."""
 
 from __future__ import annotations
 
 import re
+
+from roundhouse.model import rules
 
 
 def _whole(pattern: str) -> re.Pattern[str]:
@@ -14,25 +17,27 @@ def _whole(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern.removesuffix("$") + r"\Z")
 
 
-DURATION_RE = _whole(r"^([0-9]{1,7})(ms|s|m|h)$")
-DNS_LABEL_RE = _whole(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-DNS_NAME_RE = _whole(
-    r"^(\*\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
-)
-HOST_NAME_RE = _whole(  # no wildcard: a Secret name or a Host header
-    r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
-)
+DURATION_RE = _whole(rules.DURATION)
+DNS_LABEL_RE = _whole(rules.DNS_LABEL)
+DNS_NAME_RE = _whole(rules.DNS_NAME)
+HOST_NAME_RE = _whole(rules.DNS_SUBDOMAIN)  # no wildcard: a Secret name or a Host header
 # URL path characters only: nothing that could end or comment a haproxy.cfg token.
-HTTP_PATH_RE = _whole(r"^/[A-Za-z0-9._~!&()*+,;=:@%/?-]*$")
-_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
+HTTP_PATH_RE = _whole(rules.HTTP_PATH)
+COOKIE_NAME_RE = _whole(rules.COOKIE_NAME)
+# RFC 7230 header field names (tokens) and values without control characters: what the
+# CRD allows, and nothing that could end a haproxy.cfg line.
+HEADER_NAME_RE = _whole(rules.HEADER_NAME)
+HEADER_VALUE_RE = _whole(rules.HEADER_VALUE)
+_NUMBER_AND_UNIT = re.compile(r"([0-9]+)([a-z]+)")
 
 
 def parse_duration_ms(value: str) -> int | None:
     """'5s' -> 5000. None when the text is not a duration (the caller reports the field)."""
-    match = DURATION_RE.match(value) if isinstance(value, str) else None
-    if not match:
+    if not isinstance(value, str) or not DURATION_RE.match(value):
         return None
-    return int(match.group(1)) * _UNIT_MS[match.group(2)]
+    match = _NUMBER_AND_UNIT.fullmatch(value)
+    assert match is not None  # the duration pattern is a number and a unit
+    return int(match.group(1)) * rules.DURATION_UNITS_MS[match.group(2)]
 
 
 def format_duration_ms(ms: int) -> str:
@@ -41,8 +46,3 @@ def format_duration_ms(ms: int) -> str:
         if ms % factor == 0 and ms >= factor:
             return f"{ms // factor}{unit}"
     return f"{ms}ms"
-
-# RFC 7230 header field names (tokens) and values without control characters: what the
-# CRD allows, and nothing that could end a haproxy.cfg line.
-HEADER_NAME_RE = _whole(r"^[A-Za-z0-9!#%&*+.^_|~-]+$")
-HEADER_VALUE_RE = _whole(r"^[^\x00-\x1f\x7f]*$")
