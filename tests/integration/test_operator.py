@@ -7,7 +7,6 @@ It runs as a real process with the ServiceAccount and RBAC from manifests/instal
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ from tests.integration.operator_process import (
     get_lb,
     get_obj,
     many_endpoints,
-    running_operator,
     service_without_selector,
     wait_for,
 )
@@ -35,16 +33,6 @@ from tests.integration.operator_process import (
 REPO = Path(__file__).resolve().parents[2]
 CHILD_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Deployment",
                "PodDisruptionBudget", "Service")
-
-
-@pytest.fixture(scope="module")
-def operator(control_plane: Any, tmp_path_factory: pytest.TempPathFactory
-             ) -> Iterator[OperatorProcess]:
-    with running_operator(control_plane,
-                          tmp_path_factory.mktemp("op") / "operator.log") as proc:
-        yield proc
-    assert not proc.forbidden_errors(), "the operator hit RBAC denials:\n" + "\n".join(
-        proc.forbidden_errors()[:10])
 
 
 def sample_app(kube: client.ApiClient, namespace: str, name: str = "web", replicas: int = 3,
