@@ -17,9 +17,10 @@ from tests.integration.operator_process import (
     condition,
     create_lb,
     get_lb,
+    sample_app,
     wait_for,
 )
-from tests.integration.test_operator import lb_body, report_as_agents, sample_app
+from tests.integration.test_operator import lb_body, report_as_agents
 
 FD_ALERT = ("[NOTICE]   (1) : haproxy version is 3.2.26-1\n[ALERT]    (1) : "
             "[haproxy.main()] Cannot raise FD limit to 20041, limit is 20000.\n")

@@ -18,9 +18,10 @@ from tests.integration.operator_process import (
     create_obj,
     custom,
     get_rp,
+    sample_app,
     wait_for,
 )
-from tests.integration.test_operator import children, sample_app
+from tests.integration.test_operator import children
 
 
 def route(name: str, service: str, path: str = "/", **extra: Any) -> dict[str, Any]:
