@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 EXAMPLES := $(filter-out examples/sample-app.yaml examples/offline-cluster.yaml,$(wildcard examples/*.yaml))
 
-.PHONY: help venv system-deps node-deps binaries haproxy-lts images test-images test test-unit test-property-large test-integration test-e2e test-e2e-lts test-e2e-pods demo bench lint render manifests manifests-check \
+.PHONY: help venv system-deps node-deps binaries haproxy-lts images test-images test test-unit test-harness test-property-large test-integration test-e2e test-e2e-lts test-e2e-pods demo bench lint render manifests manifests-check \
         cluster-up cluster-down clean
 
 help:  ## list the targets
@@ -41,7 +41,7 @@ images:  ## build (or reuse) the real-Pods tier's images offline; prints one doc
 	@python3 e2e/images/build.py $(if $(IMAGES_TAG),--tag $(IMAGES_TAG))
 
 test-images: $(STAMP)  ## the images' own tests (root, buildah, debootstrap; a cold build takes minutes)
-	$(PYTEST) tests/harness/test_images.py -q -o testpaths=tests/harness
+	$(PYTEST) tests/images -q -o testpaths=tests/images
 
 render: $(STAMP) system-deps  ## render every example offline and validate it with the real haproxy -c
 	@for f in $(EXAMPLES); do \
@@ -53,6 +53,9 @@ render: $(STAMP) system-deps  ## render every example offline and validate it wi
 
 test-unit: $(STAMP) system-deps haproxy-lts  ## unit tier: model, graph, render, tls, schema, agent (no cluster); haproxy -c and the agent on 2.6 and 3.2
 	$(PYTEST) tests/unit -q
+
+test-harness: $(STAMP) system-deps binaries haproxy-lts  ## offline checks of the test harness, kind, manifests, Dockerfile and CI files
+	$(PYTEST) tests/harness -q -o testpaths=tests/harness
 
 test-property-large: $(STAMP) system-deps haproxy-lts  ## issue 11's property test at scale: 3000 objects from the CRDs' schema and CEL rules (about 15 min)
 	ROUNDHOUSE_PROPERTY_EXAMPLES=$${ROUNDHOUSE_PROPERTY_EXAMPLES:-3000} $(PYTEST) tests/unit/test_schema_property.py -q -s
@@ -72,7 +75,7 @@ test-e2e-lts: $(STAMP) system-deps binaries haproxy-lts  ## the end-to-end tier 
 test-e2e-pods: $(STAMP) system-deps binaries  ## the e2e suite on real Pods: a kubelet node, images built offline, the chart installed with helm (root)
 	$(PY) e2e/pods/run.py $(E2E_PODS_ARGS)
 
-test: test-unit test-integration test-e2e test-e2e-lts test-e2e-pods  ## every tier that runs on this machine
+test: test-unit test-harness test-integration test-e2e test-e2e-lts test-e2e-pods  ## every tier that runs on this machine
 
 demo: $(STAMP) system-deps binaries  ## local control plane + operator + 3 backends + a LoadBalancer, real traffic (root)
 	$(PY) e2e/demo.py $(DEMO_ARGS)
@@ -82,7 +85,7 @@ bench: $(STAMP) system-deps binaries  ## benchmarks (JSON): readiness propagatio
 	$(PY) bench/overhead.py
 	$(PY) bench/pipeline.py
 
-lint: $(STAMP)  ## ruff, mypy (strict) and the import layers of DESIGN.md (import-linter)
+lint: $(STAMP)  ## ruff, mypy (strict) and the import layers of docs/architecture.md (import-linter)
 	$(VENV)/bin/ruff check operator tests e2e bench
 	$(VENV)/bin/mypy
 	cd operator && ../$(VENV)/bin/lint-imports --no-cache --config ../pyproject.toml

@@ -21,7 +21,7 @@ echo image (e2e/kind/echo), and the proxy is the operator's real proxy Deploymen
   flight, for the HA measurement.
 
 Nothing here runs without a cluster; the manifest builders, PortForward's command line
-and LoadLoop are unit-tested offline (tests/unit/test_kind_backends.py).
+and LoadLoop are unit-tested offline (tests/harness/test_kind_backends.py).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ with the agent's own RuntimeClient, exactly as the stand-in does through its tem
                      the container, HAProxy keeps running; agent_starts() counts them
 
 Pure apart from `kubectl` and the API: command construction is unit-tested against a
-fake kubectl (tests/unit/test_e2e_modes.py).
+fake kubectl (tests/harness/test_e2e_modes.py).
 """
 
 from __future__ import annotations

@@ -25,7 +25,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
-    settings.batching.error_delays = [1, 2, 5, 10, 30]
+    # Back-off after an unexpected error in kopf's per-object worker (kopf >= 1.42 calls
+    # this `queueing`; `batching`, its old name, warns on every start).
+    settings.queueing.error_delays = [1, 2, 5, 10, 30]
 
 
 def run_operator(namespaces: list[str], liveness: str | None,

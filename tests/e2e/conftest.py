@@ -48,6 +48,7 @@ from tests.integration.operator_process import (
     service_without_selector,
     wait_for,
 )
+from tests.integration.operator_process import sample_app as kwok_sample_app
 
 from roundhouse import tls as rtls
 
@@ -232,19 +233,7 @@ def sample_app(kube: client.ApiClient, namespace: str, name: str = "web",
         client.AppsV1Api(kube).create_namespaced_deployment(
             namespace, kb.echo_deployment(name, replicas))
         return
-    labels = {"app": name}
-    client.AppsV1Api(kube).create_namespaced_deployment(namespace, {
-        "metadata": {"name": name},
-        "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
-                 "template": {"metadata": {"labels": labels}, "spec": {"containers": [
-                     {"name": "web", "image": "example.invalid/web:1",
-                      "ports": [{"name": "http", "containerPort": 8080}]}]}}},
-    })
-    client.CoreV1Api(kube).create_namespaced_service(namespace, {
-        "metadata": {"name": name},
-        "spec": {"selector": labels, "ports": [{"name": "http", "port": 80,
-                                                "targetPort": "http"}]},
-    })
+    kwok_sample_app(kube, namespace, name, replicas)
 
 
 def lb_body(name: str = "web", port: int = LISTENER_PORT, **spec: Any) -> dict[str, Any]:
@@ -528,6 +517,14 @@ def make_rp_env(kube: client.ApiClient, cp: Any, log_dir: Path,
     return env
 
 
+def close_all(made: list[Env]) -> None:
+    """Close every Env a test made, printing its proxy's logs first (shown on failure)."""
+    for env in made:
+        if env.proxy is not None:
+            print(env.proxy.logs())
+        env.close()
+
+
 @pytest.fixture
 def rp_env_factory(operator: Any, kube: client.ApiClient,
                    control_plane: Any, tmp_path: Path) -> Iterator[Callable[..., Env]]:
@@ -542,10 +539,7 @@ def rp_env_factory(operator: Any, kube: client.ApiClient,
     try:
         yield factory
     finally:
-        for env in made:
-            if env.proxy is not None:
-                print(env.proxy.logs())
-            env.close()
+        close_all(made)
 
 
 @pytest.fixture
@@ -562,10 +556,7 @@ def env_factory(operator: Any, kube: client.ApiClient,
     try:
         yield factory
     finally:
-        for env in made:
-            if env.proxy is not None:
-                print(env.proxy.logs())
-            env.close()
+        close_all(made)
 
 
 def measure(predicate: Callable[[], Any], timeout: float, what: str,

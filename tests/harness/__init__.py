@@ -1,1 +1,2 @@
-"""Tests of the test harness itself (images, nodes): they need root and host tools."""
+"""Offline checks of everything around the operator: the e2e harness, the kind and real-node
+setups, the manifests, the Dockerfile and the CI files (`make test-harness`)."""

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -26,6 +27,8 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from e2e.cluster.controlplane import ControlPlane, locate_binaries  # noqa: E402
+
+from tests.integration.operator_process import OperatorProcess, running_operator  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -155,3 +158,16 @@ def namespace(kube: client.ApiClient, request: pytest.FixtureRequest) -> Iterato
         except client.ApiException as err:
             if err.status != 404:
                 raise
+
+
+@pytest.fixture(scope="module")
+def operator(control_plane: Any, tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[OperatorProcess]:
+    """The operator as a real process (install.yaml's ServiceAccount and RBAC), one per test
+    module that asks for it, so a module's leftovers never meet another module's operator.
+    It must never have been refused by RBAC: that would mean install.yaml misses a rule."""
+    with running_operator(control_plane,
+                          tmp_path_factory.mktemp("op") / "operator.log") as proc:
+        yield proc
+    assert not proc.forbidden_errors(), "the operator hit RBAC denials:\n" + "\n".join(
+        proc.forbidden_errors()[:10])

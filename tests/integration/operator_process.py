@@ -20,6 +20,24 @@ OPERATOR_SA = "roundhouse"
 GROUP, VERSION, PLURAL = "roundhouse.dev", "v1alpha1", "loadbalancers"
 
 
+def sample_app(kube: client.ApiClient, namespace: str, name: str = "web", replicas: int = 3,
+               port_name: str = "http") -> None:
+    """Deployment `name` (kwok Pods) and its Service: port 80 `port_name` -> the Pods' 8080."""
+    labels = {"app": name}
+    client.AppsV1Api(kube).create_namespaced_deployment(namespace, {
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
+                 "template": {"metadata": {"labels": labels}, "spec": {"containers": [
+                     {"name": "web", "image": "example.invalid/web:1",
+                      "ports": [{"name": port_name, "containerPort": 8080}]}]}}},
+    })
+    client.CoreV1Api(kube).create_namespaced_service(namespace, {
+        "metadata": {"name": name},
+        "spec": {"selector": labels,
+                 "ports": [{"name": port_name, "port": 80, "targetPort": port_name}]},
+    })
+
+
 def install(cp: Any) -> None:
     """What a user does: server-side apply manifests/install.yaml (CRDs, RBAC, namespace)."""
     cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(INSTALL))

@@ -7,7 +7,6 @@ It runs as a real process with the ServiceAccount and RBAC from manifests/instal
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from tests.integration.operator_process import (
     get_lb,
     get_obj,
     many_endpoints,
-    running_operator,
+    sample_app,
     service_without_selector,
     wait_for,
 )
@@ -35,33 +34,6 @@ from tests.integration.operator_process import (
 REPO = Path(__file__).resolve().parents[2]
 CHILD_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Deployment",
                "PodDisruptionBudget", "Service")
-
-
-@pytest.fixture(scope="module")
-def operator(control_plane: Any, tmp_path_factory: pytest.TempPathFactory
-             ) -> Iterator[OperatorProcess]:
-    with running_operator(control_plane,
-                          tmp_path_factory.mktemp("op") / "operator.log") as proc:
-        yield proc
-    assert not proc.forbidden_errors(), "the operator hit RBAC denials:\n" + "\n".join(
-        proc.forbidden_errors()[:10])
-
-
-def sample_app(kube: client.ApiClient, namespace: str, name: str = "web", replicas: int = 3,
-               port_name: str = "http") -> None:
-    labels = {"app": name}
-    client.AppsV1Api(kube).create_namespaced_deployment(namespace, {
-        "metadata": {"name": name},
-        "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
-                 "template": {"metadata": {"labels": labels}, "spec": {"containers": [
-                     {"name": "web", "image": "example.invalid/web:1",
-                      "ports": [{"name": port_name, "containerPort": 8080}]}]}}},
-    })
-    client.CoreV1Api(kube).create_namespaced_service(namespace, {
-        "metadata": {"name": name},
-        "spec": {"selector": labels,
-                 "ports": [{"name": port_name, "port": 80, "targetPort": port_name}]},
-    })
 
 
 def lb_body(name: str = "web", **spec: Any) -> dict[str, Any]:

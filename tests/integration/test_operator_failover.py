@@ -17,9 +17,10 @@ from tests.integration.operator_process import (
     create_lb,
     get_lb,
     install,
+    sample_app,
     wait_for,
 )
-from tests.integration.test_operator import lb_body, sample_app
+from tests.integration.test_operator import lb_body
 
 LEASE = "roundhouse-operator"
 

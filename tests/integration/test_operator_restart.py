@@ -14,9 +14,10 @@ from tests.integration.operator_process import (
     create_lb,
     get_lb,
     install,
+    sample_app,
     wait_for,
 )
-from tests.integration.test_operator import CHILD_KINDS, children, lb_body, sample_app
+from tests.integration.test_operator import CHILD_KINDS, children, lb_body
 
 COUNT = 20
 

@@ -8,10 +8,8 @@ by it, so its status is patched here as a kubelet would write it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from kubernetes import client
 
 from tests.integration.operator_process import (
@@ -19,10 +17,10 @@ from tests.integration.operator_process import (
     condition,
     create_lb,
     get_lb,
-    running_operator,
+    sample_app,
     wait_for,
 )
-from tests.integration.test_operator import lb_body, report_as_agents, sample_app
+from tests.integration.test_operator import lb_body, report_as_agents
 
 FD_ALERT = ("[NOTICE]   (1) : haproxy version is 3.2.26-1\n[ALERT]    (1) : "
             "[haproxy.main()] Cannot raise FD limit to 20041, limit is 20000.\n")
@@ -30,16 +28,6 @@ FD_ALERT = ("[NOTICE]   (1) : haproxy version is 3.2.26-1\n[ALERT]    (1) : "
 # containerStatuses is an atomic list: a patch replaces it whole, so it names both.
 AGENT_RUNNING = {"name": "agent", "ready": True, "restartCount": 0,
                  "state": {"running": {"startedAt": "2026-12-02T04:00:00Z"}}}
-
-
-@pytest.fixture(scope="module")
-def operator(control_plane: Any, tmp_path_factory: pytest.TempPathFactory
-             ) -> Iterator[OperatorProcess]:
-    with running_operator(control_plane,
-                          tmp_path_factory.mktemp("op") / "operator.log") as proc:
-        yield proc
-    assert not proc.forbidden_errors(), "the operator hit RBAC denials:\n" + "\n".join(
-        proc.forbidden_errors()[:10])
 
 
 def proxy_pods(kube: client.ApiClient, namespace: str, name: str = "web") -> list[str]:

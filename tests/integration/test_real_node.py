@@ -14,14 +14,16 @@ import subprocess
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from e2e.cluster import nodeclean, nodeimages, nodenet
 from e2e.cluster.controlplane import ControlPlane
 from e2e.cluster.node import KWOK_TAINT, NODE_NAME, RealNode
+
+from tests.integration.test_control_plane import wait_until
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="a real kubelet node needs root"),
@@ -30,20 +32,12 @@ pytestmark = [
     ),
 ]
 
-T = TypeVar("T")
 NAMESPACE = "real-node-test"
 NODE_NETWORK = ipaddress.ip_network(nodenet.NODE_SUBNET)
 
 
-def wait_until(what: str, probe: Callable[[], T | None], timeout: float = 90.0) -> T:
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+# A real node starts containers more slowly than kwok fakes them.
+REAL_NODE_TIMEOUT = 90.0
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +57,7 @@ def cluster() -> Iterator[ControlPlane]:
                 cp.rest.request("GET", f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts/default")[0]
                 == 200
             ),
+            timeout=REAL_NODE_TIMEOUT,
         )
         yield cp
     finally:
@@ -184,7 +179,7 @@ def test_pause_pod_runs_on_the_real_node(cluster: ControlPlane) -> None:
         pod = get_pod(cluster, "pause")
         return pod if pod.get("status", {}).get("phase") == "Running" else None
 
-    pod = wait_until("pause Pod Running", running)
+    pod = wait_until("pause Pod Running", running, timeout=REAL_NODE_TIMEOUT)
     assert pod["spec"]["nodeName"] == NODE_NAME
     assert ipaddress.ip_address(pod["status"]["podIP"]) in NODE_NETWORK
     # A real container: containerd runs a task for it.
@@ -195,7 +190,8 @@ def test_pause_pod_runs_on_the_real_node(cluster: ControlPlane) -> None:
 def test_echo_pods_serve_log_and_exec(cluster: ControlPlane) -> None:
     for name in ("echo-0", "echo-1"):
         create(cluster, "pods", echo_pod(name, {"app": "echo"}))
-    pods = [wait_until(f"{n} Ready", partial(pod_ready, cluster, n)) for n in ("echo-0", "echo-1")]
+    pods = [wait_until(f"{n} Ready", partial(pod_ready, cluster, n), timeout=REAL_NODE_TIMEOUT)
+            for n in ("echo-0", "echo-1")]
     ips = [p["status"]["podIP"] for p in pods]
     assert len(set(ips)) == 2
     for ip in ips:

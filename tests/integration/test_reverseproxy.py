@@ -6,7 +6,6 @@ The operator runs as a real process with the RBAC from manifests/install.yaml.
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,20 +18,10 @@ from tests.integration.operator_process import (
     create_obj,
     custom,
     get_rp,
-    running_operator,
+    sample_app,
     wait_for,
 )
-from tests.integration.test_operator import children, sample_app
-
-
-@pytest.fixture(scope="module")
-def operator(control_plane: Any, tmp_path_factory: pytest.TempPathFactory
-             ) -> Iterator[OperatorProcess]:
-    with running_operator(control_plane,
-                          tmp_path_factory.mktemp("op") / "operator.log") as proc:
-        yield proc
-    assert not proc.forbidden_errors(), "the operator hit RBAC denials:\n" + "\n".join(
-        proc.forbidden_errors()[:10])
+from tests.integration.test_operator import children
 
 
 def route(name: str, service: str, path: str = "/", **extra: Any) -> dict[str, Any]:

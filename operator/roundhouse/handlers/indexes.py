@@ -13,6 +13,7 @@ from typing import Any
 
 import kopf
 
+from roundhouse import API_GROUP, API_VERSION
 from roundhouse.model.cluster import parse_endpoint_slice, parse_service, parse_tls_secret
 from roundhouse.model.pods import parse_proxy_pod
 from roundhouse.render import payload
@@ -78,17 +79,17 @@ def rh_proxy_pods(namespace: str, name: str, labels: kopf.Labels, status: kopf.S
     return {(namespace, instance): parse_proxy_pod(name, status)}
 
 
-@kopf.index("roundhouse.dev", "v1alpha1", "loadbalancers")
+@kopf.index(API_GROUP, API_VERSION, "loadbalancers")
 def rh_loadbalancers(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
     return {(namespace, name): dict(body)}
 
 
-@kopf.index("roundhouse.dev", "v1alpha1", "reverseproxies")
+@kopf.index(API_GROUP, API_VERSION, "reverseproxies")
 def rh_reverseproxies(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
     return {(namespace, name): dict(body)}
 
 
-@kopf.index("roundhouse.dev", "v1alpha1", "reverseproxies")
+@kopf.index(API_GROUP, API_VERSION, "reverseproxies")
 def rh_rp_claims(namespace: str, body: kopf.Body, **_: Any) -> Any:
     """Which (hostname, port) pairs each ReverseProxy of a namespace claims: conflicts."""
     return {namespace: claim_of(body)}
@@ -102,7 +103,7 @@ def _upstream_ca_ref(namespace: str, spec: kopf.Spec, me: tuple[str, str]
     return {("Secret", namespace, str(ca)): me} if ca else {}
 
 
-@kopf.index("roundhouse.dev", "v1alpha1", "loadbalancers")
+@kopf.index(API_GROUP, API_VERSION, "loadbalancers")
 def rh_lb_refs(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> Any:
     """Which LoadBalancers refer to which Service / Secret, for level-based re-reconciles."""
     refs: dict[tuple[str, str, str], tuple[str, str]] = {}
@@ -117,7 +118,7 @@ def rh_lb_refs(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> Any:
     return refs or None
 
 
-@kopf.index("roundhouse.dev", "v1alpha1", "reverseproxies")
+@kopf.index(API_GROUP, API_VERSION, "reverseproxies")
 def rh_rp_refs(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> Any:
     """The same for ReverseProxies: route and default backends, host and CA Secrets.
 

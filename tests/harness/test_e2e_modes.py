@@ -35,7 +35,7 @@ from e2e.harness import proxy_pod as pp
 from e2e.harness.netns import SERVER as NETNS_SERVER
 from kubernetes import client
 
-from tests.unit.test_kind_echo import start_echo, stop_echo
+from tests.harness.test_kind_echo import start_echo, stop_echo
 
 REPO = Path(__file__).resolve().parents[2]
 NO_API = cast(client.ApiClient, None)
@@ -396,7 +396,7 @@ def test_port_forward_ensure_restarts_on_the_same_port(tmp_path: Path) -> None:
     argfile = tmp_path / "args"
     argfile.write_text("")
     exe = tmp_path / "kubectl"
-    from tests.unit.test_kind_backends import FAKE_KUBECTL as FORWARD_KUBECTL
+    from tests.harness.test_kind_backends import FAKE_KUBECTL as FORWARD_KUBECTL
     exe.write_text(FORWARD_KUBECTL.format(python=sys.executable, argfile=str(argfile)))
     exe.chmod(0o755)
     pf = kb.PortForward("e2e-x", "svc/web-lb", 28443, kubectl=str(exe), timeout=20)
@@ -420,7 +420,7 @@ def test_port_forward_restart_keeps_kubectl_running(tmp_path: Path) -> None:
     argfile = tmp_path / "args"
     argfile.write_text("")
     exe = tmp_path / "kubectl"
-    from tests.unit.test_kind_backends import FAKE_KUBECTL as FORWARD_KUBECTL
+    from tests.harness.test_kind_backends import FAKE_KUBECTL as FORWARD_KUBECTL
     exe.write_text(FORWARD_KUBECTL.format(python=sys.executable, argfile=str(argfile)))
     exe.chmod(0o755)
     pf = kb.PortForward("e2e-x", "svc/web-rp", 28080, kubectl=str(exe), timeout=20,

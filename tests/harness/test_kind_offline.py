@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.unit.test_dockerfile import EXACT_TAG, hadolint_binary, parse_dockerfile
+from tests.harness.test_dockerfile import EXACT_TAG, hadolint_binary, parse_dockerfile
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOW = REPO / ".github" / "workflows" / "ci.yaml"

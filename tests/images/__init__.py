@@ -1,0 +1,1 @@
+"""The offline images' own tests: they need root, buildah and debootstrap (`make test-images`)."""

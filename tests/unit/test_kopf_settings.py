@@ -1,0 +1,49 @@
+"""The operator's kopf wiring: registering the handlers and running the startup hook use no
+API kopf deprecates (kopf turns a deprecated setting into a warning on every start)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+from roundhouse import API_GROUP, API_VERSION
+
+# Runs in a fresh interpreter, so importing roundhouse registers every handler anew
+# with warnings turned into errors. Third-party modules are imported before that:
+# what they warn about on import is none of the operator's doing.
+STARTUP = textwrap.dedent("""
+    import json, logging, warnings
+    import kopf, kubernetes
+
+    warnings.simplefilter("error")
+    import roundhouse.handlers, roundhouse.main
+
+    registry = kopf.get_default_registry()
+    hooks = [h for h in registry._activities.get_all_handlers() if h.activity == "startup"]
+    settings = kopf.OperatorSettings()
+    for hook in hooks:
+        hook.fn(settings=settings, logger=logging.getLogger("startup"), memo=kopf.Memo())
+    print(json.dumps({
+        "hooks": [f"{h.fn.__module__}.{h.fn.__name__}" for h in hooks],
+        "error_delays": list(settings.queueing.error_delays),
+        "finalizer": settings.persistence.finalizer,
+        "resources": sorted({f"{h.selector.group}/{h.selector.version}/{h.selector.any_name}"
+                             for h in registry._indexing.get_all_handlers()
+                             if h.selector.group}),
+    }))
+""")
+
+
+def test_startup_hook_runs_without_any_warning_and_sets_the_error_backoff() -> None:
+    done = subprocess.run([sys.executable, "-c", STARTUP], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert seen["hooks"] == ["roundhouse.main.configure"]
+    assert seen["error_delays"] == [1, 2, 5, 10, 30]
+    assert seen["finalizer"] == f"{API_GROUP}/finalizer"
+    # The indexes of our own kinds follow roundhouse.API_GROUP / API_VERSION.
+    assert {r for r in seen["resources"] if r.startswith(API_GROUP)} == {
+        f"{API_GROUP}/{API_VERSION}/loadbalancers", f"{API_GROUP}/{API_VERSION}/reverseproxies"}
