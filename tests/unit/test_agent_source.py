@@ -290,6 +290,7 @@ def test_kubernetes_api_over_the_real_client() -> None:
         assert json.loads(body)["data"]["pod-1"].startswith("{")
         with pytest.raises(NotFound):
             api.patch_config_map_data("ns", "missing", {"x": "y"})
+        api.close()
     finally:
         server.shutdown()
         server.server_close()
@@ -316,6 +317,7 @@ def test_in_cluster_credentials_follow_the_rotated_token(tmp_path: Path,
         (tmp_path / "token").write_text("second")
         api.read_secret("ns", "web-tls")
         assert server.authorization == ["Bearer first", "Bearer second"]
+        api.close()
     finally:
         server.shutdown()
         server.server_close()

@@ -69,8 +69,16 @@ def run_agent(args: argparse.Namespace) -> int:
     if not namespace:
         log.error("no namespace: pass --namespace or set POD_NAMESPACE")
         return 2
-    source = Source(KubernetesAPI(args.kubeconfig), namespace, args.configmap,
-                    args.status_configmap, pod, resync_seconds=args.resync_seconds)
+    api = KubernetesAPI(args.kubeconfig)
+    try:
+        return _run_with(api, args, namespace, pod)
+    finally:
+        api.close()
+
+
+def _run_with(api: KubernetesAPI, args: argparse.Namespace, namespace: str, pod: str) -> int:
+    source = Source(api, namespace, args.configmap, args.status_configmap, pod,
+                    resync_seconds=args.resync_seconds)
     agent = Agent(args.runtime_dir, haproxy_bin=args.haproxy_bin or None)
     if args.once:
         return run_once(agent, source, args.once_timeout)

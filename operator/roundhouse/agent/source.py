@@ -263,6 +263,11 @@ class KubernetesAPI:
         threading.Thread(target=self._loop.run_forever, name="kube-api", daemon=True).start()
         self._api = self._run(_api_client(kubeconfig, configuration, service_account))
 
+    def close(self) -> None:
+        """Close the connections (else aiohttp warns of an unclosed session at exit)."""
+        self._run(self._api.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
     def _run(self, work: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(work, self._loop).result()
 
