@@ -64,7 +64,10 @@ async def client() -> k8s.ApiClient:
     """The operator's one ApiClient, created on first use inside the running event loop."""
     global _client
     if _client is None:
-        _client = k8s.ApiClient(await load_configuration())
+        configuration = await load_configuration()
+        # one connection per request in flight, and room for the Lease beside a full gate
+        configuration.connection_pool_maxsize = concurrency() + 2
+        _client = k8s.ApiClient(configuration)
     return _client
 
 
