@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -125,3 +127,17 @@ def test_requests_in_flight_are_bounded(server: _Server,
     asyncio.run(scenario())
     assert len(server.seen) == 12
     assert server.most_in_flight == 3
+
+
+def test_the_product_imports_without_the_synchronous_client() -> None:
+    """The image installs only the runtime dependencies: `kubernetes` (the tests' client)
+    is not among them, so no product module may import it."""
+    code = ("import sys\n"
+            "sys.modules['kubernetes'] = None  # importing it now raises ImportError\n"
+            "import roundhouse.cli, roundhouse.main, roundhouse.handlers, roundhouse.kube\n"
+            "import roundhouse.leader, roundhouse.certificates, roundhouse.agent.cli\n"
+            "import roundhouse.agent.source\n"
+            "import kubernetes_asyncio.client\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=False, timeout=120)
+    assert result.returncode == 0, result.stderr
