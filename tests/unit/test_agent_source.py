@@ -233,6 +233,9 @@ class _ApiHandler(BaseHTTPRequestHandler):
         self.server.authorization.append(self.headers.get("Authorization"))
         if url.path == "/api/v1/namespaces/ns/configmaps":
             assert query["fieldSelector"] == ["metadata.name=web-lb"]
+            if query.get("watch") == ["true"] and query["resourceVersion"] == ["expired"]:
+                self._send(410, {"kind": "Status", "code": 410, "reason": "Expired"})
+                return
             if query.get("watch") == ["true"]:
                 lines = b"".join(json.dumps(e).encode() + b"\n"
                                  for e in self.server.watch_lines)
@@ -279,6 +282,8 @@ def test_kubernetes_api_over_the_real_client() -> None:
         watch_query = urllib.parse.parse_qs(urllib.parse.urlsplit(server.requests[-1][1]).query)
         assert watch_query["resourceVersion"] == ["100"]
         assert watch_query["allowWatchBookmarks"] == ["true"]
+        with pytest.raises(Gone):  # refused at once, before any event
+            next(api.watch_config_map("ns", "web-lb", "expired", 5))
         assert api.read_secret("ns", "web-tls")["data"]["tls.crt"]
         with pytest.raises(NotFound):
             api.read_secret("ns", "other")
