@@ -1,4 +1,5 @@
-"""The API transport: one kubernetes ApiClient and the REST paths of the kinds we touch.
+"""The API transport: one kubernetes_asyncio ApiClient (aiohttp, like kopf), the REST paths
+of the kinds we touch, and one semaphore that bounds the requests in flight.
 
 Reads go through kopf indexes; writes go through apply.py and status.py, which use this.
 """
@@ -7,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from typing import Any
 
-import kubernetes
-from kubernetes.client.exceptions import ApiException
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio import config as k8s_config
+from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.config.config_exception import ConfigException
 
 from roundhouse import API_GROUP, API_VERSION
 
@@ -29,19 +33,56 @@ _PATHS: dict[str, tuple[str, str]] = {
     "ReverseProxy": (f"/apis/{API_GROUP}/{API_VERSION}", "reverseproxies"),
 }
 FIELD_MANAGER = "roundhouse"
+# Requests in flight at once (ROUNDHOUSE_API_CONCURRENCY): a burst of reconciles queues
+# here instead of opening a connection each.
+DEFAULT_CONCURRENCY = 16
+REQUEST_TIMEOUT = 60.0
 
-_client: kubernetes.client.ApiClient | None = None
+_client: k8s.ApiClient | None = None
+_gate: asyncio.Semaphore | None = None
 
 
-def client() -> kubernetes.client.ApiClient:
+def concurrency() -> int:
+    return max(1, int(os.environ.get("ROUNDHOUSE_API_CONCURRENCY") or DEFAULT_CONCURRENCY))
+
+
+async def load_configuration() -> k8s.Configuration:
+    """In-cluster (the token file is re-read every minute: bound tokens rotate), else the
+    kubeconfig ($KUBECONFIG or ~/.kube/config)."""
+    configuration = k8s.Configuration()
+    try:
+        k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
+            client_configuration=configuration)
+    except ConfigException:
+        # read $KUBECONFIG now, not at kubernetes_asyncio's import
+        await k8s_config.load_kube_config(config_file=os.environ.get("KUBECONFIG"),
+                                          client_configuration=configuration)
+    return configuration
+
+
+async def client() -> k8s.ApiClient:
+    """The operator's one ApiClient, created on first use inside the running event loop."""
     global _client
     if _client is None:
-        try:
-            kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
-        except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
-        _client = kubernetes.client.ApiClient()
+        configuration = await load_configuration()
+        # one connection per request in flight, and room for the Lease beside a full gate
+        configuration.connection_pool_maxsize = concurrency() + 2
+        _client = k8s.ApiClient(configuration)
     return _client
+
+
+async def close() -> None:
+    global _client, _gate
+    if _client is not None:
+        await _client.close()
+    _client, _gate = None, None
+
+
+def _semaphore() -> asyncio.Semaphore:
+    global _gate
+    if _gate is None:
+        _gate = asyncio.Semaphore(concurrency())
+    return _gate
 
 
 def object_path(kind: str, namespace: str, name: str, subresource: str = "") -> str:
@@ -50,30 +91,30 @@ def object_path(kind: str, namespace: str, name: str, subresource: str = "") -> 
     return f"{path}/{subresource}" if subresource else path
 
 
-def _request(method: str, path: str, body: Any, content_type: str,
-             query: list[tuple[str, str]]) -> dict[str, Any]:
-    api = client()
-    _, url, headers, payload, _ = api.param_serialize(
-        method, path, query_params=query, body=body,
-        header_params={"Content-Type": content_type, "Accept": "application/json"},
-        auth_settings=["BearerToken"],
-    )
-    response = api.call_api(method, url, header_params=headers, body=payload)
-    data: bytes = response.read()  # type: ignore[no-untyped-call]
-    if not 200 <= response.status < 300:
-        raise ApiException(status=response.status, reason=response.reason,
-                           body=data.decode(errors="replace") if data else None)
-    return json.loads(data) if data else {}
-
-
 async def request(method: str, path: str, body: Any = None,
                   content_type: str = "application/json",
                   query: list[tuple[str, str]] | None = None) -> dict[str, Any]:
-    """One API call off the event loop (the kubernetes client is synchronous).
+    """One API call; at most `concurrency()` are in flight. Raises ApiException.
 
-    `body`: a dict for JSON content types (the client serializes it), a str otherwise.
+    `body`: a dict, or its JSON text (e.g. a server-side apply's object).
     """
-    return await asyncio.to_thread(_request, method, path, body, content_type, query or [])
+    if isinstance(body, str):
+        body = json.loads(body)  # the client serializes JSON and apply bodies itself
+    api = await client()
+    async with _semaphore():
+        response = await api.call_api(
+            path, method, query_params=query or [], body=body,
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            auth_settings=["BearerToken"], _preload_content=False,
+            _request_timeout=REQUEST_TIMEOUT)
+        async with response:
+            data: bytes = await response.read()
+            if not 200 <= response.status < 300:
+                error = ApiException(status=response.status, reason=response.reason)
+                # text, as the client's own errors carry it (apply.py parses the message)
+                error.body = data.decode(errors="replace") if data else None  # type: ignore[assignment]
+                raise error
+    return json.loads(data) if data else {}
 
 
 def status_code(error: BaseException) -> int | None:

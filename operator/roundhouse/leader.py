@@ -3,24 +3,28 @@
 kopf has no leader election of its own (its peering only pauses operators), so
 `roundhouse run --leader-election-namespace NS` holds a coordination.k8s.io Lease:
 standbys wait; a leader that cannot renew in time exits, and a standby takes over.
+Runs on the operator's event loop with its ApiClient, outside kube.request's semaphore:
+a renewal must never queue behind a burst of writes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import os
 import socket
-import threading
 import time
+from collections.abc import Callable
 
-import kubernetes
-from kubernetes.client.exceptions import ApiException
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio.client.exceptions import ApiException
 
 log = logging.getLogger(__name__)
 LEASE_NAME = "roundhouse-operator"
 LEASE_SECONDS = 15
 RENEW_SECONDS = 5
+REQUEST_TIMEOUT = 5  # a renewal stuck longer than this is as good as failed
 
 
 def identity() -> str:
@@ -32,35 +36,36 @@ def _now() -> dt.datetime:
 
 
 class LeaderElector:
-    def __init__(self, namespace: str, api: kubernetes.client.CoordinationV1Api | None = None,
+    def __init__(self, namespace: str, api_client: k8s.ApiClient,
                  name: str = LEASE_NAME) -> None:
         self.namespace = namespace
         self.name = name
         self.me = identity()
-        self.api = api or kubernetes.client.CoordinationV1Api()
+        self.api = k8s.CoordinationV1Api(api_client)
 
-    def _spec(self, transitions: int) -> kubernetes.client.V1LeaseSpec:
+    def _spec(self, transitions: int) -> k8s.V1LeaseSpec:
         now = _now()
-        return kubernetes.client.V1LeaseSpec(
+        return k8s.V1LeaseSpec(
             holder_identity=self.me, lease_duration_seconds=LEASE_SECONDS,
             acquire_time=now, renew_time=now, lease_transitions=transitions)
 
-    def try_acquire(self) -> bool:
+    async def try_acquire(self) -> bool:
         try:
-            lease = self.api.read_namespaced_lease(self.name, self.namespace)
+            lease = await self.api.read_namespaced_lease(
+                self.name, self.namespace, _request_timeout=REQUEST_TIMEOUT)
         except ApiException as error:
             if error.status != 404:
                 raise
-            body = kubernetes.client.V1Lease(
-                metadata=kubernetes.client.V1ObjectMeta(name=self.name), spec=self._spec(0))
+            body = k8s.V1Lease(metadata=k8s.V1ObjectMeta(name=self.name), spec=self._spec(0))
             try:
-                self.api.create_namespaced_lease(self.namespace, body)
+                await self.api.create_namespaced_lease(self.namespace, body,
+                                                       _request_timeout=REQUEST_TIMEOUT)
                 return True
             except ApiException as conflict:
                 if conflict.status == 409:
                     return False
                 raise
-        spec = lease.spec or kubernetes.client.V1LeaseSpec()
+        spec = lease.spec or k8s.V1LeaseSpec()
         holder = spec.holder_identity
         renewed = spec.renew_time or spec.acquire_time
         expired = renewed is None or (_now() - renewed).total_seconds() > (
@@ -73,37 +78,36 @@ class LeaderElector:
             new_spec.acquire_time = spec.acquire_time
         lease.spec = new_spec
         try:  # resourceVersion in the body makes this a compare-and-swap
-            self.api.replace_namespaced_lease(self.name, self.namespace, lease)
+            await self.api.replace_namespaced_lease(self.name, self.namespace, lease,
+                                                    _request_timeout=REQUEST_TIMEOUT)
             return True
         except ApiException as conflict:
             if conflict.status == 409:
                 return False
             raise
 
-    def wait_for_leadership(self) -> None:
+    async def wait_for_leadership(self) -> None:
         announced = False
-        while not self.try_acquire():
+        while not await self.try_acquire():
             if not announced:
                 log.info("standing by: Lease %s/%s is held by another replica",
                          self.namespace, self.name)
                 announced = True
-            time.sleep(RENEW_SECONDS)
+            await asyncio.sleep(RENEW_SECONDS)
         log.info("leading as %s (Lease %s/%s)", self.me, self.namespace, self.name)
 
-    def keep_renewing(self, on_lost: threading.Event) -> threading.Thread:
-        def loop() -> None:
-            last_ok = time.monotonic()
-            while not on_lost.is_set():
-                time.sleep(RENEW_SECONDS)
-                try:
-                    if self.try_acquire():
-                        last_ok = time.monotonic()
-                        continue
-                except Exception:  # the API may blip; the lease duration is the limit
-                    log.warning("renewing the Lease failed", exc_info=True)
-                if time.monotonic() - last_ok > LEASE_SECONDS - RENEW_SECONDS:
-                    log.error("lost the Lease %s/%s: stopping", self.namespace, self.name)
-                    on_lost.set()
-        thread = threading.Thread(target=loop, name="lease-renewal", daemon=True)
-        thread.start()
-        return thread
+    async def keep_renewing(self, on_lost: Callable[[], None]) -> None:
+        """Renew every RENEW_SECONDS; when that has failed for too long, call `on_lost`."""
+        last_ok = time.monotonic()
+        while True:
+            await asyncio.sleep(RENEW_SECONDS)
+            try:
+                if await self.try_acquire():
+                    last_ok = time.monotonic()
+                    continue
+            except Exception:  # the API may blip; the lease duration is the limit
+                log.warning("renewing the Lease failed", exc_info=True)
+            if time.monotonic() - last_ok > LEASE_SECONDS - RENEW_SECONDS:
+                log.error("lost the Lease %s/%s: stopping", self.namespace, self.name)
+                on_lost()
+                return

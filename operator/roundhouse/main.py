@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from typing import Any
 
 import kopf
@@ -12,6 +11,15 @@ import kopf
 from roundhouse import API_GROUP
 
 log = logging.getLogger(__name__)
+
+
+@kopf.on.login()
+async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """kopf logs in with the same client and config as ours (kube.py), wherever the
+    synchronous `kubernetes` package happens to be installed too (tests): in-cluster, a 401
+    makes kopf call this again, which re-reads the rotated service account token."""
+    info: kopf.ConnectionInfo | None = await kopf.login_via_async_client(**kwargs)
+    return info
 
 
 @kopf.on.startup()
@@ -34,38 +42,53 @@ def run_operator(namespaces: list[str], liveness: str | None,
                  leader_election_namespace: str | None, metrics_port: int) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     import roundhouse.handlers  # noqa: F401  (registers the handlers)
+
+    # One event loop for everything: the API client (aiohttp) is bound to the loop it is
+    # created in, so the Lease and kopf's handlers share this one.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(_operate(namespaces, liveness, leader_election_namespace,
+                                                metrics_port))
+    finally:
+        loop.close()
+
+
+async def _operate(namespaces: list[str], liveness: str | None,
+                   leader_election_namespace: str | None, metrics_port: int) -> int:
     from roundhouse import kube
 
-    kube.client()  # fail early, with the kubeconfig error, before kopf starts
-    stop = threading.Event()
+    api = await kube.client()  # fail early, with the kubeconfig error, before kopf starts
+    stop_flag = asyncio.get_running_loop().create_future()
+    lost = False
+
+    def on_lost() -> None:
+        nonlocal lost
+        lost = True
+        if not stop_flag.done():
+            stop_flag.set_result(None)
+
+    renewal: asyncio.Task[None] | None = None
     if leader_election_namespace:
         from roundhouse.leader import LeaderElector
 
-        elector = LeaderElector(leader_election_namespace)
-        elector.wait_for_leadership()
-        elector.keep_renewing(stop)
+        elector = LeaderElector(leader_election_namespace, api)
+        await elector.wait_for_leadership()
+        renewal = asyncio.create_task(elector.keep_renewing(on_lost), name="lease-renewal")
     if metrics_port:
         from prometheus_client import start_http_server
 
         start_http_server(metrics_port)
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    stop_flag = loop.create_future()
-
-    def release() -> None:
-        if not stop_flag.done():
-            stop_flag.set_result(None)
-
-    def watch_lease() -> None:
-        stop.wait()
-        loop.call_soon_threadsafe(release)
-
-    threading.Thread(target=watch_lease, daemon=True).start()
-    loop.run_until_complete(kopf.operator(
-        clusterwide=not namespaces,
-        namespaces=namespaces,
-        liveness_endpoint=liveness,
-        standalone=True,  # no kopf peering: leader election is ours
-        stop_flag=stop_flag,
-    ))
-    return 1 if stop.is_set() else 0
+    try:
+        await kopf.operator(
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            liveness_endpoint=liveness,
+            standalone=True,  # no kopf peering: leader election is ours
+            stop_flag=stop_flag,
+        )
+    finally:
+        if renewal is not None:
+            renewal.cancel()
+        await kube.close()
+    return 1 if lost else 0

@@ -209,6 +209,7 @@ class _FakeApiServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _ApiHandler)
         self.requests: list[tuple[str, str, str, bytes]] = []  # method, path, type, body
         self.watch_lines: list[dict[str, Any]] = []
+        self.authorization: list[str | None] = []
         threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05},
                          daemon=True).start()
 
@@ -229,8 +230,12 @@ class _ApiHandler(BaseHTTPRequestHandler):
         url = urllib.parse.urlsplit(self.path)
         query = urllib.parse.parse_qs(url.query)
         self.server.requests.append(("GET", self.path, "", b""))
+        self.server.authorization.append(self.headers.get("Authorization"))
         if url.path == "/api/v1/namespaces/ns/configmaps":
             assert query["fieldSelector"] == ["metadata.name=web-lb"]
+            if query.get("watch") == ["true"] and query["resourceVersion"] == ["expired"]:
+                self._send(410, {"kind": "Status", "code": 410, "reason": "Expired"})
+                return
             if query.get("watch") == ["true"]:
                 lines = b"".join(json.dumps(e).encode() + b"\n"
                                  for e in self.server.watch_lines)
@@ -256,24 +261,29 @@ class _ApiHandler(BaseHTTPRequestHandler):
 
 
 def test_kubernetes_api_over_the_real_client() -> None:
-    from kubernetes import client
+    from kubernetes_asyncio import client
 
     server = _FakeApiServer()
     try:
         config = client.Configuration(host=f"http://127.0.0.1:{server.server_address[1]}")
-        api = KubernetesAPI(client.ApiClient(config))
+        api = KubernetesAPI(configuration=config)
         cm, version = api.list_config_map("ns", "web-lb")
         assert cm is not None and cm["metadata"]["resourceVersion"] == "7"
         assert version == "100"
+        big = configmap("102", **{"pad": "x" * 300_000})  # one event far above a read chunk
         server.watch_lines = [{"type": "MODIFIED", "object": configmap("101")},
+                              {"type": "MODIFIED", "object": big},
                               {"type": "ERROR", "object": {"kind": "Status", "code": 410}}]
         events = api.watch_config_map("ns", "web-lb", "100", 5)
         assert next(events)["object"]["metadata"]["resourceVersion"] == "101"
+        assert next(events)["object"] == big
         with pytest.raises(Gone):
             next(events)
         watch_query = urllib.parse.parse_qs(urllib.parse.urlsplit(server.requests[-1][1]).query)
         assert watch_query["resourceVersion"] == ["100"]
         assert watch_query["allowWatchBookmarks"] == ["true"]
+        with pytest.raises(Gone):  # refused at once, before any event
+            next(api.watch_config_map("ns", "web-lb", "expired", 5))
         assert api.read_secret("ns", "web-tls")["data"]["tls.crt"]
         with pytest.raises(NotFound):
             api.read_secret("ns", "other")
@@ -285,6 +295,34 @@ def test_kubernetes_api_over_the_real_client() -> None:
         assert json.loads(body)["data"]["pod-1"].startswith("{")
         with pytest.raises(NotFound):
             api.patch_config_map_data("ns", "missing", {"x": "y"})
+        api.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_in_cluster_credentials_follow_the_rotated_token(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bound service account tokens expire: the kubelet rewrites the token file and the
+    agent must send the new one (the client re-reads it once its refresh period is over;
+    here that period is zero)."""
+    from kubernetes_asyncio.config import incluster_config
+
+    server = _FakeApiServer()
+    try:
+        (tmp_path / "token").write_text("first")
+        (tmp_path / "ca.crt").write_text(CERT.crt)
+        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(server.server_address[1]))
+        monkeypatch.setattr(incluster_config, "TOKEN_REFRESH_PERIOD", dt.timedelta(0))
+        api = KubernetesAPI(service_account=str(tmp_path))
+        assert api._api.configuration.host == f"https://127.0.0.1:{server.server_address[1]}"
+        api._api.configuration.host = f"http://127.0.0.1:{server.server_address[1]}"  # no TLS
+        api.read_secret("ns", "web-tls")
+        (tmp_path / "token").write_text("second")
+        api.read_secret("ns", "web-tls")
+        assert server.authorization == ["Bearer first", "Bearer second"]
+        api.close()
     finally:
         server.shutdown()
         server.server_close()

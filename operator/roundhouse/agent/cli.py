@@ -16,7 +16,7 @@ from typing import Any
 
 from roundhouse.agent.agent import Agent
 from roundhouse.agent.loop import run
-from roundhouse.agent.source import KubernetesAPI, Source, SourceError, api_client
+from roundhouse.agent.source import KubernetesAPI, Source, SourceError
 from roundhouse.model.pod import AGENT_METRICS_PORT
 
 log = logging.getLogger("roundhouse.agent")
@@ -69,8 +69,16 @@ def run_agent(args: argparse.Namespace) -> int:
     if not namespace:
         log.error("no namespace: pass --namespace or set POD_NAMESPACE")
         return 2
-    source = Source(KubernetesAPI(api_client(args.kubeconfig)), namespace, args.configmap,
-                    args.status_configmap, pod, resync_seconds=args.resync_seconds)
+    api = KubernetesAPI(args.kubeconfig)
+    try:
+        return _run_with(api, args, namespace, pod)
+    finally:
+        api.close()
+
+
+def _run_with(api: KubernetesAPI, args: argparse.Namespace, namespace: str, pod: str) -> int:
+    source = Source(api, namespace, args.configmap, args.status_configmap, pod,
+                    resync_seconds=args.resync_seconds)
     agent = Agent(args.runtime_dir, haproxy_bin=args.haproxy_bin or None)
     if args.once:
         return run_once(agent, source, args.once_timeout)

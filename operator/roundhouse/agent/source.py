@@ -8,6 +8,7 @@ a merge patch of `data.<pod name>` in the status ConfigMap.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -15,8 +16,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any, Protocol
+from collections.abc import AsyncGenerator, Coroutine, Iterator
+from typing import Any, Protocol, TypeVar
 
 from roundhouse.agent.agent import AgentStatus, DesiredState
 from roundhouse.agent.files import check_cert_file_name, pem_bundle
@@ -24,6 +25,9 @@ from roundhouse.render import payload
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+REQUEST_TIMEOUT = 30  # seconds, for everything but the watch
+SERVICE_ACCOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 CONFIG_KEY = "haproxy.cfg"
 SERVERS_KEY = "servers.json"
 
@@ -235,96 +239,129 @@ def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
+class APIError(Exception):
+    """The API server answered with an error status."""
+
+    def __init__(self, status: int | None, reason: str | None) -> None:
+        super().__init__(f"HTTP {status} {reason or ''}".strip())
+        self.status = status
+        self.reason = reason
+
+
 class KubernetesAPI:
-    """KubeAPI over the official client (raw JSON: no model deserialization)."""
+    """KubeAPI over kubernetes_asyncio (raw JSON: no model deserialization).
 
-    def __init__(self, api_client: Any) -> None:
-        from kubernetes import client
+    The agent's loop is threaded; its API calls run on one event loop of their own, in a
+    daemon thread, and the sync methods wait for them.
+    """
 
-        self.core: Any = client.CoreV1Api(api_client)  # raw responses: untyped
+    def __init__(self, kubeconfig: str | None = None, *,
+                 configuration: Any = None, service_account: str = SERVICE_ACCOUNT) -> None:
+        """`configuration`: a kubernetes_asyncio Configuration to use as is; else the
+        kubeconfig file when given, else the in-cluster config from `service_account`."""
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, name="kube-api", daemon=True).start()
+        self._api = self._run(_api_client(kubeconfig, configuration, service_account))
 
-    @staticmethod
-    def _status(err: Exception) -> int | None:
-        status = getattr(err, "status", None)
-        return status if isinstance(status, int) else None
+    def close(self) -> None:
+        """Close the connections (else aiohttp warns of an unclosed session at exit)."""
+        self._run(self._api.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+    def _run(self, work: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(work, self._loop).result()
+
+    async def _call(self, method: str, path: str, query: list[tuple[str, Any]],
+                    body: Any = None, content_type: str = "application/json") -> Any:
+        response = await self._api.call_api(
+            path, method, query_params=query, body=body,
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            auth_settings=["BearerToken"], _preload_content=False,
+            _request_timeout=REQUEST_TIMEOUT)
+        async with response:
+            data = await response.read()
+            if response.status == 404:
+                raise NotFound(path)
+            if not 200 <= response.status < 300:
+                raise APIError(response.status, response.reason)
+        return json.loads(data) if data else {}
 
     def list_config_map(self, namespace: str, name: str) -> tuple[dict[str, Any] | None, str]:
-        resp = self.core.list_namespaced_config_map(
-            namespace, field_selector=f"metadata.name={name}", _preload_content=False,
-            _request_timeout=30)
-        try:
-            body = json.loads(resp.data)
-        finally:
-            resp.release_conn()
+        body = self._run(self._call("GET", f"/api/v1/namespaces/{namespace}/configmaps",
+                                    [("fieldSelector", f"metadata.name={name}")]))
         items = body.get("items") or []
         return (items[0] if items else None,
                 str((body.get("metadata") or {}).get("resourceVersion") or ""))
 
     def watch_config_map(self, namespace: str, name: str, resource_version: str,
                          timeout_seconds: int) -> Iterator[dict[str, Any]]:
-        from kubernetes.client.exceptions import ApiException
-        from kubernetes.watch.watch import iter_resp_lines
-
+        events = self._watch(namespace, name, resource_version, timeout_seconds)
         try:
-            resp = self.core.list_namespaced_config_map(
-                namespace, field_selector=f"metadata.name={name}", watch=True,
-                allow_watch_bookmarks=True, resource_version=resource_version,
-                timeout_seconds=timeout_seconds, _preload_content=False,
-                _request_timeout=(10, timeout_seconds + 10))
-        except ApiException as err:
-            if err.status == 410:
-                raise Gone() from err
-            raise
-        try:
-            for line in iter_resp_lines(resp):  # type: ignore[no-untyped-call]
-                if not line or not line.strip():
-                    continue
-                event = json.loads(line)
-                if event.get("type") == "ERROR":
-                    obj = event.get("object") or {}
-                    if obj.get("code") == 410:
-                        raise Gone()
-                    raise ApiException(status=obj.get("code"), reason=obj.get("message"))
-                yield event
+            while True:
+                try:
+                    yield self._run(anext(events))
+                except StopAsyncIteration:
+                    return
         finally:
-            resp.close()
-            resp.release_conn()
+            self._run(events.aclose())
+
+    async def _watch(self, namespace: str, name: str, resource_version: str,
+                     timeout_seconds: int) -> AsyncGenerator[dict[str, Any], None]:
+        response = await self._api.call_api(
+            f"/api/v1/namespaces/{namespace}/configmaps", "GET",
+            query_params=[("fieldSelector", f"metadata.name={name}"), ("watch", "true"),
+                          ("allowWatchBookmarks", "true"),
+                          ("resourceVersion", resource_version),
+                          ("timeoutSeconds", str(timeout_seconds))],
+            header_params={"Accept": "application/json"}, auth_settings=["BearerToken"],
+            _preload_content=False, _request_timeout=(10, timeout_seconds + 10))
+        async with response:
+            if response.status == 410:
+                raise Gone()
+            if not 200 <= response.status < 300:
+                raise APIError(response.status, response.reason)
+            pending = b""
+            # chunks, not readline(): one event carries a whole ConfigMap (up to 1 MiB)
+            async for chunk in response.content.iter_any():
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield _watch_event(json.loads(line))
 
     def read_secret(self, namespace: str, name: str) -> dict[str, Any]:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            resp = self.core.read_namespaced_secret(name, namespace, _preload_content=False,
-                                                    _request_timeout=30)
-        except ApiException as err:
-            if err.status == 404:
-                raise NotFound(name) from err
-            raise
-        try:
-            secret: dict[str, Any] = json.loads(resp.data)
-        finally:
-            resp.release_conn()
+        secret: dict[str, Any] = self._run(
+            self._call("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}", []))
         return secret
 
     def patch_config_map_data(self, namespace: str, name: str, data: dict[str, str]) -> None:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            self.core.patch_namespaced_config_map(
-                name, namespace, {"data": data},
-                _content_type="application/merge-patch+json", _request_timeout=30)
-        except ApiException as err:
-            if err.status == 404:
-                raise NotFound(name) from err
-            raise
+        self._run(self._call("PATCH", f"/api/v1/namespaces/{namespace}/configmaps/{name}", [],
+                             {"data": data}, "application/merge-patch+json"))
 
 
-def api_client(kubeconfig: str | None) -> Any:
-    """In-cluster config, or a kubeconfig file when given."""
-    import kubernetes
+def _watch_event(event: dict[str, Any]) -> dict[str, Any]:
+    if event.get("type") == "ERROR":
+        obj = event.get("object") or {}
+        if obj.get("code") == 410:
+            raise Gone()
+        raise APIError(obj.get("code"), obj.get("message"))
+    return event
 
-    if kubeconfig:
-        kubernetes.config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
-    else:
-        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
-    return kubernetes.client.ApiClient()
+
+async def _api_client(kubeconfig: str | None, configuration: Any,
+                      service_account: str) -> Any:
+    """Created on the API loop (aiohttp binds its session to it). In-cluster, the token
+    file is re-read every minute: bound service account tokens rotate."""
+    from kubernetes_asyncio import client, config
+    from kubernetes_asyncio.config.incluster_config import InClusterConfigLoader
+
+    if configuration is None:
+        configuration = client.Configuration()
+        if kubeconfig:
+            await config.load_kube_config(config_file=kubeconfig,
+                                          client_configuration=configuration)
+        else:
+            InClusterConfigLoader(token_filename=f"{service_account}/token",
+                                  cert_filename=f"{service_account}/ca.crt",
+                                  try_refresh_token=True).load_and_set(configuration)
+    return client.ApiClient(configuration)
