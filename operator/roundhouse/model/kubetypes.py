@@ -157,7 +157,9 @@ def parse_quantity(value: Any) -> Fraction | None:
     if not match:
         return None
     sign, number, suffix = match.group(1), match.group(2), match.group(3) or ""
-    if suffix[:1] in ("e", "E") and len(suffix) > 1:
+    if Fraction(number) == 0:
+        return Fraction(0)  # zero with any suffix or exponent, however large
+    if suffix[:1] in ("e", "E") and suffix not in _SUFFIX:  # "E" and "Ei" are suffixes
         exponent = int(suffix[1:])
         if abs(exponent) > MAX_EXPONENT:
             return None
