@@ -13,12 +13,17 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from roundhouse.model import rules
 from roundhouse.model.kubetypes import parse_quantity
 from roundhouse.model.pod import RESERVED_PORTS
 
+# The spec's own values (model/rules.py), so the strategies cannot drift from the CRD.
+assert rules.PORT.minimum is not None and rules.PORT.maximum is not None
+PORT_MIN, PORT_MAX = rules.PORT.minimum, rules.PORT.maximum
+
 API_VERSION = "roundhouse.dev/v1alpha1"
-PROTOCOLS = ("TCP", "HTTP", "HTTPS", "TLSPassthrough")
-ALGORITHMS = ("roundrobin", "leastconn", "source", "random", "first")
+PROTOCOLS = rules.PROTOCOL.values
+ALGORITHMS = rules.ALGORITHM.values
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
 DAY_MS = 86_400_000
 # The largest number of each unit within a limit, given at most 7 digits.
@@ -44,7 +49,7 @@ def dns_subdomains() -> st.SearchStrategy[str]:
 
 def listener_ports() -> st.SearchStrategy[int]:
     """Any port but the ones the proxy Pod uses itself."""
-    return st.integers(1, 65535).filter(lambda port: port not in RESERVED_PORTS)
+    return st.integers(PORT_MIN, PORT_MAX).filter(lambda port: port not in RESERVED_PORTS)
 
 
 def label_keys() -> st.SearchStrategy[str]:
@@ -116,7 +121,7 @@ def listeners(draw: st.DrawFn) -> list[Obj]:
 
 @st.composite
 def backends(draw: st.DrawFn) -> list[Obj]:
-    ports = st.one_of(st.integers(1, 65535), short_labels())
+    ports = st.one_of(st.integers(PORT_MIN, PORT_MAX), short_labels())
     pairs = draw(st.lists(st.tuples(short_labels(), ports), min_size=1, max_size=32,
                           unique=True))
     out = []
@@ -291,10 +296,8 @@ def valid_loadbalancers() -> st.SearchStrategy[Obj]:
 PATH_REGEXES = ("/v[0-9]+/.*", "/static/.*\\.(css|js)", "/items/[0-9]{1,5}", "/it's/.*",
                 "/a b/[^/]+", "/(en|de)(/.*)?")
 HEADER_REGEXES = ("v[0-9]+", ".*canary.*", "(a|b)", "[^,]*")
-METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
-RETRY_ON = ("connect-failure", "empty-response", "junk-response", "response-timeout",
-            "0rtt-rejected", "all-retryable-errors", "404", "408", "425", "500", "501",
-            "502", "503", "504")
+METHODS = rules.METHOD.values
+RETRY_ON = rules.RETRY_ON.values
 
 
 def http_paths() -> st.SearchStrategy[str]:
@@ -362,7 +365,7 @@ def route(draw: st.DrawFn, name: str) -> Obj:
         _maybe(draw, redirect, "statusCode", st.sampled_from([301, 302, 303, 307, 308]))
         out["redirect"] = redirect
         return out
-    ports = st.one_of(st.integers(1, 65535), short_labels())
+    ports = st.one_of(st.integers(PORT_MIN, PORT_MAX), short_labels())
     pairs = draw(st.lists(st.tuples(short_labels(), ports), min_size=1, max_size=3,
                           unique=True))
     route_backends = []
@@ -424,7 +427,7 @@ def reverseproxy_specs(draw: st.DrawFn) -> Obj:
     spec: Obj = {"listeners": listeners_, "hosts": hosts}
     if draw(st.booleans()):
         spec["defaultBackend"] = {"service": draw(short_labels()),
-                                  "port": draw(st.one_of(st.integers(1, 65535),
+                                  "port": draw(st.one_of(st.integers(PORT_MIN, PORT_MAX),
                                                          short_labels()))}
     if has_https and draw(st.booleans()):
         hsts: Obj = {}

@@ -2,7 +2,7 @@
 or the CRD refuses it (issue 11, class 1: HAProxy's line holds at most 64 words).
 
 The sizes come from the CRD files themselves (maxItems, maxProperties), not from the
-model's idea of what is valid: a bound raised in crds/generate.py is tested here at once.
+model's idea of what is valid: a bound raised in roundhouse/model/rules.py is tested here at once.
 """
 
 from __future__ import annotations

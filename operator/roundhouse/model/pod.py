@@ -1,5 +1,5 @@
 """Ports the proxy Pod itself uses: no listener may take one (HAProxy or the agent would
-fail to bind it, or a probe would hit a listener). crds/generate.py refuses the same
+fail to bind it, or a probe would hit a listener). The CRD (from model/rules.py) refuses the same
 ports with the same words (tests/unit/test_crd_schema.py checks that they agree)."""
 
 from __future__ import annotations
