@@ -16,6 +16,7 @@ import yaml
 
 from roundhouse import kubeyaml
 from roundhouse.graph import ClusterState, ProxyGraph, issued_secret_name
+from roundhouse.graph.names import issued_dns_names
 from roundhouse.model import FieldError, SpecError, parse_loadbalancer, parse_reverseproxy
 from roundhouse.model.cluster import (
     TLSSecret,
@@ -24,6 +25,8 @@ from roundhouse.model.cluster import (
     parse_tls_secret,
 )
 from roundhouse.model.common import size_errors
+from roundhouse.model.loadbalancer import LoadBalancer
+from roundhouse.model.reverseproxy import ReverseProxy
 from roundhouse.pipeline import Desired, desired_for_loadbalancer, desired_for_reverseproxy
 from roundhouse.render.guard import forbidden_lines
 from roundhouse.render.haproxy import RenderOptions
@@ -65,24 +68,18 @@ def _desired(doc: dict[str, Any], docs: list[dict[str, Any]],
              options: RenderOptions | None) -> Desired:
     """One resource document through the pure pipeline; raises SpecError."""
     kind = doc["kind"]
-    if kind == "LoadBalancer":
-        lb = parse_loadbalancer(doc)
-        namespace, name = lb.namespace, lb.name
-        needs_issued = any(li.tls and li.tls.issued for li in lb.listeners)
-    else:
-        rp = parse_reverseproxy(doc)
-        namespace, name = rp.namespace, rp.name
-        needs_issued = bool(rp.issued_hostnames())
-    cluster = _cluster_state(docs, namespace)
-    issued = issued_secret_name(kind, name)
-    if needs_issued and issued not in cluster.secrets:
+    model: LoadBalancer | ReverseProxy = (
+        parse_loadbalancer(doc) if kind == "LoadBalancer" else parse_reverseproxy(doc))
+    cluster = _cluster_state(docs, model.namespace)
+    issued = issued_secret_name(kind, model.name)
+    if issued_dns_names(model) and issued not in cluster.secrets:
         # Offline there is no operator to issue it: render as if it had.
         cluster = ClusterState(cluster.services, cluster.slices,
                                {**cluster.secrets, issued: TLSSecret(issued, True, True,
                                                                      "issued-at-runtime")})
-    if kind == "LoadBalancer":
-        return desired_for_loadbalancer(lb, cluster, options=options)
-    return desired_for_reverseproxy(rp, cluster, options=options)
+    if isinstance(model, LoadBalancer):
+        return desired_for_loadbalancer(model, cluster, options=options)
+    return desired_for_reverseproxy(model, cluster, options=options)
 
 
 def cmd_render(args: argparse.Namespace) -> int:

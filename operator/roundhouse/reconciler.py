@@ -18,7 +18,7 @@ from typing import Any
 import kopf
 
 from roundhouse import apply, certificates, resources, status
-from roundhouse.graph import ClusterState, child_name, issued_secret_name
+from roundhouse.graph import ClusterState, child_name, issued_secret_name, names
 from roundhouse.model import SpecError
 from roundhouse.model.cluster import TLSSecret
 from roundhouse.model.pods import ProxyPod
@@ -113,10 +113,10 @@ class Reconciler:
             await self._write(key, body, status.invalid_spec(message))
             raise kopf.PermanentError(f"invalid spec: {message}") from err
 
-        owner = resources.owner(model)
+        owner = objects.owner_of(model)
         cluster = self._cluster_state(model, idx)
         issued = await certificates.ensure_issued(
-            owner, resources.issued_names(model),
+            owner, names.issued_dns_names(model),
             lambda secret: idx.first(idx.secrets, (namespace, secret)), body)
         if issued:
             cluster = ClusterState(cluster.services, cluster.slices,
@@ -154,14 +154,14 @@ class Reconciler:
                     if (found := idx.first(idx.services, (ns, svc))) is not None}
         slices = [s for svc in services for s in (idx.slices.get((ns, svc)) or [])]
         wanted = model.secret_refs()
-        if resources.issued_names(model):
-            wanted.add(issued_secret_name(resources.kind_of(model), model.name))
+        if names.issued_dns_names(model):
+            wanted.add(issued_secret_name(names.kind_of(model), model.name))
         secrets: dict[str, TLSSecret] = {}
         for secret_name in sorted(wanted):
             entry = idx.first(idx.secrets, (ns, secret_name))
             if entry is not None:
                 secrets[secret_name] = entry[0]
-        cm = idx.first(idx.configmaps, (ns, child_name(resources.kind_of(model), model.name)))
+        cm = idx.first(idx.configmaps, (ns, child_name(names.kind_of(model), model.name)))
         return ClusterState(services, slices, secrets, cm["slots"] if cm else {})
 
     @staticmethod

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from roundhouse.graph import ClusterState, names
+from roundhouse.graph import ClusterState
 from roundhouse.model import parse_loadbalancer
 from roundhouse.model.loadbalancer import LoadBalancer
 from roundhouse.model.reverseproxy import ReverseProxy, parse_reverseproxy
@@ -27,13 +27,6 @@ def parse(kind: str, body: Mapping[str, Any]) -> Model:
     """Raises SpecError naming every bad field."""
     return parse_loadbalancer(dict(body)) if kind == "LoadBalancer" else parse_reverseproxy(
         dict(body))
-
-
-# The kind-dependent names and the owner, each from its one home (graph.names and
-# render.objects), under the names the reconciler asks for.
-kind_of = names.kind_of
-owner = objects.owner_of
-issued_names = names.issued_dns_names
 
 
 def desired(model: Model, cluster: ClusterState, images: objects.ProxyImages,

@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 
 from roundhouse import resources
+from roundhouse.graph import names as graph_names
+from roundhouse.render import objects
 from roundhouse.resources import Claim, claim_of, hostname_conflicts
 
 
@@ -95,15 +97,15 @@ def test_issued_names_of_a_reverseproxy_cover_its_hosts_and_its_service() -> Non
     body["spec"]["hosts"][0]["tls"] = {}
     body["spec"]["hosts"][1]["tls"] = {"secretName": "mine"}
     model = resources.parse("ReverseProxy", body)
-    names = resources.issued_names(model)
+    names = graph_names.issued_dns_names(model)
     assert "a.example.com" in names and "*.example.org" not in names
     assert "shop-rp.shop.svc" in names
     assert model.secret_refs() == {"mine"}
     assert model.service_refs() == {"web"}
-    assert resources.owner(model).kind == "ReverseProxy"
+    assert objects.owner_of(model).kind == "ReverseProxy"
 
 
 def test_a_reverseproxy_without_issued_hosts_needs_no_certificate() -> None:
     model = resources.parse("ReverseProxy", rp_body("shop", "2026-01-01T00:00:00Z",
                                                     ["a.example.com"]))
-    assert resources.issued_names(model) == ()
+    assert graph_names.issued_dns_names(model) == ()

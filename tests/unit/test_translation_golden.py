@@ -42,6 +42,7 @@ import yaml
 
 from roundhouse import certificates, resources, status
 from roundhouse.graph import ClusterState, child_name, issued_secret_name
+from roundhouse.graph.names import issued_dns_names
 from roundhouse.model import SpecError
 from roundhouse.model.cluster import (
     TLSSecret,
@@ -110,7 +111,7 @@ def desired_of(model: resources.Model, subject: dict[str, Any],
     kind = subject["kind"]
     cluster = cluster_state([*load(EXAMPLES / "offline-cluster.yaml"), *others],
                             model.namespace)
-    if resources.issued_names(model):  # what the operator would have issued by now
+    if issued_dns_names(model):  # what the operator would have issued by now
         issued = issued_secret_name(kind, model.name)
         cluster = ClusterState(cluster.services, cluster.slices,
                                {**cluster.secrets, issued: TLSSecret(issued, True, True,
@@ -140,7 +141,7 @@ def translate(path: Path) -> dict[str, str]:
               "running": status_of(desired, replicas, generation, running,
                                    current_reports(desired, running))}
     dropped: dict[str, Any] = {}
-    observed = observed_proxy(resources.owner(model), others)
+    observed = observed_proxy(objects.owner_of(model), others)
     if observed:
         states["observed"] = status_of(desired, replicas, generation, *observed)
         pods, reports = observed
@@ -153,8 +154,8 @@ def translate(path: Path) -> dict[str, str]:
             "status": states} | dropped),
         "haproxy.cfg": desired.rendered.config,
         "servers.json": desired.rendered.server_state_json(),
-        "objects.yaml": yaml.safe_dump_all(children(desired, resources.owner(model),
-                                                    resources.issued_names(model)),
+        "objects.yaml": yaml.safe_dump_all(children(desired, objects.owner_of(model),
+                                                    issued_dns_names(model)),
                                            sort_keys=False, width=100),
     }
 
