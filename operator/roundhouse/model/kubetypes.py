@@ -145,28 +145,44 @@ _SUFFIX = {"n": Fraction(1, 10**9), "u": Fraction(1, 10**6), "m": Fraction(1, 10
            "E": Fraction(10**18), "Ki": Fraction(2**10), "Mi": Fraction(2**20),
            "Gi": Fraction(2**30), "Ti": Fraction(2**40), "Pi": Fraction(2**50),
            "Ei": Fraction(2**60)}
-MAX_EXPONENT = 1000  # far beyond any real quantity; keeps Fraction arithmetic small
+# resource.ParseQuantity caps a quantity at the largest int64 and rounds any non-zero
+# amount up to a whole nano (1n), so an exponent far out either way needs no arithmetic.
+MAX_QUANTITY = Fraction(2**63 - 1)
+NANO = Fraction(1, 10**9)
+
+
+def _int32(value: int) -> int:
+    """Go's int32(x) conversion: ParseQuantity keeps the exponent as an int32."""
+    return (value + 2**31) % 2**32 - 2**31
 
 
 def parse_quantity(value: Any) -> Fraction | None:
-    """resource.ParseQuantity, exactly (no rounding): "100m" -> 1/10, "1Ki" -> 1024.
-    None when it is not a quantity."""
+    """resource.ParseQuantity, exactly: "100m" -> 1/10, "1Ki" -> 1024, a non-zero amount
+    rounded up to 1n, anything above 2^63-1 capped there. None when it is not a quantity."""
     if isinstance(value, bool) or not isinstance(value, int | str):
         return None
     match = _QUANTITY_RE.fullmatch(str(value))
     if not match:
         return None
     sign, number, suffix = match.group(1), match.group(2), match.group(3) or ""
-    if Fraction(number) == 0:
+    mantissa = Fraction(number)
+    if mantissa == 0:
         return Fraction(0)  # zero with any suffix or exponent, however large
     if suffix[:1] in ("e", "E") and suffix not in _SUFFIX:  # "E" and "Ei" are suffixes
         exponent = int(suffix[1:])
-        if abs(exponent) > MAX_EXPONENT:
-            return None
-        factor = Fraction(10) ** exponent
+        if abs(exponent) >= 2**63:
+            return None  # strconv.ParseInt refuses it
+        exponent = _int32(exponent)
+        digits = len(number)  # 10^-digits <= mantissa < 10^digits
+        if exponent - digits > 19:
+            amount = MAX_QUANTITY
+        elif exponent + digits < -10:
+            amount = NANO
+        else:
+            amount = mantissa * Fraction(10) ** exponent
     else:
-        factor = _SUFFIX[suffix]
-    amount = Fraction(number) * factor
+        amount = mantissa * _SUFFIX[suffix]
+    amount = min(MAX_QUANTITY, -((-amount) // NANO) * NANO)  # round up to 1n, then cap
     return -amount if sign == "-" else amount
 
 
