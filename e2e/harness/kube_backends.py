@@ -305,11 +305,23 @@ class KubeBackends:
             raise RuntimeError(f"{pod} not serving: {reply}")
 
     def set_ready(self, pod: str, ready: bool, timeout: float = 30.0) -> None:
-        """Fail or pass the readiness probe; returns once the Pod's Ready condition
-        shows it (so the EndpointSlice follows)."""
+        """Fail or pass the readiness probe; returns once the Pod's Ready condition shows
+        it and every EndpointSlice that lists the Pod does too: the EndpointSlice is what
+        the operator reads, and the EndpointSlice controller's own delay (seconds, on a
+        loaded machine while namespaces are being deleted) is the cluster's, not ours."""
         self.control(pod, "readiness/pass" if ready else "readiness/fail")
         wait_for(lambda: pod_ready(self.core.read_namespaced_pod(pod, self.namespace)) == ready
                  or None, timeout, f"{pod} Ready={ready}")
+        wait_for(lambda: self._sliced_ready(pod) == ready or None, timeout,
+                 f"the EndpointSlices of {pod} showing ready={ready}", interval=0.02)
+
+    def _sliced_ready(self, pod: str) -> bool | None:
+        """True/False when every EndpointSlice endpoint of `pod` agrees; None otherwise."""
+        slices = client.DiscoveryV1Api(self.api).list_namespaced_endpoint_slice(self.namespace)
+        states = {bool(ep.conditions and ep.conditions.ready)
+                  for sl in slices.items for ep in (sl.endpoints or [])
+                  if ep.target_ref is not None and ep.target_ref.name == pod}
+        return states.pop() if len(states) == 1 else None
 
     def by_address(self) -> dict[str, KubeBackend]:
         return {b.address: b for b in self.backends.values()}

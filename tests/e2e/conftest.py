@@ -391,7 +391,8 @@ class Env:
 
     def set_ready(self, pod: str, ready: bool) -> float:
         """set_ready(); returns time.monotonic() at the moment the change counts from:
-        local, just before the status patch; kubeconfig, once the kubelet reported it."""
+        local, just before the status patch; kubeconfig, once the kubelet reported it and the
+        EndpointSlices (what the operator reads) show it."""
         t = time.monotonic()
         set_ready(self.kube, self.namespace, pod, ready)
         return t if modes.is_local() else time.monotonic()

@@ -49,8 +49,9 @@ def test_not_ready_backend_stops_getting_traffic_without_reload(
         env_factory: Callable[..., Env]) -> None:
     """Each backend in turn: NotReady -> no new requests within 1 s; Ready -> back.
 
-    Times are measured from the Pod status change (env.set_ready: the patch locally, the
-    kubelet's report on a real cluster) to the last (first) reply from that backend,
+    Times are measured from the Pod status change (env.set_ready: the patch locally; on a
+    real cluster, the EndpointSlice showing the kubelet's report, since the EndpointSlice
+    controller's delay is the cluster's) to the last (first) reply from that backend,
     with 3 clients sending requests back to back.
     """
     env = _ready_env(env_factory)
