@@ -174,6 +174,11 @@ def core_api(api: client.ApiClient) -> Any:
     return client.CoreV1Api(api)
 
 
+def discovery_api(api: client.ApiClient) -> Any:
+    """DiscoveryV1Api (EndpointSlices), typed loosely like core_api."""
+    return client.DiscoveryV1Api(api)
+
+
 def pod_ready(pod: Any) -> bool:
     conditions = (pod.status.conditions or []) if pod.status else []
     return any(c.type == "Ready" and c.status == "True" for c in conditions)
@@ -317,7 +322,7 @@ class KubeBackends:
 
     def _sliced_ready(self, pod: str) -> bool | None:
         """True/False when every EndpointSlice endpoint of `pod` agrees; None otherwise."""
-        slices = client.DiscoveryV1Api(self.api).list_namespaced_endpoint_slice(self.namespace)
+        slices = discovery_api(self.api).list_namespaced_endpoint_slice(self.namespace)
         states = {bool(ep.conditions and ep.conditions.ready)
                   for sl in slices.items for ep in (sl.endpoints or [])
                   if ep.target_ref is not None and ep.target_ref.name == pod}

@@ -181,11 +181,18 @@ class FakeCore:
             self.ready[pod] = path.endswith("pass")
         return str({"serving": path != "serving/stop", "ready": self.ready[pod]})
 
+    def list_namespaced_endpoint_slice(self, namespace: str) -> Any:
+        """One EndpointSlice listing every Pod with its readiness, as the controller would."""
+        return NS(items=[NS(endpoints=[
+            NS(conditions=NS(ready=self.ready[pod]), target_ref=NS(name=pod))
+            for pod in self.pods])])
+
 
 @pytest.fixture
 def fake_core(monkeypatch: pytest.MonkeyPatch) -> FakeCore:
     core = FakeCore()
     monkeypatch.setattr(kb, "core_api", lambda api: core)
+    monkeypatch.setattr(kb, "discovery_api", lambda api: core)
     return core
 
 
