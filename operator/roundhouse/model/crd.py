@@ -470,6 +470,18 @@ def upstream_tls(plain: str) -> Schema:
         })
 
 
+def proxy_settings() -> dict[str, Schema]:
+    """The fields both kinds share, in the order both CRDs list them."""
+    return {"algorithm": algorithm(), "sessionPersistence": session_persistence(),
+            "healthCheck": health_check(), "timeouts": timeouts(), "limits": limits(),
+            "proxy": proxy()}
+
+
+def listener_source_ranges() -> Schema:
+    return source_ranges("to connect to any listener",
+                         "any other client is refused as it connects")
+
+
 def loadbalancer_spec() -> Schema:
     listener = obj(
         "A port the proxy listens on.",
@@ -518,15 +530,9 @@ def loadbalancer_spec() -> Schema:
                 "(service, port) once; at least one with a weight above 0.",
                 backend_item("the listeners'"), R.LB_BACKENDS,
                 list_type="map", map_keys=["service", "port"]),
-            "algorithm": algorithm(),
-            "sessionPersistence": session_persistence(),
-            "healthCheck": health_check(),
-            "timeouts": timeouts(),
-            "limits": limits(),
-            "proxy": proxy(),
+            **proxy_settings(),
             "upstreamTLS": upstream_tls("plain TCP/HTTP"),
-            "allowedSourceRanges": source_ranges(
-                "to connect to any listener", "any other client is refused as it connects"),
+            "allowedSourceRanges": listener_source_ranges(),
         },
         required=["listeners", "backends"],
         rules=cel(*LISTENER_RULES, R.SPEC_BACKEND_WEIGHT, R.COOKIE_NEEDS_HTTP,
@@ -722,14 +728,8 @@ def reverseproxy_spec() -> Schema:
                 },
                 rules=cel(R.PRELOAD_NEEDS_SUBDOMAINS)),
             "upstreamTLS": upstream_tls("plain HTTP"),
-            "algorithm": algorithm(),
-            "sessionPersistence": session_persistence(),
-            "healthCheck": health_check(),
-            "timeouts": timeouts(),
-            "limits": limits(),
-            "proxy": proxy(),
-            "allowedSourceRanges": source_ranges(
-                "to connect to any listener", "any other client is refused as it connects"),
+            **proxy_settings(),
+            "allowedSourceRanges": listener_source_ranges(),
         },
         required=["listeners", "hosts"],
         rules=cel(*LISTENER_RULES, R.HOST_TLS_NEEDS_HTTPS, R.HTTPS_NEEDS_HOST_TLS,
