@@ -16,7 +16,7 @@ from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
 
-from roundhouse import API_GROUP, API_VERSION
+from roundhouse import API_GROUP, API_VERSION, metrics
 
 # kind -> (api prefix, plural); the fixed set of kinds Roundhouse reads or writes.
 _PATHS: dict[str, tuple[str, str]] = {
@@ -101,19 +101,27 @@ async def request(method: str, path: str, body: Any = None,
     if isinstance(body, str):
         body = json.loads(body)  # the client serializes JSON and apply bodies itself
     api = await client()
-    async with _semaphore():
-        response = await api.call_api(
-            path, method, query_params=query or [], body=body,
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
-            auth_settings=["BearerToken"], _preload_content=False,
-            _request_timeout=REQUEST_TIMEOUT)
-        async with response:
-            data: bytes = await response.read()
-            if not 200 <= response.status < 300:
-                error = ApiException(status=response.status, reason=response.reason)
-                # text, as the client's own errors carry it (apply.py parses the message)
-                error.body = data.decode(errors="replace") if data else None  # type: ignore[assignment]
-                raise error
+    verb, resource = metrics.api_verb(method, content_type), metrics.api_resource(path)
+    gate = _semaphore()
+    with metrics.api_waiting():  # queued behind a full gate: a burst of reconciles
+        await gate.acquire()
+    try:
+        with metrics.api_request(verb, resource) as call:
+            response = await api.call_api(
+                path, method, query_params=query or [], body=body,
+                header_params={"Content-Type": content_type, "Accept": "application/json"},
+                auth_settings=["BearerToken"], _preload_content=False,
+                _request_timeout=REQUEST_TIMEOUT)
+            async with response:
+                data: bytes = await response.read()
+                call.status = response.status
+    finally:
+        gate.release()
+    if not 200 <= response.status < 300:
+        error = ApiException(status=response.status, reason=response.reason)
+        # text, as the client's own errors carry it (apply.py parses the message)
+        error.body = data.decode(errors="replace") if data else None  # type: ignore[assignment]
+        raise error
     return json.loads(data) if data else {}
 
 

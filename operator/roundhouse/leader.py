@@ -20,6 +20,8 @@ from collections.abc import Callable
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from roundhouse import metrics
+
 log = logging.getLogger(__name__)
 LEASE_NAME = "roundhouse-operator"
 LEASE_SECONDS = 15
@@ -95,6 +97,7 @@ class LeaderElector:
                 announced = True
             await asyncio.sleep(RENEW_SECONDS)
         log.info("leading as %s (Lease %s/%s)", self.me, self.namespace, self.name)
+        metrics.set_leader(True)
 
     async def keep_renewing(self, on_lost: Callable[[], None]) -> None:
         """Renew every RENEW_SECONDS; when that has failed for too long, call `on_lost`."""
@@ -109,5 +112,6 @@ class LeaderElector:
                 log.warning("renewing the Lease failed", exc_info=True)
             if time.monotonic() - last_ok > LEASE_SECONDS - RENEW_SECONDS:
                 log.error("lost the Lease %s/%s: stopping", self.namespace, self.name)
+                metrics.set_leader(False)
                 on_lost()
                 return

@@ -56,7 +56,7 @@ def run_operator(namespaces: list[str], liveness: str | None,
 
 async def _operate(namespaces: list[str], liveness: str | None,
                    leader_election_namespace: str | None, metrics_port: int) -> int:
-    from roundhouse import kube
+    from roundhouse import kube, metrics
 
     api = await kube.client()  # fail early, with the kubeconfig error, before kopf starts
     stop_flag = asyncio.get_running_loop().create_future()
@@ -68,6 +68,7 @@ async def _operate(namespaces: list[str], liveness: str | None,
         if not stop_flag.done():
             stop_flag.set_result(None)
 
+    metrics.serve(metrics_port)  # before the election: standbys are scraped too
     renewal: asyncio.Task[None] | None = None
     if leader_election_namespace:
         from roundhouse.leader import LeaderElector
@@ -75,10 +76,8 @@ async def _operate(namespaces: list[str], liveness: str | None,
         elector = LeaderElector(leader_election_namespace, api)
         await elector.wait_for_leadership()
         renewal = asyncio.create_task(elector.keep_renewing(on_lost), name="lease-renewal")
-    if metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(metrics_port)
+    else:
+        metrics.set_leader(True)  # the only replica
     try:
         await kopf.operator(
             clusterwide=not namespaces,

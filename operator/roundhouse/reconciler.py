@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 
-from roundhouse import apply, certificates, resources, status
+from roundhouse import apply, certificates, metrics, resources, status
 from roundhouse.graph import ClusterState, child_name, issued_secret_name, names
 from roundhouse.model import SpecError
 from roundhouse.model.cluster import TLSSecret
@@ -96,13 +97,30 @@ class Reconciler:
         self.locks.pop((kind, namespace, name), None)
         self.last_applied.pop((kind, namespace, name), None)
         self.desired.entries.pop((kind, namespace, name), None)
+        metrics.forget_resource(kind, namespace, name)
 
-    async def reconcile(self, kind: str, body: Any, idx: Indexes) -> list[str]:
-        """Returns the messages of problems worth a retry (missing dependencies)."""
+    async def reconcile(self, kind: str, body: Any, idx: Indexes,
+                        trigger: str = "dependency") -> list[str]:
+        """Returns the messages of problems worth a retry (missing dependencies).
+        `trigger`: what started it (create, update, resume, resync, dependency)."""
         meta = body.get("metadata") or {}
         key = (kind, str(meta.get("namespace")), str(meta.get("name")))
         async with self.lock(key):
-            return await self._reconcile(key, body, idx)
+            start, outcome = time.perf_counter(), "error"
+            try:
+                waiting = await self._reconcile(key, body, idx)
+                outcome = "waiting" if waiting else "success"
+                return waiting
+            except kopf.PermanentError:
+                outcome = "invalid"
+                raise
+            except asyncio.CancelledError:
+                outcome = ""  # shutting down: neither a success nor a failure
+                raise
+            finally:
+                if outcome:
+                    metrics.observe_reconcile(kind, trigger, outcome,
+                                              time.perf_counter() - start)
 
     async def _reconcile(self, key: Key, body: Any, idx: Indexes) -> list[str]:
         kind, namespace, name = key
@@ -181,8 +199,10 @@ class Reconciler:
         new = status.status_body(previous, conditions, generation, dt.datetime.now(dt.UTC),
                                  counts, address)
         if status.unchanged(old, new):
+            metrics.record_conditions(kind, namespace, name, new["conditions"])
             return
         await apply.write_status(kind, namespace, name, new)
+        metrics.record_conditions(kind, namespace, name, new["conditions"])
         apply.post_events(body, status.events(previous, conditions))
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from roundhouse import kube
+from roundhouse import kube, metrics
 
 
 class _Server(ThreadingHTTPServer):
@@ -127,6 +127,72 @@ def test_requests_in_flight_are_bounded(server: _Server,
     asyncio.run(scenario())
     assert len(server.seen) == 12
     assert server.most_in_flight == 3
+
+
+def test_requests_are_counted_by_verb_resource_and_result(server: _Server) -> None:
+    """Every request through the semaphore is counted (by verb, resource and status class)
+    and timed, and nothing is left in flight or waiting afterwards."""
+    def requests(verb: str, result: str) -> float:
+        return metrics.sample("roundhouse_operator_api_requests_total",
+                              {"verb": verb, "resource": "configmaps", "result": result})
+
+    before = (requests("apply", "2xx"), requests("patch", "4xx"), requests("patch", "2xx"),
+              metrics.sample("roundhouse_operator_api_request_duration_seconds_count",
+                             {"verb": "apply"}))
+
+    async def scenario() -> None:
+        try:
+            await asyncio.gather(*(
+                kube.request("PATCH", kube.object_path("ConfigMap", "ns", f"cm-{i}"),
+                             body={"kind": "ConfigMap"},
+                             content_type="application/apply-patch+yaml")
+                for i in range(20)))  # more than the gate lets through at once
+            with pytest.raises(Exception) as caught:
+                await kube.request("PATCH", kube.object_path("ConfigMap", "ns", "missing"),
+                                   body={"data": {}},
+                                   content_type="application/merge-patch+json")
+            assert kube.status_code(caught.value) == 404
+        finally:
+            await kube.close()
+
+    asyncio.run(scenario())
+    assert requests("apply", "2xx") == before[0] + 20
+    assert requests("patch", "4xx") == before[1] + 1
+    assert requests("patch", "2xx") == before[2]
+    assert metrics.sample("roundhouse_operator_api_request_duration_seconds_count",
+                          {"verb": "apply"}) == before[3] + 20
+    assert metrics.sample("roundhouse_operator_api_requests_in_flight") == 0
+    assert metrics.sample("roundhouse_operator_api_requests_waiting") == 0
+
+
+def test_a_request_with_no_answer_is_an_error(monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:
+    """Connection refused: counted as `error`, not as a status class."""
+    import socket
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = {"apiVersion": "v1", "kind": "Config", "current-context": "test",
+              "clusters": [{"name": "test", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+              "users": [{"name": "test", "user": {"token": "abc"}}],
+              "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}]}
+    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    labels = {"verb": "get", "resource": "secrets", "result": "error"}
+    before = metrics.sample("roundhouse_operator_api_requests_total", labels)
+
+    async def scenario() -> None:
+        try:
+            with pytest.raises(Exception) as caught:
+                await kube.request("GET", kube.object_path("Secret", "ns", "ca"))
+            assert kube.status_code(caught.value) is None
+        finally:
+            await kube.close()
+
+    asyncio.run(scenario())
+    assert metrics.sample("roundhouse_operator_api_requests_total", labels) == before + 1
+    assert metrics.sample("roundhouse_operator_api_requests_in_flight") == 0
 
 
 def test_the_product_imports_without_the_synchronous_client() -> None:

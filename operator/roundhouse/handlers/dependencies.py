@@ -44,7 +44,7 @@ def _schedule(namespace: str, targets: Iterable[tuple[str, str]],
         async def run(kind: str = kind, name: str = name, bodies: Any = bodies) -> None:
             body = idx.first(bodies, (namespace, name))  # None: deleted meanwhile
             if body is not None:
-                await RECONCILER.reconcile(kind, body, idx)
+                await RECONCILER.reconcile(kind, body, idx, trigger="dependency")
         DEBOUNCER.schedule((kind, namespace, name), run)
 
 

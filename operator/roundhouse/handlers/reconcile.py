@@ -12,7 +12,7 @@ from typing import Any
 
 import kopf
 
-from roundhouse import API_GROUP, API_VERSION
+from roundhouse import API_GROUP, API_VERSION, metrics
 from roundhouse.handlers.state import RECONCILER
 from roundhouse.reconciler import RETRY_DELAY, Indexes
 from roundhouse.resources import KINDS
@@ -29,9 +29,18 @@ def _register(kind: str, plural: str) -> None:
     @kopf.on.resume(*resource, id="reconcile")
     @kopf.on.create(*resource, id="reconcile")
     @kopf.on.update(*resource, id="reconcile")
-    async def reconcile(body: kopf.Body, **kwargs: Any) -> None:
-        waiting = await RECONCILER.reconcile(kind, body, Indexes.from_kwargs(kwargs))
+    async def reconcile(body: kopf.Body, reason: Any = None, **kwargs: Any) -> None:
+        trigger = str(getattr(reason, "value", reason) or "update")  # kopf.Reason
+        try:
+            waiting = await RECONCILER.reconcile(kind, body, Indexes.from_kwargs(kwargs),
+                                                 trigger=trigger)
+        except kopf.PermanentError:
+            raise
+        except Exception:  # kopf retries anything but a PermanentError
+            metrics.count_retry(kind, trigger)
+            raise
         if waiting:
+            metrics.count_retry(kind, trigger)
             raise kopf.TemporaryError("waiting for: " + "; ".join(waiting), delay=RETRY_DELAY)
 
     @kopf.timer(*resource, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS,
@@ -42,7 +51,8 @@ def _register(kind: str, plural: str) -> None:
         RECONCILER.forget_applied((kind, meta["namespace"], meta["name"]))
         # An invalid spec was already reported in status by the create/update handler.
         with contextlib.suppress(kopf.PermanentError):
-            await RECONCILER.reconcile(kind, body, Indexes.from_kwargs(kwargs))
+            await RECONCILER.reconcile(kind, body, Indexes.from_kwargs(kwargs),
+                                       trigger="resync")
 
     @kopf.on.delete(*resource, optional=True, id="forget")
     async def forget(namespace: str, name: str, **_: Any) -> None:

@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable, Hashable
 
 import kopf
 
+from roundhouse import metrics
+
 log = logging.getLogger(__name__)
 SPACING = 0.1
 Action = Callable[[], Awaitable[object]]
@@ -34,6 +36,7 @@ class Debouncer:
 
     def schedule(self, key: Hashable, action: Action) -> None:
         self._action[key] = action  # the latest wins: reconciles are level-based
+        metrics.trigger_scheduled(coalesced=key in self._pending)
         if key not in self._pending:
             self._pending[key] = asyncio.get_running_loop().create_task(self._run(key))
 
@@ -51,6 +54,7 @@ class Debouncer:
             await asyncio.sleep(delay)
         action = self._action.pop(key)
         del self._pending[key]  # events from now on schedule the next run
+        metrics.trigger_started()
         done: asyncio.Future[None] = loop.create_future()
         self._running[key] = done
         start = loop.time()
