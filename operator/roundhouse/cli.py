@@ -216,7 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--liveness", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     run.add_argument("--leader-election-namespace",
                      help="run as one of several replicas: only the Lease holder reconciles")
-    run.add_argument("--metrics-port", type=int, default=9100)
+    run.add_argument("--metrics-port", type=int, default=9100,
+                     help="Prometheus /metrics port, served from the start (standbys too); "
+                          "0 disables (default %(default)s)")
     run.set_defaults(func=cmd_run)
 
     from roundhouse.agent.cli import add_agent_parser

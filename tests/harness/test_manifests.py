@@ -448,7 +448,8 @@ def test_operator_deployment_runs_with_leader_election(docs: list[dict[str, Any]
     assert container["image"] == "roundhouse:0.1.0"
     assert container["imagePullPolicy"] == "IfNotPresent"
     assert container["args"] == ["run", "--leader-election-namespace=$(POD_NAMESPACE)",
-                                 "--liveness=http://0.0.0.0:8080/healthz"]
+                                 "--liveness=http://0.0.0.0:8080/healthz",
+                                 "--metrics-port=9100"]
     assert any(a.startswith("--leader-election-namespace") for a in container["args"])
     env = {e["name"]: e for e in container["env"]}
     assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
