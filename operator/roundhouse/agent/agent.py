@@ -315,12 +315,28 @@ class Agent:
         for command in plan.commands:
             self.client.server_command(command)
             self.metrics.runtime_commands.inc()
+        if plan.added:
+            self._verify_added(plan, snapshot)
         self._record(desired, snapshot)
         seconds = time.monotonic() - start
         log.info("applied %s at run time, no reload: %s (%d command(s), %.1f ms)",
                  desired.config_hash, plan.reason, len(plan.commands) + len(plan.certificates),
                  seconds * 1000)
         return ApplyResult("runtime", plan.reason, commands=plan.commands, seconds=seconds)
+
+    def _verify_added(self, plan: Plan, snapshot: Snapshot) -> None:
+        """HAProxy accepted every `add server`: check it now holds each new slot as a
+        reload of the config on disk would (same id, same address), or fall back to one."""
+        for backend in sorted({a.backend for a in plan.added}):
+            running = {s.server: s for s in self.client.servers_state(backend)}
+            for a in (a for a in plan.added if a.backend == backend):
+                got, want = running.get(a.slot), snapshot.pools[backend][a.slot]
+                if got is None or got.id != a.id or (
+                        want.address is not None
+                        and (got.address, got.port) != (want.address, want.port)):
+                    raise RuntimeAPIError(
+                        f"added server {backend}/{a.slot} is not as configured (id {a.id}, "
+                        f"{want.address}:{want.port}): HAProxy shows {got}")
 
     def _reload(self, plan: Plan, desired: DesiredState, snapshot: Snapshot,
                 start: float) -> ApplyResult:

@@ -3,7 +3,9 @@
 - nothing: same structure, same server slots, same certificates;
 - runtime: same structure (config equal once each server line is cut to its slot
   name): the exact `set server` commands for the slots that changed, and the
-  certificates to hot-swap;
+  certificates to hot-swap. Also when the only structural difference is server slots
+  appended to existing backends (a pool outgrew its slots): each is created with
+  `add server` as the free slot the config renders, then filled like any other slot;
 - reload: anything else, with a human reason and a metrics category.
 """
 
@@ -62,12 +64,24 @@ class Snapshot:
 
 
 @dataclass(frozen=True)
+class Added:
+    """A server slot created at run time: HAProxy must then hold it with this id (the
+    position a reload of the config gives it: hashing and `balance first` use the id)."""
+
+    backend: str
+    slot: str
+    id: int
+    options: tuple[str, ...] = ()  # the backend's default-server words
+
+
+@dataclass(frozen=True)
 class Plan:
     action: Literal["none", "runtime", "reload"]
-    commands: tuple[str, ...] = ()  # runtime: `set server ...`, in order
+    commands: tuple[str, ...] = ()  # runtime: `add server`, `set server ...`, in order
     certificates: tuple[str, ...] = ()  # runtime: files to hot-swap
     reason: str = ""  # human: why (logged, reported)
     category: str = ""  # reload: one of RELOAD_CATEGORIES
+    added: tuple[Added, ...] = ()  # runtime: slots the commands create
 
 
 def digest(text: str) -> str:
@@ -117,31 +131,44 @@ def decide(applied: Snapshot | None, desired: Snapshot) -> Plan:
     if applied is None:
         return Plan("reload", reason="recovery: no record of the configuration HAProxy runs",
                     category=RECOVERY)
+    added: tuple[Added, ...] = ()
+    add_commands: list[str] = []
     if structure(applied.config) != structure(desired.config):
-        return Plan("reload", reason="structure changed: " + _structure_diff(
-            applied.config, desired.config), category=STRUCTURE)
-    if _slot_layout(applied.pools) != _slot_layout(desired.pools):
+        growth = _growth(applied, desired)
+        if growth is None:
+            return Plan("reload", reason="structure changed: " + _structure_diff(
+                applied.config, desired.config), category=STRUCTURE)
+        if isinstance(growth, str):
+            return Plan("reload", reason=f"server slots added, not at run time: {growth}",
+                        category=STRUCTURE)
+        added = growth
+        for a in added:
+            add_commands.extend(_add_commands(a, desired))
+    elif _slot_layout(applied.pools) != _slot_layout(desired.pools):
         return Plan("reload", reason="structure changed: server slots differ from the running "
                     "ones", category=STRUCTURE)
-    added = sorted(set(desired.certificates) - set(applied.certificates))
-    if added:
-        return Plan("reload", reason=f"certificate {', '.join(added)} added",
+    new_certs = sorted(set(desired.certificates) - set(applied.certificates))
+    if new_certs:
+        return Plan("reload", reason=f"certificate {', '.join(new_certs)} added",
                     category=CERTIFICATE)
     swaps = tuple(sorted(f for f, d in desired.certificates.items()
                          if applied.certificates[f] != d))
     commands: list[str] = []
-    for backend, slots in desired.pools.items():
-        for name, new in slots.items():
-            commands.extend(slot_commands(backend, name, applied.pools[backend][name], new))
-    if not commands and not swaps:
+    for backend, slots in applied.pools.items():
+        for name, old in slots.items():
+            commands.extend(slot_commands(backend, name, old, desired.pools[backend][name]))
+    if not commands and not swaps and not added:
         return Plan("none")
     parts = []
     if commands:
         changed = {c.split()[2] for c in commands}
         parts.append(f"{len(changed)} server slot(s) changed")
+    if added:
+        parts.append(f"{len(added)} server slot(s) added")
     if swaps:
         parts.append(f"certificate {', '.join(swaps)} rotated")
-    return Plan("runtime", tuple(commands), swaps, "; ".join(parts))
+    return Plan("runtime", tuple(commands + add_commands), swaps, "; ".join(parts),
+                added=added)
 
 
 def slot_commands(backend: str, slot: str, old: Slot, new: Slot) -> list[str]:
@@ -168,6 +195,81 @@ def slot_commands(backend: str, slot: str, old: Slot, new: Slot) -> list[str]:
         out.append(f"{target} weight {effective_new}")
     if old.state != new.state or not old.active:
         out.append(f"{target} state {new.state}")
+    return out
+
+
+# What a free slot is, before `add server` creates it: the rendered
+# `server <slot> 127.0.0.1:1 disabled` with the backend's default-server options.
+_FREE = Slot(None, None, None, 0, MAINT)
+_PLACEHOLDER = "127.0.0.1:1"
+# default-server words passed on to `add server` as they are: no quoting, no `;` (the
+# Runtime API splits commands there), nothing the CLI would read differently.
+_OPTION_WORD = re.compile(r"^[A-Za-z0-9_.:/@()=,+-]+$")
+_SECTION = re.compile(r"^(global|defaults|frontend|backend|listen|peers|resolvers|"
+                      r"userlist|ring|cache|program|http-errors|mailers)\b(?:\s+(\S+))?")
+
+
+def _growth(applied: Snapshot, desired: Snapshot) -> tuple[Added, ...] | str | None:
+    """The server slots `desired` appends to the running backends, when that is its only
+    difference: the same backends, each keeping its running slots in order, and the same
+    config once the new server lines are taken out. None when the difference is anything
+    else; a reason (str) when it is only growth but cannot be done at run time."""
+    if set(applied.pools) != set(desired.pools):
+        return None
+    new: dict[str, set[str]] = {}
+    for backend, slots in desired.pools.items():
+        running = list(applied.pools[backend])
+        wanted = list(slots)
+        if wanted[:len(running)] != running:
+            return None
+        if len(wanted) > len(running):
+            new[backend] = set(wanted[len(running):])
+    if not new:
+        return None
+    kept: list[str] = []
+    added: list[Added] = []
+    options: dict[str, list[str]] = {}
+    section, name, position = "", "", 0
+    for line in structure(desired.config).split("\n"):
+        m = _SECTION.match(line)
+        if m:
+            section, name, position = m.group(1), m.group(2) or "", 0
+        words = line.split()
+        if words[:1] == ["server"] and section == "backend":
+            position += 1
+            if len(words) == 2 and words[1] in new.get(name, ()):
+                added.append(Added(name, words[1], position, tuple(options.get(name, ()))))
+                continue
+        elif words[:1] == ["default-server"] and section == "backend":
+            options[name] = words[1:]
+        elif words[:1] == ["default-server"]:
+            return None  # inherited from a defaults section: not what `add server` gets
+        kept.append(line)
+    if "\n".join(kept) != structure(applied.config):
+        return None
+    if sorted((a.backend, a.slot) for a in added) != sorted(
+            (b, s) for b, slots in new.items() for s in slots):
+        return None  # servers.json names slots the config does not have
+    for a in added:
+        bad = [w for w in a.options if not _OPTION_WORD.match(w)]
+        if bad:
+            return f"backend {a.backend}: default-server option {bad[0]!r}"
+    return tuple(added)
+
+
+def _add_commands(a: Added, desired: Snapshot) -> list[str]:
+    """`add server` for slot `a` in its free form, then the commands that fill it."""
+    options = a.options
+    target = f"{a.backend}/{a.slot}"
+    # Dynamic servers inherit no default-server line: pass it whole.
+    out = [" ".join([f"add server {target} {_PLACEHOLDER} id {a.id}", *options])]
+    if "check" in options:
+        out.append(f"enable health {target}")  # checks start disabled on a dynamic server
+    if "agent-check" in options:
+        out.append(f"enable agent {target}")
+    # A free slot has no cookie yet; setting its address derives the dynamic cookie
+    # (HAProxy 2.6 computes none at `add server`).
+    out.extend(slot_commands(a.backend, a.slot, _FREE, desired.pools[a.backend][a.slot]))
     return out
 
 
