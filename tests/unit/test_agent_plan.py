@@ -349,3 +349,25 @@ def test_only_server_lines_in_the_renderers_form_are_cut(tail: str) -> None:
     assert structure(cfg) == cfg
     assert structure("backend b\n    server s1 10.0.0.1:80 weight 1\n") == \
         "backend b\n    server s1\n"
+
+
+def test_parse_pools_takes_over_unchanged_slots_and_checks_changed_ones() -> None:
+    """A flip at 8,192 slots re-parses one slot, not all: equal slot objects at the same
+    place keep their parsed Slot (the planner then skips them by identity); a changed
+    one is checked as ever."""
+    before = _servers()
+    before["pools"]["be_http"].append({"slot": "srv2", "endpoint": None, "address": None,
+                                       "port": None, "weight": 0, "state": "maint"})
+    parsed = parse_pools(before)
+    after = {"pools": {"be_http": [dict(before["pools"]["be_http"][0], state="maint"),
+                                   dict(before["pools"]["be_http"][1])]}}
+    again = parse_pools(after, (before, parsed))
+    assert again == parse_pools(after)
+    assert again["be_http"]["srv2"] is parsed["be_http"]["srv2"]
+    assert again["be_http"]["srv1"].state == "maint"
+    bad = {"pools": {"be_http": [dict(before["pools"]["be_http"][0], address="1.2.3.4;x"),
+                                 dict(before["pools"]["be_http"][1])]}}
+    with pytest.raises(PlanError, match="invalid address"):
+        parse_pools(bad, (before, parsed))
+    plan = decide(Snapshot("", parsed), Snapshot("", again))
+    assert plan.commands == ("set server be_http/srv1 state maint",)
