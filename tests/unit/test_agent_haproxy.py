@@ -406,6 +406,8 @@ def test_scaling_past_the_slots_adds_servers_at_run_time(haproxy_binary: str) ->
             assert all(" check " in c for c in adds)
             assert sum(c.startswith("enable health") for c in result.commands) == new
             assert result.reason.endswith(f"{new} server slot(s) added")
+            print(f"\n{slots} slots: {new} servers added at run time in "
+                  f"{result.seconds * 1000:.0f} ms ({len(result.commands)} commands)")
             assert r.haproxy.worker() == worker
             assert r.haproxy.client.show_proc().master_pid == procs.master_pid
             assert r.metric(RELOADS, reason="structure") == 0
