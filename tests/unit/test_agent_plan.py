@@ -17,12 +17,13 @@ from roundhouse.agent.plan import (
     slot_commands,
     structure,
 )
-from roundhouse.graph import build_loadbalancer_graph
-from roundhouse.model import parse_loadbalancer
+from roundhouse.graph import build_loadbalancer_graph, build_reverseproxy_graph
+from roundhouse.model import parse_loadbalancer, parse_reverseproxy
 from roundhouse.render.haproxy import render_haproxy, server_line
 from roundhouse.render.structure import config_hash, structure_hash
 from tests.unit.cluster_fixtures import endpoint, state
 from tests.unit.conftest import lb_object
+from tests.unit.rp_fixtures import rp_object
 
 FREE = Slot(None, None, None, 0, "maint")
 
@@ -371,3 +372,26 @@ def test_parse_pools_takes_over_unchanged_slots_and_checks_changed_ones() -> Non
         parse_pools(bad, (before, parsed))
     plan = decide(Snapshot("", parsed), Snapshot("", again))
     assert plan.commands == ("set server be_http/srv1 state maint",)
+
+
+def test_a_reverseproxy_pool_outgrowing_its_slots_is_a_runtime_plan() -> None:
+    """The same for a ReverseProxy's route pools (its backends carry the routing's
+    header rules and rewrites before the servers)."""
+    rp = parse_reverseproxy(rp_object(hosts=[{"hostname": "www.example.test", "routes": [
+        {"name": "web", "match": {"path": {"type": "Prefix", "value": "/app"}},
+         "rewrite": {"pathPrefix": "/"}, "requestHeaders": {"set": {"X-A": "1"}},
+         "retries": {"attempts": 2, "retryOn": ["connect-failure"]},
+         "backends": [{"service": "web", "port": 80}]}]}]))
+    previous: dict[str, dict[str, str]] = {}
+    snapshots = []
+    for n in (3, 9):
+        rendered = render_haproxy(build_reverseproxy_graph(rp, state(n, previous=previous)))
+        pools = parse_pools(rendered.server_state)
+        previous = {b: {s: slot.endpoint or "" for s, slot in ss.items()}
+                    for b, ss in pools.items()}
+        snapshots.append(Snapshot(rendered.config, pools))
+    plan = decide(*snapshots)
+    (pool,) = snapshots[1].pools
+    assert plan.action == "runtime", plan.reason
+    assert [(a.backend, a.slot, a.id) for a in plan.added] == [
+        (pool, f"srv{i}", i) for i in range(9, 17)]
