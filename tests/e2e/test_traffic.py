@@ -221,6 +221,46 @@ def test_cookie_persistence_across_scaling(env_factory: Callable[..., Env]) -> N
     print(f"cookies held over 3 -> 5 -> 2 for {sorted(two)}; HAProxy {procs} not reloaded")
 
 
+def _slots(proxy: Any, backend: str = "be_http") -> int:
+    state = proxy.stats(f"show servers state {backend}").splitlines()
+    return sum(1 for line in state if len(f := line.split()) > 6 and f[0] != "#")
+
+
+def test_scaling_out_and_in_never_reloads(env_factory: Callable[..., Env]) -> None:
+    """4 -> 8 -> 2 -> 0 -> 3 -> 40 Pods. 8 and 40 endpoints outgrow the pre-allocated
+    slots (8 -> 16 -> 64): the agent adds those servers through the Runtime API, so no
+    step reloads (the agent's reload count, HAProxy's master and worker PIDs), and after
+    each step the traffic reaches exactly the ready Pods (none at 0: 503)."""
+    env = _ready_env(env_factory, replicas=4)
+    proxy = env.proxy
+    assert proxy is not None
+    procs = proxy.show_proc()[:2]
+    reloads = proxy.agent_state().get("reloads")
+    steps: list[str] = []
+    for n in (8, 2, 0, 3, 40):
+        t0 = time.monotonic()
+        env.scale(n)
+        if n:
+            pods = set(env.sync_backends(n, timeout=180.0, prune=False))
+            counts = traffic.wait_for_backends(env.port, pods, timeout=120, batch=3 * n)
+        else:
+            wait_for(lambda: not env.pods(), 120, "no web Pods")
+            pods = set()
+            measure(lambda: traffic.get(env.port).status == 503, 60, "503 with no endpoints")
+            counts = traffic.spread(env.port, 10)
+            assert set(counts) == {"<error>"}, counts
+        env.prune(pods)
+        took = time.monotonic() - t0
+        answering = f"{len(counts)} Pods answering" if pods else "503 only"
+        steps.append(f"{n} Pods ({_slots(proxy)} slots): {took:.1f} s, {answering}")
+        # Exactly the ready set, a batch of 3 requests per Pod (round robin: each one).
+        assert set(counts) == (pods or {"<error>"}), (n, dict(counts))
+        assert proxy.show_proc()[:2] == procs, f"HAProxy reloaded at {n} Pods"
+        assert proxy.agent_state().get("reloads") == reloads, f"agent reloaded at {n} Pods"
+    assert _slots(proxy) == 64
+    print("; ".join(steps) + f"; HAProxy {procs} never reloaded")
+
+
 def test_https_with_operator_issued_certificate(env_factory: Callable[..., Env]) -> None:
     import base64
     import ssl

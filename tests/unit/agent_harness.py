@@ -125,6 +125,7 @@ class Scenario:
     timeouts: dict[str, str] = field(default_factory=dict)
     previous: dict[str, dict[str, str]] = field(default_factory=dict)
     max_connections: int = 1000
+    spec: dict[str, Any] = field(default_factory=dict)  # more LoadBalancer spec fields
 
     def desired(self) -> DesiredState:
         protocol = "HTTPS" if self.https else "HTTP"
@@ -136,6 +137,7 @@ class Scenario:
                                 "limits": {"maxConnections": self.max_connections}}
         if self.timeouts:
             spec["timeouts"] = self.timeouts
+        spec |= self.spec
         lb = parse_loadbalancer(lb_object(**spec))
         slices = [endpoint_slice("web", [endpoint(name, "127.0.0.1",
                                                   ready=name not in self.not_ready)],
@@ -290,7 +292,7 @@ class Rig:
 @contextlib.contextmanager
 def rig(binary: str, backends: int = 3, *, https: bool = False,
         agent_binary: str | None = None, max_connections: int = 1000,
-        nofile: int | None = None) -> Iterator[Rig]:
+        nofile: int | None = None, spec: dict[str, Any] | None = None) -> Iterator[Rig]:
     """Backends + a rendered config installed by the agent + a running HAProxy; all cleaned up.
 
     A test may replace `rig.haproxy` (restart it): whichever is current is stopped.
@@ -298,7 +300,7 @@ def rig(binary: str, backends: int = 3, *, https: bool = False,
     tmp = Path(tempfile.mkdtemp(prefix="rh-agent-"))  # short: unix socket paths are limited
     scenario = Scenario(tmp, free_port(), free_port(), https=https,
                         cert=issue_cert() if https else None,
-                        max_connections=max_connections)
+                        max_connections=max_connections, spec=spec or {})
     started: list[HAProxy] = []
     try:
         for name in "abcdefgh"[:backends]:

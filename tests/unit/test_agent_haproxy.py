@@ -7,6 +7,7 @@ HAProxy's whole process group afterwards.
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import stat
 import threading
 import time
@@ -350,3 +351,121 @@ def test_loop_reports_the_limits_haproxy_runs_with(haproxy_binary: str) -> None:
         finally:
             stop.set()
             loop.join(5)
+
+
+def _cookie_request(port: int, cookie: str | None = None) -> tuple[str, str | None]:
+    """One request on a fresh connection: (the backend's name, the RH_SESSION it set)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
+    try:
+        headers = {"Connection": "close"} | ({"Cookie": f"RH_SESSION={cookie}"} if cookie else {})
+        conn.request("GET", "/", headers=headers)
+        resp = conn.getresponse()
+        body = resp.read().decode()
+        assert resp.status == 200, body
+        set_cookie = resp.getheader("Set-Cookie") or ""
+        value = set_cookie.split(";")[0].removeprefix("RH_SESSION=") if set_cookie else None
+        return body, value or None
+    finally:
+        conn.close()
+
+
+def _cookies(port: int, names: set[str]) -> dict[str, str]:
+    """The cookie each backend's server hands out (round robin reaches every one)."""
+    seen: dict[str, str] = {}
+    for _ in range(3 * len(names)):
+        name, cookie = _cookie_request(port)
+        assert cookie, f"{name} set no cookie"
+        seen[name] = cookie.split("|")[0]  # the server part (the rest is a date)
+        if set(seen) == names:
+            break
+    assert set(seen) == names, sorted(names - set(seen))
+    return seen
+
+
+def test_scaling_past_the_slots_adds_servers_at_run_time(haproxy_binary: str) -> None:
+    """3 -> 9 -> 40 endpoints grows the slots 8 -> 16 -> 64: every new server is added
+    through the Runtime API (`add server`, health checks enabled), with no reload, the
+    same worker, traffic on every endpoint, and the cookie each server hands out is the
+    one a reload of the written config gives it (ids too), so sessions stay pinned."""
+    spec = {"sessionPersistence": {"type": "Cookie"},
+            "healthCheck": {"type": "HTTP", "interval": "500ms"},
+            "limits": {"maxConnections": 1000, "maxConnectionsPerServer": 100}}
+    with rig(haproxy_binary, spec=spec) as r:
+        procs = r.haproxy.client.show_proc()
+        worker = r.haproxy.worker()
+        assert len(r.scenario.previous["be_http"]) == 8
+        for n, slots in ((9, 16), (40, 64)):
+            new = slots - len(r.scenario.previous["be_http"])
+            for i in range(len(r.scenario.backends), n):
+                r.scenario.backends[f"b{i:02d}"] = Backend(f"b{i:02d}")
+            result = r.agent.apply(r.scenario.desired())
+            assert result.action == "runtime", result
+            assert len(r.scenario.previous["be_http"]) == slots
+            adds = [c for c in result.commands if c.startswith("add server")]
+            assert len(adds) == new, adds
+            assert all(" check " in c for c in adds)
+            assert sum(c.startswith("enable health") for c in result.commands) == new
+            assert result.reason.endswith(f"{new} server slot(s) added")
+            print(f"\n{slots} slots: {new} servers added at run time in "
+                  f"{result.seconds * 1000:.0f} ms ({len(result.commands)} commands)")
+            assert r.haproxy.worker() == worker
+            assert r.haproxy.client.show_proc().master_pid == procs.master_pid
+            assert r.metric(RELOADS, reason="structure") == 0
+            assert r.metric(RELOADS, reason="fallback") == 0
+            assert r.agent.status().reloads == 0
+            assert set(r.spread(3 * n)) == set(r.scenario.backends)
+        # The written config holds every server the running worker has, with its id.
+        written = (r.scenario.runtime_dir / "haproxy.cfg").read_text()
+        assert written == r.scenario.desired().config
+        running = {s.server: s for s in r.haproxy.client.servers_state("be_http")}
+        assert [s for s, _ in sorted(running.items(), key=lambda kv: kv[1].id)] == list(
+            r.scenario.previous["be_http"])
+        names = set(r.scenario.backends)
+        cookies = _cookies(r.scenario.port, names)
+        assert len(set(cookies.values())) == len(names)
+        # A health check that fails takes an added server out, as for a configured one.
+        gone = r.scenario.slot_of("b30")
+        r.scenario.backends["b30"].stop()
+        deadline = time.monotonic() + 10
+        while "b30" in {_cookie_request(r.scenario.port)[0] for _ in range(60)}:
+            assert time.monotonic() < deadline, "added server b30 still gets traffic"
+        del r.scenario.backends["b30"]
+        names.discard("b30")
+        # A reload (a structural change) rebuilds the servers from the written config:
+        # the same ids, addresses and cookies (b30's endpoint is gone: its slot is free).
+        r.scenario.timeouts = {"client": "41s"}
+        result = r.agent.apply(r.scenario.desired())
+        assert result.action == "reload", result
+        assert r.haproxy.worker() != worker
+        after = {s.server: s for s in r.haproxy.client.servers_state("be_http")}
+        assert {k: (s.id, s.address, s.port) for k, s in after.items() if k != gone} == {
+            k: (s.id, s.address, s.port) for k, s in running.items() if k != gone}
+        assert after[gone].port == 1
+        assert _cookies(r.scenario.port, names) == {k: v for k, v in cookies.items()
+                                                    if k in names}
+        # ...and a client pinned before the reload stays on its server.
+        for name in ("a", "b05", "b39"):
+            assert _cookie_request(r.scenario.port, cookies[name])[0] == name
+
+
+@pytest.mark.parametrize("algorithm", ["leastconn", "source", "random", "first"])
+def test_every_rendered_algorithm_takes_added_servers(haproxy_binary: str,
+                                                      algorithm: str) -> None:
+    """HAProxy adds servers only to backends with a dynamic algorithm; each one the CRD
+    offers is one (source and random are rendered with consistent hashing)."""
+    spec = {"algorithm": algorithm,
+            "limits": {"maxConnections": 1000, "maxConnectionsPerServer": 10}}
+    with rig(haproxy_binary, spec=spec) as r:
+        worker = r.haproxy.worker()
+        for i in range(3, 9):
+            r.scenario.backends[f"b{i}"] = Backend(f"b{i}")
+        result = r.agent.apply(r.scenario.desired())
+        assert result.action == "runtime", result
+        assert r.haproxy.worker() == worker
+        ids = {s.server: s.id for s in r.haproxy.client.servers_state("be_http")}
+        assert ids == {f"srv{i}": i for i in range(1, 17)}
+        for name in ("a", "b8"):  # a configured server, an added one: both take traffic
+            r.scenario.not_ready = set(r.scenario.backends) - {name}
+            assert r.agent.apply(r.scenario.desired()).action == "runtime"
+            assert set(r.spread(4)) == {name}
+        assert r.agent.status().reloads == 0

@@ -141,3 +141,45 @@ def test_show_info_without_limits_is_an_error() -> None:
         parse_show_info("Name: HAProxy\nPid: 7\n")
     with pytest.raises(RuntimeAPIError):
         parse_show_info(INFO.replace("Maxconn: 9986", "Maxconn: lots"))
+
+
+class _Canned(RuntimeClient):
+    """Answers every command with one reply, as HAProxy's stats socket would."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__("/nonexistent")
+        self.reply = reply
+
+    def command(self, command: str) -> str:
+        return self.reply
+
+
+@pytest.mark.parametrize(("command", "reply", "ok"), [
+    ("add server be_http/srv9 127.0.0.1:1 id 9", "New server registered.\n\n", True),
+    # Replies seen from HAProxy 2.6 when an option cannot be used on a dynamic server.
+    ("add server be_http/srv9 127.0.0.1:1 id 9 cookie x",
+     "'cookie' option is not accepted for dynamic server\n\n", False),
+    ("add server be_http/srv9 127.0.0.1:1 id 9 ssl ca-file @system-ca",
+     "'ca-file' : unable to load /etc/haproxy/@system-ca.\n\n", False),
+    ("enable health be_http/srv9", "\n", True),
+    ("enable health be_http/srv9", "No such server.\n\n", False),
+    ("enable agent be_http/srv9", "\n", True),
+])
+def test_server_commands_for_added_servers(command: str, reply: str, ok: bool) -> None:
+    client = _Canned(reply)
+    if ok:
+        client.server_command(command)
+    else:
+        with pytest.raises(RuntimeAPIError, match="be_http/srv9"):
+            client.server_command(command)
+
+
+def test_show_servers_state_gives_the_server_ids() -> None:
+    text = ("1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state "
+            "srv_uweight srv_iweight srv_time_since_last_change srv_check_status "
+            "srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id "
+            "srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port "
+            "srv_check_addr srv_agent_addr srv_agent_port\n"
+            "3 be_rr 12 srv5 127.0.0.1 0 1 1 1 9 1 0 0 0 0 0 1 - 19003 - 0 0 - - 0\n")
+    (s,) = parse_servers_state(text)
+    assert (s.server, s.id, s.port, s.admin_state) == ("srv5", 12, 19003, 1)

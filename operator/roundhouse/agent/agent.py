@@ -80,16 +80,24 @@ class DesiredState:
     def certificate_digests(self) -> dict[str, str]:
         return {f: digest(pem) for f, pem in sorted(self.certificates.items())}
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self, previous: tuple[Mapping[str, Any], Snapshot] | None = None) -> Snapshot:
+        """`previous`: the servers.json and snapshot applied before, whose unchanged slots
+        are taken over rather than parsed again."""
         for file in self.certificates:
             check_cert_file_name(file)
-        return Snapshot(self.config, parse_pools(self.servers), self.certificate_digests())
+        reuse = (previous[0], previous[1].pools) if previous else None
+        return Snapshot(self.config, parse_pools(self.servers, reuse),
+                        self.certificate_digests())
+
+    @functools.cached_property
+    def servers_text(self) -> str:
+        """servers.json in canonical form, as the agent writes it (computed once: it is a
+        megabyte at 8,192 slots, and the digest and the file both need it)."""
+        return _canonical(self.servers)
 
     @functools.cached_property
     def servers_digest(self) -> str:
-        """sha256 of servers.json in canonical form (computed once: it is a megabyte at
-        8,192 slots, and both key() and the agent's record need it)."""
-        return digest(_canonical(self.servers))
+        return digest(self.servers_text)
 
     def key(self) -> str:
         return digest("\0".join([self.config, self.servers_digest,
@@ -161,6 +169,7 @@ class Agent:
         self.error: str | None = None
         self.limits: ProcessLimits | None = None
         self._applied: Snapshot | None = None
+        self._applied_servers: Mapping[str, Any] = {}  # servers.json of _applied
         self._hashes: tuple[str, str] | None = None  # (configHash, structureHash) applied
         self._rejected: tuple[str, str, float] | None = None  # (desired key, why, when)
         self._lock = threading.Lock()
@@ -209,6 +218,7 @@ class Agent:
                          self.files.root)
                 return False
             self._applied = Snapshot(config, parse_pools(servers), certs)
+            self._applied_servers = servers
         except (ValueError, PlanError) as err:
             log.info("cannot adopt the files in %s (%s): will reload", self.files.root, err)
             return False
@@ -231,13 +241,14 @@ class Agent:
         # is pending), so it says whether they need writing without reading them back.
         if (before.get("config"), before.get("servers")) != (record["config"],
                                                              record["servers"]):
-            self.files.write_config(desired.config, desired.servers)
+            self.files.write_config(desired.config, desired.servers_text)
         if before != record:
             self.files.write_state(record)
         removed = self.files.remove_stale_certs(set(desired.certificates))
         if removed:
             log.info("removed certificate files no longer used: %s", ", ".join(removed))
         self._applied = snapshot
+        self._applied_servers = desired.servers
         self._hashes = (desired.config_hash, desired.structure_hash)
         self._rejected = None
         self.error = None
@@ -271,7 +282,8 @@ class Agent:
         with self._lock:
             start = time.monotonic()
             try:
-                snapshot = desired.snapshot()
+                snapshot = desired.snapshot(
+                    (self._applied_servers, self._applied) if self._applied else None)
             except (PlanError, ValueError) as err:
                 return self._reject(desired, f"invalid desired state: {err}", start)
             key = desired.key()
@@ -315,12 +327,28 @@ class Agent:
         for command in plan.commands:
             self.client.server_command(command)
             self.metrics.runtime_commands.inc()
+        if plan.added:
+            self._verify_added(plan, snapshot)
         self._record(desired, snapshot)
         seconds = time.monotonic() - start
         log.info("applied %s at run time, no reload: %s (%d command(s), %.1f ms)",
                  desired.config_hash, plan.reason, len(plan.commands) + len(plan.certificates),
                  seconds * 1000)
         return ApplyResult("runtime", plan.reason, commands=plan.commands, seconds=seconds)
+
+    def _verify_added(self, plan: Plan, snapshot: Snapshot) -> None:
+        """HAProxy accepted every `add server`: check it now holds each new slot as a
+        reload of the config on disk would (same id, same address), or fall back to one."""
+        for backend in sorted({a.backend for a in plan.added}):
+            running = {s.server: s for s in self.client.servers_state(backend)}
+            for a in (a for a in plan.added if a.backend == backend):
+                got, want = running.get(a.slot), snapshot.pools[backend][a.slot]
+                if got is None or got.id != a.id or (
+                        want.address is not None
+                        and (got.address, got.port) != (want.address, want.port)):
+                    raise RuntimeAPIError(
+                        f"added server {backend}/{a.slot} is not as configured (id {a.id}, "
+                        f"{want.address}:{want.port}): HAProxy shows {got}")
 
     def _reload(self, plan: Plan, desired: DesiredState, snapshot: Snapshot,
                 start: float) -> ApplyResult:
@@ -335,7 +363,7 @@ class Agent:
             log.info("reloading HAProxy for %s: %s", desired.config_hash, plan.reason)
             self.files.clear_state()  # until the reload succeeds, disk != what runs
             staging.install(desired.certificates)
-            self.files.write_config(desired.config, desired.servers)
+            self.files.write_config(desired.config, desired.servers_text)
         try:
             procs = self.client.reload(self.reload_timeout)
         except RuntimeAPIError as err:
@@ -364,7 +392,7 @@ class Agent:
             else:
                 self.files.write_cert(file, pem)
         if config is not None and servers is not None:
-            self.files.write_config(config, json.loads(servers))
+            self.files.write_config(config, _canonical(json.loads(servers)))
         if self._applied is not None and self._hashes is not None:
             self.files.write_state({
                 "config": digest(self._applied.config),

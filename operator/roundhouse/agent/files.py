@@ -89,10 +89,12 @@ class RuntimeFiles:
     def cert_path(self, file: str) -> Path:
         return self.cert_dir / check_cert_file_name(file)
 
-    def write_config(self, config: str, servers: Mapping[str, Any]) -> None:
+    def write_config(self, config: str, servers: str | Mapping[str, Any]) -> None:
+        """`servers`: the document, or its canonical text (json.dumps with sorted keys)."""
         # Compact: json's C encoder (indent= would use the pure-Python one, 50 ms at 8,192
         # slots); `jq . servers.json` reads it.
-        atomic_write(self.servers, json.dumps(servers, sort_keys=True) + "\n")
+        text = servers if isinstance(servers, str) else json.dumps(servers, sort_keys=True)
+        atomic_write(self.servers, text + "\n")
         atomic_write(self.config, config)
 
     def write_cert(self, file: str, pem: str) -> None:

@@ -57,6 +57,7 @@ class ServerRuntimeState:
     op_state: int  # 0 stopped, 1 starting, 2 running, 3 stopping
     admin_state: int  # bit flags: 0x01 forced maint, 0x08 forced drain, ...
     weight: int
+    id: int = 0  # srv_id: a reload numbers servers by their position in the backend
 
 
 @dataclass(frozen=True)
@@ -127,10 +128,14 @@ def parse_servers_state(text: str) -> list[ServerRuntimeState]:
             out.append(ServerRuntimeState(
                 backend=row["be_name"], server=row["srv_name"], address=row["srv_addr"],
                 port=int(row.get("srv_port", "0")), op_state=int(row["srv_op_state"]),
-                admin_state=int(row["srv_admin_state"]), weight=int(row["srv_uweight"])))
+                admin_state=int(row["srv_admin_state"]), weight=int(row["srv_uweight"]),
+                id=int(row.get("srv_id", "0"))))
         except (KeyError, ValueError):
             continue
     return out
+
+
+_SERVER_COMMANDS = ("set server ", "add server ", "enable health ", "enable agent ")
 
 
 def _server_reply_ok(reply: str) -> bool:
@@ -296,11 +301,16 @@ class RuntimeClient:
         return parse_servers_state(self.command(f"show servers state {backend or ''}".strip()))
 
     def server_command(self, command: str) -> None:
-        """A `set server ...` command; raises RuntimeAPIError when HAProxy refuses it."""
-        if not command.startswith("set server "):
+        """A `set server`, `add server` or `enable health|agent` command; raises
+        RuntimeAPIError when HAProxy refuses it."""
+        if not command.startswith(_SERVER_COMMANDS):
             raise ValueError(f"not a server command: {command!r}")
         reply = self.command(command)
-        if not _server_reply_ok(reply):
+        if command.startswith("add server "):
+            ok = reply.strip() == "New server registered."
+        else:
+            ok = _server_reply_ok(reply)
+        if not ok:
             raise RuntimeAPIError(f"{command!r}: {reply.strip()}")
 
     # -- certificates ------------------------------------------------------------------------
