@@ -793,6 +793,39 @@ class ControlPlane:
         )
         self.wait_for("kube-apiserver /readyz", lambda: self.readyz() == "ok", [proc])
 
+    def stop_apiserver(self, kill: bool = False) -> None:
+        """Stop only kube-apiserver (SIGTERM, or SIGKILL with `kill`): an outage for the
+        fault tests. etcd, the controllers and kwok keep running; start_apiserver()
+        brings it back on the same port, with the same certificates and data."""
+        proc = self._apiserver_process()
+        if kill:
+            proc.kill()
+        else:
+            proc.stop()
+        self.processes.remove(proc)
+        self.log(f"kube-apiserver stopped (pid {proc.pid})")
+
+    def start_apiserver(self) -> float:
+        """Start kube-apiserver again after stop_apiserver(); returns the seconds it took
+        to answer /readyz. Controllers reconnect on their own: wait explicitly for what
+        a test needs (the controller-manager can be slow to catch up)."""
+        if any(p.name == "kube-apiserver" for p in self.processes):
+            raise ControlPlaneError("kube-apiserver is already running")
+        began = time.monotonic()
+        self._start_apiserver()
+        # _start_apiserver appends it last; keep the start order (etcd, kube-apiserver,
+        # ...) for stop(), which stops them in reverse.
+        proc = self.processes.pop()
+        after = [i for i, p in enumerate(self.processes) if p.name == "etcd"]
+        self.processes.insert(after[0] + 1 if after else 0, proc)
+        return time.monotonic() - began
+
+    def _apiserver_process(self) -> ManagedProcess:
+        for proc in self.processes:
+            if proc.name == "kube-apiserver":
+                return proc
+        raise ControlPlaneError("kube-apiserver is not running")
+
     def _real_node_apiserver_flags(self) -> list[str]:
         if not self.with_real_node:
             return []  # kwok-only clusters keep the defaults

@@ -71,7 +71,7 @@ class FakeLeases:
 
 def elector(leases: FakeLeases, me: str, monkeypatch: pytest.MonkeyPatch) -> LeaderElector:
     monkeypatch.setenv("POD_NAME", me)
-    chosen = LeaderElector(NS, k8s.ApiClient())
+    chosen = LeaderElector(NS, object())  # type: ignore[arg-type]  (replaced below)
     chosen.api = leases  # type: ignore[assignment]
     return chosen
 

@@ -7,6 +7,7 @@ replaced (a recorder that can refuse)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -166,7 +167,7 @@ def test_the_backoff_grows_then_stays_at_its_last_step() -> None:
         return runs
 
     runs = asyncio.run(scenario())
-    gaps = [b - a for a, b in zip(runs, runs[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(runs)]
     assert len(gaps) >= 4, gaps
     assert gaps[0] >= 0.02 and gaps[1] >= 0.05 and all(g >= 0.1 for g in gaps[2:]), gaps
     assert all(g < 0.1 + 0.15 for g in gaps[2:]), gaps  # 0.1 repeats, it does not grow
