@@ -249,6 +249,14 @@ def _http_ok(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def _etcd_call(url: str, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    req = urllib.request.Request(url + path, data=json.dumps(body).encode(), method="POST")
+    with opener.open(req, timeout=10) as resp:
+        answer: dict[str, Any] = json.loads(resp.read())
+    return answer
+
+
 def node_manifest(index: int) -> dict[str, Any]:
     """A kwok-managed fake Node with hostname/zone labels and its own pod /24."""
     name = f"kwok-node-{index}"
@@ -819,6 +827,18 @@ class ControlPlane:
         after = [i for i, p in enumerate(self.processes) if p.name == "etcd"]
         self.processes.insert(after[0] + 1 if after else 0, proc)
         return time.monotonic() - began
+
+    def compact_etcd(self) -> int:
+        """Compact etcd's history up to its current revision (what kube-apiserver does
+        every 5 minutes), so a watch resumed from an older resourceVersion gets 410 Gone
+        and must list again. Returns the revision. Uses etcd's JSON gateway."""
+        url = f"http://{LOOPBACK}:{self.ports.etcd_client}"
+        key = base64.b64encode(b"/registry").decode()
+        head = _etcd_call(url, "/v3/kv/range", {"key": key, "limit": 1, "keys_only": True})
+        revision = int(head["header"]["revision"])
+        _etcd_call(url, "/v3/kv/compaction", {"revision": revision, "physical": True})
+        self.log(f"etcd compacted at revision {revision}")
+        return revision
 
     def _apiserver_process(self) -> ManagedProcess:
         for proc in self.processes:

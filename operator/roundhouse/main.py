@@ -120,20 +120,30 @@ async def _lead(namespaces: list[str], elector: Any, terminating: asyncio.Event)
         stop_reconciling()  # at once: kopf takes a few seconds to stop
         stop(True)
 
+    ready = asyncio.Event()
+
+    async def take_signals_back() -> None:
+        # kopf installs its own SIGTERM handler as it starts; stopped that way, it waits
+        # 5 s for its stop-flag waiter, which never ends. Ours stops it through the flag.
+        await ready.wait()
+        _on_signals(terminating.set)
+
     # Created before kopf starts, so kopf leaves these tasks alone when it stops.
     renewal = (asyncio.create_task(elector.keep_renewing(on_lost), name="lease-renewal")
                if elector is not None else None)
     signalled = asyncio.create_task(terminating.wait(), name="terminating")
     signalled.add_done_callback(lambda _: stop(False))
+    rearm = asyncio.create_task(take_signals_back(), name="signals")
     try:
         await kopf.operator(
             clusterwide=not namespaces,
             namespaces=namespaces,
             standalone=True,  # no kopf peering: leader election is ours
             stop_flag=stop_flag,
+            ready_flag=ready,
         )
     finally:
-        for task in (renewal, signalled):
+        for task in (renewal, signalled, rearm):
             if task is not None:
                 task.cancel()
     return lost and not terminating.is_set()

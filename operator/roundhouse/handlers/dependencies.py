@@ -65,10 +65,14 @@ class Relisting:
         if kind in self._watching:  # a listing after watch events: a re-list
             self._watching.discard(kind)
             self._relisting.add(kind)
+            log.info("%s are listed again (a watch was re-established): re-reconciling "
+                     "what depends on those that changed", kind)
         elif kind not in self._relisting:
             if previous is None:
                 return Listed.FIRST
             self._relisting.add(kind)
+            log.info("%s are listed again (a watch was re-established): re-reconciling "
+                     "every resource", kind)
             return Listed.RELIST
         return Listed.UNCHANGED if previous == version else Listed.CHANGED
 
@@ -137,8 +141,6 @@ def _trigger(kind: str, namespace: str, name: str, labels: Mapping[str, str],
         if listed in (Listed.FIRST, Listed.UNCHANGED):
             return
         if listed is Listed.RELIST:
-            log.info("%s are listed again (the watch was re-established): "
-                     "re-reconciling every resource", watched)
             _schedule_all(kwargs)
     else:
         RELISTING.watched(watched, key, version, deleted=kwargs.get("type") == "DELETED")
