@@ -88,7 +88,7 @@ async def _operate(namespaces: list[str], liveness: str | None,
                                                         terminating):
                 break  # SIGTERM while standing by
             if not await _lead(namespaces, elector, terminating):
-                break  # stopped by a signal (kopf's own handler), not by a lost Lease
+                break  # stopped by a signal, not by a lost Lease
             # The Lease is lost: nothing kopf scheduled while stopping may write, and the
             # next term starts from a fresh listing. Campaign again in this process: an
             # exit would wait on the kubelet's restart backoff.

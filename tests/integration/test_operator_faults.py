@@ -3,7 +3,8 @@ leader election on (the operator stays up, loses the Lease, campaigns again in t
 process and reconciles a new resource within seconds of the API server's return); a
 leader stopped with SIGTERM releases the Lease to a standby at once, and a restarted
 replica whose identity holds the Lease takes it back at once; a write refused during a
-dependency-triggered reconcile is retried until it goes through.
+dependency-triggered reconcile is retried until it goes through; a change that only a
+re-list shows (the watch's version compacted away) is reconciled.
 
 The last two tests restart the session's kube-apiserver (same port and data), and wait,
 afterwards, for the controller-manager to serve new namespaces again."""
@@ -13,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import time
 import urllib.request
 import uuid
@@ -55,8 +57,6 @@ def healthz(port: int) -> int:
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

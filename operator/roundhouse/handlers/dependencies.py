@@ -36,9 +36,9 @@ class Relisting:
     """Tells the listing events of a re-list from those of the first listing.
 
     kopf lists each watched kind once and then watches from that list's
-    resourceVersion. When the watch cannot go on from there (the API server restarted
-    and its watch cache starts afresh, or the version expired: 410 Gone), kopf lists
-    the kind again and hands every object to the event handlers as a listing event
+    resourceVersion. When a broken watch cannot go on from there (the version is no
+    longer in etcd's history, compacted every 5 minutes: 410 Gone), kopf lists the
+    kind again and hands every object to the event handlers as a listing event
     (type None), as in the first listing, without saying what changed meanwhile. The
     first listing needs no triggers (the resume handlers reconcile every resource),
     but a re-list does: a Service, EndpointSlice or Secret that changed while no watch
