@@ -249,6 +249,14 @@ def _http_ok(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def _etcd_call(url: str, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    req = urllib.request.Request(url + path, data=json.dumps(body).encode(), method="POST")
+    with opener.open(req, timeout=10) as resp:
+        answer: dict[str, Any] = json.loads(resp.read())
+    return answer
+
+
 def node_manifest(index: int) -> dict[str, Any]:
     """A kwok-managed fake Node with hostname/zone labels and its own pod /24."""
     name = f"kwok-node-{index}"
@@ -792,6 +800,51 @@ class ControlPlane:
             ],
         )
         self.wait_for("kube-apiserver /readyz", lambda: self.readyz() == "ok", [proc])
+
+    def stop_apiserver(self, kill: bool = False) -> None:
+        """Stop only kube-apiserver (SIGTERM, or SIGKILL with `kill`): an outage for the
+        fault tests. etcd, the controllers and kwok keep running; start_apiserver()
+        brings it back on the same port, with the same certificates and data."""
+        proc = self._apiserver_process()
+        if kill:
+            proc.kill()
+        else:
+            proc.stop()
+        self.processes.remove(proc)
+        self.log(f"kube-apiserver stopped (pid {proc.pid})")
+
+    def start_apiserver(self) -> float:
+        """Start kube-apiserver again after stop_apiserver(); returns the seconds it took
+        to answer /readyz. Controllers reconnect on their own: wait explicitly for what
+        a test needs (the controller-manager can be slow to catch up)."""
+        if any(p.name == "kube-apiserver" for p in self.processes):
+            raise ControlPlaneError("kube-apiserver is already running")
+        began = time.monotonic()
+        self._start_apiserver()
+        # _start_apiserver appends it last; keep the start order (etcd, kube-apiserver,
+        # ...) for stop(), which stops them in reverse.
+        proc = self.processes.pop()
+        after = [i for i, p in enumerate(self.processes) if p.name == "etcd"]
+        self.processes.insert(after[0] + 1 if after else 0, proc)
+        return time.monotonic() - began
+
+    def compact_etcd(self) -> int:
+        """Compact etcd's history up to its current revision (what kube-apiserver does
+        every 5 minutes), so a watch resumed from an older resourceVersion gets 410 Gone
+        and must list again. Returns the revision. Uses etcd's JSON gateway."""
+        url = f"http://{LOOPBACK}:{self.ports.etcd_client}"
+        key = base64.b64encode(b"/registry").decode()
+        head = _etcd_call(url, "/v3/kv/range", {"key": key, "limit": 1, "keys_only": True})
+        revision = int(head["header"]["revision"])
+        _etcd_call(url, "/v3/kv/compaction", {"revision": revision, "physical": True})
+        self.log(f"etcd compacted at revision {revision}")
+        return revision
+
+    def _apiserver_process(self) -> ManagedProcess:
+        for proc in self.processes:
+            if proc.name == "kube-apiserver":
+                return proc
+        raise ControlPlaneError("kube-apiserver is not running")
 
     def _real_node_apiserver_flags(self) -> list[str]:
         if not self.with_real_node:

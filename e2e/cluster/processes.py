@@ -111,6 +111,13 @@ class ManagedProcess:
         if self.popen is not None:
             self.popen.wait(timeout=5)
 
+    def kill(self) -> None:
+        """SIGKILL the process group at once (a crash, not a shutdown)."""
+        self._signal(signal.SIGKILL)
+        self._wait_dead(5.0)
+        if self.popen is not None:
+            self.popen.wait(timeout=5)
+
     def _wait_dead(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

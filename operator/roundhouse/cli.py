@@ -213,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the operator (kopf) against the current cluster")
     run.add_argument("-n", "--namespace", action="append", default=[],
                      help="watch only these namespaces (default: all)")
-    run.add_argument("--liveness", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument("--liveness", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz "
+                     "(answered by standbys too)")
     run.add_argument("--leader-election-namespace",
                      help="run as one of several replicas: only the Lease holder reconciles")
     run.add_argument("--metrics-port", type=int, default=9100,

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 from typing import Any
+from urllib.parse import urlsplit
 
 import kopf
+from aiohttp import web
 
 from roundhouse import API_GROUP
 
@@ -34,8 +38,12 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
     # Back-off after an unexpected error in kopf's per-object worker (kopf >= 1.42 calls
-    # this `queueing`; `batching`, its old name, warns on every start).
-    settings.queueing.error_delays = [1, 2, 5, 10, 30]
+    # this `queueing`; `batching`, its old name, warns on every start): an API server
+    # outage of a few seconds is retried every 2 s; what keeps failing, less often.
+    settings.queueing.error_delays = [1, 2, 2, 2, 5, 10, 30]
+    # Retries of kopf's own requests (watches included) at most 2 s apart, for about a
+    # minute as kopf's default does, so a watch is back within 2 s of the API server.
+    settings.networking.error_backoffs = [1] + [2] * 30
 
 
 def run_operator(namespaces: list[str], liveness: str | None,
@@ -57,37 +65,117 @@ def run_operator(namespaces: list[str], liveness: str | None,
 async def _operate(namespaces: list[str], liveness: str | None,
                    leader_election_namespace: str | None, metrics_port: int) -> int:
     from roundhouse import kube, metrics
+    from roundhouse.handlers import stop_reconciling
 
     api = await kube.client()  # fail early, with the kubeconfig error, before kopf starts
-    stop_flag = asyncio.get_running_loop().create_future()
-    lost = False
-
-    def on_lost() -> None:
-        nonlocal lost
-        lost = True
-        if not stop_flag.done():
-            stop_flag.set_result(None)
-
+    terminating = asyncio.Event()
+    _on_signals(terminating.set)
+    # Our own /healthz, not kopf's: a standby, which runs no kopf, must answer the
+    # kubelet's liveness probe too, or it is restarted every few minutes.
+    health = await _serve_health(liveness) if liveness else None
     metrics.serve(metrics_port)  # before the election: standbys are scraped too
-    renewal: asyncio.Task[None] | None = None
+    elector = None
     if leader_election_namespace:
         from roundhouse.leader import LeaderElector
 
         elector = LeaderElector(leader_election_namespace, api)
-        await elector.wait_for_leadership()
-        renewal = asyncio.create_task(elector.keep_renewing(on_lost), name="lease-renewal")
     else:
         metrics.set_leader(True)  # the only replica
+    try:
+        while True:
+            if elector is not None and not await _first(elector.wait_for_leadership(),
+                                                        terminating):
+                break  # SIGTERM while standing by
+            if not await _lead(namespaces, elector, terminating):
+                break  # stopped by a signal, not by a lost Lease
+            # The Lease is lost: nothing kopf scheduled while stopping may write, and the
+            # next term starts from a fresh listing. Campaign again in this process: an
+            # exit would wait on the kubelet's restart backoff.
+            stop_reconciling()
+            _on_signals(terminating.set)  # kopf replaced our handlers with its own
+    finally:
+        if elector is not None:
+            await elector.release()
+        if health is not None:
+            await health.cleanup()
+        await kube.close()
+    return 0
+
+
+async def _lead(namespaces: list[str], elector: Any, terminating: asyncio.Event) -> bool:
+    """Run kopf until a signal (False) or the loss of the Lease (True)."""
+    from roundhouse.handlers import stop_reconciling
+
+    stop_flag = asyncio.get_running_loop().create_future()
+    lost = False
+
+    def stop(is_lost: bool) -> None:
+        nonlocal lost
+        lost = lost or is_lost
+        if not stop_flag.done():
+            stop_flag.set_result(None)
+
+    def on_lost() -> None:
+        stop_reconciling()  # at once: kopf takes a few seconds to stop
+        stop(True)
+
+    ready = asyncio.Event()
+
+    async def take_signals_back() -> None:
+        # kopf installs its own SIGTERM handler as it starts; stopped that way, it waits
+        # 5 s for its stop-flag waiter, which never ends. Ours stops it through the flag.
+        await ready.wait()
+        _on_signals(terminating.set)
+
+    # Created before kopf starts, so kopf leaves these tasks alone when it stops.
+    renewal = (asyncio.create_task(elector.keep_renewing(on_lost), name="lease-renewal")
+               if elector is not None else None)
+    signalled = asyncio.create_task(terminating.wait(), name="terminating")
+    signalled.add_done_callback(lambda _: stop(False))
+    rearm = asyncio.create_task(take_signals_back(), name="signals")
     try:
         await kopf.operator(
             clusterwide=not namespaces,
             namespaces=namespaces,
-            liveness_endpoint=liveness,
             standalone=True,  # no kopf peering: leader election is ours
             stop_flag=stop_flag,
+            ready_flag=ready,
         )
     finally:
-        if renewal is not None:
-            renewal.cancel()
-        await kube.close()
-    return 1 if lost else 0
+        for task in (renewal, signalled, rearm):
+            if task is not None:
+                task.cancel()
+    return lost and not terminating.is_set()
+
+
+async def _first(campaign: Any, terminating: asyncio.Event) -> bool:
+    """Await `campaign` unless a signal comes first (False)."""
+    task = asyncio.ensure_future(campaign)
+    signalled = asyncio.ensure_future(terminating.wait())
+    await asyncio.wait({task, signalled}, return_when=asyncio.FIRST_COMPLETED)
+    for pending in (task, signalled):
+        pending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pending
+    return task.done() and not task.cancelled() and not terminating.is_set()
+
+
+def _on_signals(callback: Any) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, callback)
+
+
+async def _serve_health(endpoint: str) -> web.AppRunner:
+    """200 on `endpoint` (e.g. http://0.0.0.0:8080/healthz) while the event loop runs."""
+    url = urlsplit(endpoint)
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_get(url.path or "/", healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, url.hostname or "0.0.0.0", url.port or 8080).start()
+    return runner

@@ -93,6 +93,13 @@ class Reconciler:
         else:
             self.last_applied.get(key, {}).pop(child, None)
 
+    def forget_all(self) -> None:
+        """A new term as leader: another replica may have written meanwhile, so nothing
+        that was applied before counts as applied now."""
+        self.locks.clear()
+        self.last_applied.clear()
+        self.desired.entries.clear()
+
     def forget(self, kind: str, namespace: str, name: str) -> None:
         self.locks.pop((kind, namespace, name), None)
         self.last_applied.pop((kind, namespace, name), None)

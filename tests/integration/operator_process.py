@@ -51,14 +51,18 @@ def install(cp: Any) -> None:
 
 
 class OperatorProcess:
-    def __init__(self, cp: Any, log_path: Path, *extra: str) -> None:
+    def __init__(self, cp: Any, log_path: Path, *extra: str,
+                 env: dict[str, str] | None = None) -> None:
+        """`env`: more environment, e.g. POD_NAME (the Lease identity, as in a Pod)."""
         self.kubeconfig = cp.kubeconfig_for_service_account(OPERATOR_NAMESPACE, OPERATOR_SA)
         self.log_path = log_path
         self.args = [sys.executable, "-m", "roundhouse.cli", "run", "--metrics-port", "0", *extra]
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OperatorProcess:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1",
+               **self.env}
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             self.args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO

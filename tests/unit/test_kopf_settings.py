@@ -28,6 +28,7 @@ STARTUP = textwrap.dedent("""
     print(json.dumps({
         "hooks": [f"{h.fn.__module__}.{h.fn.__name__}" for h in hooks],
         "error_delays": list(settings.queueing.error_delays),
+        "error_backoffs": list(settings.networking.error_backoffs),
         "finalizer": settings.persistence.finalizer,
         "resources": sorted({f"{h.selector.group}/{h.selector.version}/{h.selector.any_name}"
                              for h in registry._indexing.get_all_handlers()
@@ -42,7 +43,11 @@ def test_startup_hook_runs_without_any_warning_and_sets_the_error_backoff() -> N
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout.splitlines()[-1])
     assert seen["hooks"] == ["roundhouse.main.configure"]
-    assert seen["error_delays"] == [1, 2, 5, 10, 30]
+    assert seen["error_delays"] == [1, 2, 2, 2, 5, 10, 30]
+    # kopf's request retries (its watches too) at most 2 s apart, for about a minute: a
+    # watch is back within 2 s of the API server, and a 30 s outage is not escalated.
+    backoffs = seen["error_backoffs"]
+    assert max(backoffs) <= 2 and sum(backoffs) >= 55, backoffs
     assert seen["finalizer"] == f"{API_GROUP}/finalizer"
     # The indexes of our own kinds follow roundhouse.API_GROUP / API_VERSION.
     assert {r for r in seen["resources"] if r.startswith(API_GROUP)} == {

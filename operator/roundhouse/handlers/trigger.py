@@ -8,6 +8,12 @@ most about half a core). Events meanwhile are coalesced into that one pending ru
 (reconciles are level-based: the latest action wins). So an isolated Pod readiness
 change propagates with no added wait, and a rolling restart costs one reconcile per
 spacing, not one per EndpointSlice update.
+
+A run that fails (the API server refused a child, timed out or was unreachable) is
+tried again after RETRY_DELAYS (1, 2, 5, 10 s, then every 10 s) until one succeeds:
+no kopf handler stands behind a trigger, so without this the resource would wait for
+the resync timer, minutes away. A new event runs sooner, at the usual spacing; only a
+success resets the backoff. An invalid spec is never retried: only a new spec fixes it.
 """
 
 from __future__ import annotations
@@ -22,23 +28,53 @@ from roundhouse import metrics
 
 log = logging.getLogger(__name__)
 SPACING = 0.1
+RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0)  # the last one repeats
 Action = Callable[[], Awaitable[object]]
 _PRUNE_ABOVE = 1024  # keys remembered for their last run before old ones are dropped
 
 
 class Debouncer:
-    def __init__(self, spacing: float = SPACING) -> None:
+    def __init__(self, spacing: float = SPACING,
+                 retry_delays: tuple[float, ...] = RETRY_DELAYS) -> None:
         self.spacing = spacing
+        self.retry_delays = retry_delays
         self._action: dict[Hashable, Action] = {}
         self._pending: dict[Hashable, asyncio.Task[None]] = {}
         self._running: dict[Hashable, asyncio.Future[None]] = {}
         self._last: dict[Hashable, tuple[float, float]] = {}  # key -> (start, seconds)
+        self._failures: dict[Hashable, int] = {}  # key -> failed runs in a row
+        self._retries: dict[Hashable, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # waiting or running, for stop()
 
     def schedule(self, key: Hashable, action: Action) -> None:
+        retry = self._retries.pop(key, None)
+        if retry is not None:  # this run replaces the retry; it sets its own if it fails
+            retry.cancel()
         self._action[key] = action  # the latest wins: reconciles are level-based
         metrics.trigger_scheduled(coalesced=key in self._pending)
         if key not in self._pending:
-            self._pending[key] = asyncio.get_running_loop().create_task(self._run(key))
+            task = asyncio.get_running_loop().create_task(self._run(key))
+            self._pending[key] = task
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def stop(self) -> None:
+        """Cancel every pending run and retry, and forget the state: the operator stops
+        reconciling (it lost its Lease); nothing scheduled before may write afterwards."""
+        for handle in self._retries.values():
+            handle.cancel()
+        for task in self._tasks:
+            task.cancel()
+        self._action.clear()
+        self._pending.clear()
+        self._running.clear()
+        self._last.clear()
+        self._failures.clear()
+        self._retries.clear()
+
+    def retrying(self) -> int:
+        """How many keys wait for a retry (tests, metrics)."""
+        return len(self._retries)
 
     async def _run(self, key: Hashable) -> None:
         loop = asyncio.get_running_loop()
@@ -60,17 +96,39 @@ class Debouncer:
         start = loop.time()
         try:
             await action()
-        except (kopf.TemporaryError, kopf.PermanentError) as err:
+        except kopf.PermanentError as err:  # an invalid spec, already in the status
+            self._failures.pop(key, None)
+            log.warning("re-reconcile of %s: %s", key, err)
+        except kopf.TemporaryError as err:
             # Expected and already in the status (a refused child, a missing Secret): one
             # line per retry, not a traceback.
-            log.warning("re-reconcile of %s: %s", key, err)
-        except Exception:  # a trigger has no kopf retry: the resync timer is the backstop
-            log.exception("re-reconcile of %s failed", key)
+            log.warning("re-reconcile of %s: %s; retrying in %gs", key, err,
+                        self._retry_later(key, action))
+        except Exception:  # the API server unreachable, a timeout, a bug
+            log.exception("re-reconcile of %s failed; retrying in %gs", key,
+                          self._retry_later(key, action))
+        else:
+            self._failures.pop(key, None)
         finally:
-            del self._running[key]
             done.set_result(None)
-            self._last[key] = (start, loop.time() - start)
-            self._prune(loop.time())
+            if self._running.get(key) is done:  # else stop() has forgotten it
+                del self._running[key]
+                self._last[key] = (start, loop.time() - start)
+                self._prune(loop.time())
+
+    def _retry_later(self, key: Hashable, action: Action) -> float:
+        failures = self._failures.get(key, 0)
+        self._failures[key] = failures + 1
+        delay = self.retry_delays[min(failures, len(self.retry_delays) - 1)]
+        metrics.count_retry(str(key[0]) if isinstance(key, tuple) else "?", "dependency")
+        if key not in self._pending:  # an event meanwhile already runs it again
+            self._retries[key] = asyncio.get_running_loop().call_later(
+                delay, self._retry, key, action)
+        return delay
+
+    def _retry(self, key: Hashable, action: Action) -> None:
+        self._retries.pop(key, None)
+        self.schedule(key, action)
 
     def _prune(self, now: float) -> None:
         if len(self._last) > _PRUNE_ABOVE:
