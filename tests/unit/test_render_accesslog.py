@@ -186,3 +186,9 @@ def test_a_real_haproxy_logs_what_each_mode_says(haproxy_binary: str, origin: in
                                                     "sampleOneIn": 1_000_000})
     assert [line.split()[6] for line in sampled] == ["500"] * 5, sampled
     assert logged_lines(haproxy_binary, origin, {"mode": "Disabled"}) == []
+
+
+def test_probes_and_scrapes_are_not_logged() -> None:
+    config = lb_config()
+    status = config[config.index("frontend roundhouse_status"):config.index("frontend fe_")]
+    assert "    no log\n" in status
