@@ -236,6 +236,18 @@ def proxy(draw: st.DrawFn) -> Obj:
     return out
 
 
+@st.composite
+def access_log(draw: st.DrawFn) -> Obj:
+    """spec.accessLog: every mode; a sample size only with Sampled."""
+    out: Obj = {}
+    if draw(st.booleans()):
+        out["mode"] = draw(st.sampled_from(rules.ACCESS_LOG_MODE.values))
+    if out.get("mode") == "Sampled" and draw(st.booleans()):
+        bounds = rules.ACCESS_LOG_SAMPLE
+        out["sampleOneIn"] = draw(st.integers(bounds.minimum, bounds.maximum))
+    return out
+
+
 def source_ranges() -> st.SearchStrategy[list[str]]:
     """CIDRs of both families, host bits set or not (the parser masks them)."""
     v4 = st.builds(lambda a, n: f"{ipaddress.IPv4Address(a)}/{n}",
@@ -273,6 +285,7 @@ def loadbalancer_specs(draw: st.DrawFn) -> Obj:
     if not any(li.get("protocol") == "TLSPassthrough" for li in spec["listeners"]):
         _maybe(draw, spec, "upstreamTLS", upstream_tls())
     _maybe(draw, spec, "allowedSourceRanges", source_ranges())
+    _maybe(draw, spec, "accessLog", access_log())
     return spec
 
 
@@ -448,6 +461,7 @@ def reverseproxy_specs(draw: st.DrawFn) -> Obj:
         spec["limits"] = draw(limits(algorithm))
     _maybe(draw, spec, "proxy", proxy())
     _maybe(draw, spec, "allowedSourceRanges", source_ranges())
+    _maybe(draw, spec, "accessLog", access_log())
     return spec
 
 

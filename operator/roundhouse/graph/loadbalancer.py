@@ -76,6 +76,7 @@ def build_loadbalancer_graph(lb: LoadBalancer, cluster: ClusterState) -> ProxyGr
         timeouts=lb.timeouts,
         limits=lb.limits,
         allowed_source_ranges=lb.allowed_source_ranges,
+        access_log=lb.access_log,
         problems=tuple(problems),
         backends_ready=ready,
         backends_total=len(endpoints),

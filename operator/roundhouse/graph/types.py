@@ -7,7 +7,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from roundhouse.model.cluster import EndpointSlice, Service, TLSSecret
-from roundhouse.model.loadbalancer import HealthCheck, Limits, SessionPersistence, Timeouts
+from roundhouse.model.loadbalancer import (
+    AccessLog,
+    HealthCheck,
+    Limits,
+    SessionPersistence,
+    Timeouts,
+)
 from roundhouse.model.reverseproxy import HeaderChanges, HeaderMatch
 from roundhouse.server_state import MAINT
 
@@ -166,6 +172,7 @@ class ProxyGraph:
     limits: Limits
     problems: tuple[Problem, ...] = ()
     allowed_source_ranges: tuple[str, ...] = ()  # CIDRs a client must be in; empty: all
+    access_log: AccessLog = field(default_factory=AccessLog)
     backends_ready: int = 0
     backends_total: int = 0
     issued_dns_names: tuple[str, ...] = field(default_factory=tuple)

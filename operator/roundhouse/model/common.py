@@ -99,6 +99,14 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class AccessLog:
+    """Which requests (TCP: connections) the proxy logs to its stdout."""
+
+    mode: str = rules.ACCESS_LOG_MODE.default or ""  # All | Sampled | Disabled
+    sample_one_in: int = rules.DEFAULT_ACCESS_LOG_SAMPLE  # Sampled: 1 in this many
+
+
+@dataclass(frozen=True)
 class ProxySettings:
     replicas: int = rules.REPLICAS.default or 0
     service_type: str = rules.SERVICE_TYPE.default or ""
@@ -217,6 +225,14 @@ def bounded(r: Reader, key: str, value: str, pattern: re.Pattern[str], what: str
         r.error(key, f"{value!r} is not a valid {what}")
 
 
+def parse_access_log(r: Reader) -> AccessLog:
+    mode = r.enum("mode", rules.ACCESS_LOG_MODE)
+    sample = r.integer("sampleOneIn", rules.ACCESS_LOG_SAMPLE, rules.DEFAULT_ACCESS_LOG_SAMPLE)
+    if mode != "Sampled" and r.has("sampleOneIn"):
+        r.error("sampleOneIn", rules.ACCESS_LOG_SAMPLE_ONLY_SAMPLED.message)
+    return AccessLog(mode, sample)
+
+
 def parse_upstream_tls(r: Reader) -> UpstreamTLS:
     ca = r.string("caSecretName") or None
     bounded(r, "caSecretName", ca or "", HOST_NAME_RE, "Secret name")
@@ -245,6 +261,7 @@ class SharedBlocks(TypedDict):
     proxy: ProxySettings
     upstream_tls: UpstreamTLS | None
     allowed_source_ranges: tuple[str, ...]
+    access_log: AccessLog
 
 
 def identity(meta: dict[str, Any]) -> Identity:
@@ -328,6 +345,7 @@ def parse_shared_blocks(spec: Reader) -> SharedBlocks:
         proxy=parse_proxy(spec.child("proxy")),
         upstream_tls=optional("upstreamTLS", parse_upstream_tls),
         allowed_source_ranges=parse_source_ranges(spec, "allowedSourceRanges"),
+        access_log=parse_access_log(spec.child("accessLog")),
     )
 
 

@@ -470,11 +470,30 @@ def upstream_tls(plain: str) -> Schema:
         })
 
 
+def access_log() -> Schema:
+    return obj(
+        "Which requests the proxy logs to its stdout, one line each (TCP listeners: one "
+        "line per connection). Absent: every request.",
+        {
+            "mode": string(
+                "All (every request), Sampled (one request in sampleOneIn, plus every "
+                "response with a 5xx status and every request the proxy answers itself, "
+                "such as a 503 with no server to send it to) or Disabled. Defaults to All.",
+                enum=R.ACCESS_LOG_MODE),
+            "sampleOneIn": integer(
+                "With mode Sampled: log one request in this many, chosen at random, "
+                "2-1000000; when absent the operator uses 100 (it is not defaulted here, "
+                "so that it is only allowed with mode Sampled).", R.ACCESS_LOG_SAMPLE),
+        },
+        rules=cel(R.ACCESS_LOG_SAMPLE_ONLY_SAMPLED),
+    )
+
+
 def proxy_settings() -> dict[str, Schema]:
     """The fields both kinds share, in the order both CRDs list them."""
     return {"algorithm": algorithm(), "sessionPersistence": session_persistence(),
             "healthCheck": health_check(), "timeouts": timeouts(), "limits": limits(),
-            "proxy": proxy()}
+            "proxy": proxy(), "accessLog": access_log()}
 
 
 def listener_source_ranges() -> Schema:

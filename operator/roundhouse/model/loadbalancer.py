@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from roundhouse.model.common import (
+    AccessLog,
     Backend,
     HealthCheck,
     Limits,
@@ -49,6 +50,7 @@ from roundhouse.model.rules import (
 from roundhouse.model.values import DNS_LABEL_RE, DNS_NAME_RE, HOST_NAME_RE
 
 __all__ = [
+    "AccessLog",
     "Backend",
     "HealthCheck",
     "Limits",
@@ -103,6 +105,7 @@ class LoadBalancer:
     proxy: ProxySettings = field(default_factory=ProxySettings)
     upstream_tls: UpstreamTLS | None = None
     allowed_source_ranges: tuple[str, ...] = ()  # CIDRs; empty: every client
+    access_log: AccessLog = field(default_factory=AccessLog)
 
     def service_refs(self) -> set[str]:
         return {be.service for be in self.backends}

@@ -18,6 +18,7 @@ from typing import Any
 
 from roundhouse.model import pcre2
 from roundhouse.model.common import (
+    AccessLog,
     Backend,
     HealthCheck,
     Limits,
@@ -217,6 +218,7 @@ class ReverseProxy:
     limits: Limits = field(default_factory=Limits)
     proxy: ProxySettings = field(default_factory=ProxySettings)
     allowed_source_ranges: tuple[str, ...] = ()  # CIDRs; empty: every client
+    access_log: AccessLog = field(default_factory=AccessLog)
 
     def service_refs(self) -> set[str]:
         """Every Service a route or the default backend names."""

@@ -162,6 +162,9 @@ TAINT_EFFECT = Enum(("", "NoSchedule", "PreferNoSchedule", "NoExecute"))
 # to HAProxy.
 RESOURCE_NAMES = ("cpu", "memory")
 CONDITION_STATUS = Enum(("True", "False", "Unknown"))
+# Access logs: every request (All), one in sampleOneIn plus every 5xx (Sampled), none
+# (Disabled). Not On/Off: YAML 1.1 (kubectl's) reads those unquoted as booleans.
+ACCESS_LOG_MODE = Enum(("All", "Sampled", "Disabled"), "All")
 
 # ---------------------------------------------------------------- boolean defaults
 
@@ -186,6 +189,8 @@ MAX_CONNECTIONS_PER_CLIENT = Int(0, 100_000, 0)
 RATE_REQUESTS = Int(1, 1_000_000)
 REPLICAS = Int(1, 50, 2)
 RETRY_ATTEMPTS = Int(1, 10, 3)
+ACCESS_LOG_SAMPLE = Int(2, 1_000_000)  # accessLog.sampleOneIn
+DEFAULT_ACCESS_LOG_SAMPLE = 100  # not a CRD default: only allowed with mode Sampled
 QUANTITY_MINIMUM = 0
 STATUS_COUNT = Int(0)  # status.backends.ready/total
 GENERATION = Int(0, 2**63 - 1, 0)  # metadata.generation, as the parser reads it
@@ -331,6 +336,10 @@ SPEC_BACKEND_WEIGHT = Rule("self.backends.exists(b, b.weight > 0)", BACKEND_WEIG
 COOKIE_NAME_ONLY_FOR_COOKIE = Rule("!has(self.cookieName) || self.type == 'Cookie'",
                                    "cookieName is only allowed when type is Cookie",
                                    ".cookieName", FORBIDDEN)
+
+ACCESS_LOG_SAMPLE_ONLY_SAMPLED = Rule("!has(self.sampleOneIn) || self.mode == 'Sampled'",
+                                      "sampleOneIn is only allowed when mode is Sampled",
+                                      ".sampleOneIn", FORBIDDEN)
 
 
 def http_check_only(key: str) -> Rule:

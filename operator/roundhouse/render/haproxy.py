@@ -22,6 +22,7 @@ from roundhouse.model.pcre2 import full_match
 from roundhouse.model.pod import STATUS_PORT
 from roundhouse.model.values import format_duration_ms
 from roundhouse.render import structure
+from roundhouse.render.accesslog import access_log_lines
 from roundhouse.server_state import DRAIN, MAINT
 
 PLACEHOLDER = "127.0.0.1:1"  # a free slot points nowhere useful and is disabled
@@ -273,6 +274,7 @@ def _render(graph: ProxyGraph, options: RenderOptions) -> str:
         retry_on=retry_on,
         hv=header_value,
         fd_hard_limit=fd_hard_limit,
+        access_log=access_log_lines,
     )
 
 
