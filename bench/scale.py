@@ -143,28 +143,46 @@ def converged(obj: dict[str, Any]) -> bool:
 class Watcher:
     """A watch in a thread: every event's object with the time it arrived."""
 
-    def __init__(self, lister: Callable[..., Any], namespace: str, **kw: Any) -> None:
+    def __init__(self, lister: Callable[..., Any], *args: Any, **kw: Any) -> None:
         self.events: list[tuple[float, dict[str, Any]]] = []
+        self.error: BaseException | None = None
         self.lock = threading.Lock()
         self._watch = watch.Watch()
-        self._thread = threading.Thread(target=self._run, args=(lister, namespace, kw),
+        self._thread = threading.Thread(target=self._run, args=(lister, args, kw),
                                         daemon=True)
         self._thread.start()
 
-    def _run(self, lister: Callable[..., Any], namespace: str, kw: dict[str, Any]) -> None:
-        for event in self._watch.stream(lister, namespace, _request_timeout=3600, **kw):
-            obj = event["object"]
-            if not isinstance(obj, dict):  # a typed model (core kinds): plain JSON, as CRs
-                obj = _SERIALIZER.sanitize_for_serialization(obj)
-            with self.lock:
-                self.events.append((time.monotonic(), obj))
+    def _run(self, lister: Callable[..., Any], args: tuple[Any, ...],
+             kw: dict[str, Any]) -> None:
+        try:
+            for event in self._watch.stream(lister, *args, _request_timeout=3600, **kw):
+                obj = event["object"]
+                if not isinstance(obj, dict):  # a typed model (core kinds): plain JSON
+                    obj = _SERIALIZER.sanitize_for_serialization(obj)
+                with self.lock:
+                    self.events.append((time.monotonic(), obj))
+        except BaseException as err:  # surfaced by since(): a dead watch must not look idle
+            self.error = err
 
     def since(self, start: float) -> list[tuple[float, dict[str, Any]]]:
+        if self.error is not None:
+            raise RuntimeError(f"the watch failed: {self.error}") from self.error
         with self.lock:
             return [(t, o) for t, o in self.events if t >= start]
 
     def stop(self) -> None:
         self._watch.stop()
+
+
+def wait_quiet(watchers: list[Watcher], quiet: float, timeout: float) -> float:
+    """Seconds until no watcher has seen an event for `quiet` seconds."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        last = max((w.events[-1][0] for w in watchers if w.events), default=start)
+        if time.monotonic() - last >= quiet:
+            return last - start
+        time.sleep(0.2)
+    raise RuntimeError(f"still changing {timeout:.0f}s after converging")
 
 
 def first_times(watcher: Watcher, start: float, names: set[str],
@@ -272,16 +290,19 @@ def fanout(kube: client.ApiClient, count: int, endpoints: int, flips: int) -> di
     core = client.CoreV1Api(kube)
     configmaps = Watcher(core.list_namespaced_config_map, ns,
                          label_selector="app.kubernetes.io/managed-by=roundhouse")
-    lbs = Watcher(client.CustomObjectsApi(kube).list_namespaced_custom_object, ns,
-                  group=GROUP, version=VERSION, plural="loadbalancers")
+    lbs = Watcher(client.CustomObjectsApi(kube).list_namespaced_custom_object, GROUP,
+                  VERSION, ns, "loadbalancers")
     names = {f"lb{i}" for i in range(count)}
     started = time.monotonic()
     create_all(kube, ns, [lb_body(n, "shared") for n in sorted(names)])
     settle = first_times(lbs, started, names, converged, 600)
     log(f"fanout: {count} LoadBalancers converged, last after {max(settle.values()):.1f}s")
-    time.sleep(2)
+    # The proxy Pods starting (kwok) keep re-reconciling their resources for a while: flip
+    # once that churn is over, so the figures are the flip's alone.
+    quiet = wait_quiet([configmaps, lbs], 5.0, 300)
+    log(f"fanout: quiet (no ConfigMap or status change for 5 s) {quiet:.1f}s after converging")
     target = "shared-0"  # the endpoint that flips
-    pattern = re.compile(r'"endpoint": "' + re.escape(f"{ns}/{target}:8080") +
+    pattern = re.compile(r'"endpoint": "' + re.escape(f"shared/{target}:8080") +
                          r'"[^\n]*"state": "(\w+)"')
     flips_out: list[dict[str, Any]] = []
     for flip in range(flips):
@@ -315,7 +336,8 @@ def fanout(kube: client.ApiClient, count: int, endpoints: int, flips: int) -> di
         time.sleep(1)
     configmaps.stop()
     lbs.stop()
-    return {"resources": count, "flips": flips_out,
+    return {"resources": count, "converged_s": round(max(settle.values()), 1),
+            "quiet_after_s": round(quiet, 1), "flips": flips_out,
             "configmaps_last_ms_max": max(f["configmaps_ms"]["last"] for f in flips_out),
             "status_last_ms_max": max(f["status_ms"]["last"] for f in flips_out)}
 
@@ -342,8 +364,8 @@ def restart(kube: client.ApiClient, cp: ControlPlane, operator: OperatorProcess,
             endpoints: int) -> tuple[dict[str, Any], OperatorProcess]:
     ns = new_namespace(kube, "scale-restart")
     service_with_endpoints(kube, ns, "shared", 1, endpoints)
-    lbs = Watcher(client.CustomObjectsApi(kube).list_namespaced_custom_object, ns,
-                  group=GROUP, version=VERSION, plural="loadbalancers")
+    lbs = Watcher(client.CustomObjectsApi(kube).list_namespaced_custom_object, GROUP,
+                  VERSION, ns, "loadbalancers")
     names = {f"lb{i}" for i in range(count)}
     create_all(kube, ns, [lb_body(n, "shared") for n in sorted(names)])
     apps = client.AppsV1Api(kube)
@@ -381,8 +403,8 @@ def cold(kube: client.ApiClient, cp: ControlPlane, operator: OperatorProcess, au
         list(pool.map(lambda i: service_with_endpoints(kube, ns, f"svc{i}", 2 + i, endpoints),
                       range(count)))
     time.sleep(3)  # the operator's trigger on Services it does not reference settles
-    lbs = Watcher(client.CustomObjectsApi(kube).list_namespaced_custom_object, ns,
-                  group=GROUP, version=VERSION, plural="loadbalancers")
+    lbs = Watcher(client.CustomObjectsApi(kube).list_namespaced_custom_object, GROUP,
+                  VERSION, ns, "loadbalancers")
     assert operator.proc is not None
     rss_before = proc_rss_mb(operator.proc.pid)
     rss = RssSampler(operator.proc.pid)
