@@ -136,6 +136,13 @@ build_tool() {  # name module-path package version ldflags
 }
 
 log "binaries: $BIN"
+# One build at a time per cache: a second caller (another test tier, another checkout)
+# waits here and then finds the binaries built, instead of racing the same go build.
+exec 9>"$CACHE/bin/.build.lock"
+if ! flock -n 9; then
+  log "another build holds $CACHE/bin/.build.lock; waiting for it"
+  flock 9
+fi
 build_etcd
 build_kubernetes
 build_tool kwok sigs.k8s.io/kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION" \

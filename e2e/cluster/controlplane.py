@@ -344,6 +344,7 @@ class ControlPlane:
         keep_workdir: bool | None = None,
         detached: bool = False,
         real_node: bool = False,
+        apiserver_flags: Sequence[str] = (),
     ) -> None:
         """`detached=True` lets the processes outlive this Python process (cli.py up).
 
@@ -354,6 +355,7 @@ class ControlPlane:
             raise ControlPlaneError("real_node=True needs controllers=True")
         self.detached = detached
         self.with_real_node = real_node
+        self.apiserver_flags = list(apiserver_flags)  # e.g. an audit log (bench/scale.py)
         self.real_node: RealNode | None = None
         self.controllers = controllers
         self.node_count = nodes if controllers else 0
@@ -797,6 +799,7 @@ class ControlPlane:
                 f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
                 f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
                 *self._real_node_apiserver_flags(),
+                *self.apiserver_flags,
             ],
         )
         self.wait_for("kube-apiserver /readyz", lambda: self.readyz() == "ok", [proc])

@@ -33,6 +33,11 @@ REASONS: dict[str, tuple[str, ...]] = {
 # True, but short of what the spec asks: Ready stays True and names it, and a Warning
 # Event is posted when a condition takes such a reason.
 DEGRADED_REASONS = frozenset({"ConnectionLimitReduced"})
+# False while work is under way, as after every create and every config change (the
+# proxies starting, picking up a new config, a certificate being issued): shown in status,
+# never a Warning Event. Posting one per change cost a create request per resource and per
+# endpoint flip (an Event storm when many resources share a Service).
+PROGRESS_REASONS = frozenset({"Pending", "NoReadyReplicas", "CertificatePending"})
 SHOWN = 3  # Pods named in a message; the rest are counted
 MESSAGE_CHARS = 1024  # what a condition's message keeps
 
@@ -241,9 +246,10 @@ def merge_conditions(previous: Iterable[Mapping[str, Any]], new: Iterable[Condit
 
 def events(previous: Iterable[Mapping[str, Any]], found: Iterable[Condition]) -> list[Event]:
     """The Events a written status deserves, against the conditions it held before:
-    a Warning when a condition turns False or its message changes while False; a Warning
-    once per change of a degraded reason (its message names the config, which moves);
-    Normal "Ready" when Ready turns True."""
+    a Warning when a condition turns False or its message changes while False, unless
+    its reason is progress (PROGRESS_REASONS); a Warning once per change of a degraded
+    reason (its message names the config, which moves); Normal "Ready" when Ready turns
+    True."""
     before = {c.get("type"): c for c in previous or []}
     out = []
     for c in found:
@@ -252,6 +258,8 @@ def events(previous: Iterable[Mapping[str, Any]], found: Iterable[Condition]) ->
             if c.status and old.get("status") != "True":
                 out.append(Event("Normal", "Ready", c.message))
         elif not c.status:
+            if c.reason in PROGRESS_REASONS:
+                continue
             # The status keeps MESSAGE_CHARS of a message: compare what it kept.
             if (old.get("status"), old.get("message")) != ("False", c.message[:MESSAGE_CHARS]):
                 out.append(Event("Warning", c.reason, c.message))

@@ -157,16 +157,16 @@ def written(found: list[Condition]) -> list[dict[str, Any]]:
 
 
 EVENT_CASES: list[tuple[str, list[Condition], list[Condition], list[Event]]] = [
-    ("first status of a resource that waits for its Pods", [], NO_PODS,
-     [Event("Warning", "NoReadyReplicas",
-            "0/2 proxy replicas are ready; config c0ffee is waiting for them")]),
+    ("first status of a resource that waits for its Pods: progress, no Event", [], NO_PODS,
+     []),
     ("the same False condition again: nothing", NO_PODS, NO_PODS, []),
     ("Ready turns True", NO_PODS, READY, [Event("Normal", "Ready", "all conditions are met")]),
     ("Ready stays True: nothing", READY, READY, []),
-    ("a False condition whose message changes", NO_PODS,
-     conditions_of({"pods": [], "reports": {}, "replicas": 3}),
-     [Event("Warning", "NoReadyReplicas",
-            "0/3 proxy replicas are ready; config c0ffee is waiting for them")]),
+    ("progress whose message changes (a new config): no Event", NO_PODS,
+     conditions_of({"pods": [], "reports": {}, "replicas": 3}), []),
+    ("a False condition whose message changes", status.apply_failed(READY, "quota a"),
+     status.apply_failed(READY, "quota b"),
+     [Event("Warning", "ApplyFailed", "quota b")]),
     ("a degraded reason appears: one Warning, Ready stays True", READY,
      conditions_of({"reports": {"p-a": {"configHash": "CURRENT", "maxconn": 10},
                                 "p-b": {"configHash": "CURRENT"}}}),
