@@ -68,7 +68,24 @@ async def client() -> k8s.ApiClient:
         # one connection per request in flight, and room for the Lease beside a full gate
         configuration.connection_pool_maxsize = concurrency() + 2
         _client = k8s.ApiClient(configuration)
+        _skip_proxy_lookups(_client)
     return _client
+
+
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                   "all_proxy")
+
+
+def _skip_proxy_lookups(api: k8s.ApiClient) -> None:
+    """kubernetes_asyncio's session trusts the environment, so aiohttp looks for proxy
+    variables and parses ~/.netrc in a worker thread before every request: two thread
+    hops per request, a fifth of the operator's time when 200 resources write at once.
+    Where no proxy variable is set there is nothing to find; with one, it stays on."""
+    if any(os.environ.get(v) for v in PROXY_VARIABLES):
+        return
+    session = api.rest_client.pool_manager
+    if hasattr(session, "_trust_env"):  # aiohttp's own flag behind `trust_env`
+        session._trust_env = False
 
 
 async def close() -> None:

@@ -3,6 +3,8 @@ endpoints into sticky slots, weights, health states."""
 
 from __future__ import annotations
 
+import asyncio
+
 import base64
 import datetime as dt
 
@@ -255,6 +257,7 @@ def test_upstream_tls_without_verify_needs_no_ca() -> None:
 def test_upstream_ca_secret_is_a_reference_that_re_reconciles() -> None:
     lb = parse_loadbalancer(lb_object(upstreamTLS={"caSecretName": "internal-ca"}))
     assert "internal-ca" in lb.secret_refs()
-    refs = indexes.rh_lb_refs(namespace="default", name="web",
-                              spec=lb_object(upstreamTLS={"caSecretName": "internal-ca"})["spec"])
+    refs = asyncio.run(indexes.rh_lb_refs(
+        namespace="default", name="web",
+        spec=lb_object(upstreamTLS={"caSecretName": "internal-ca"})["spec"]))
     assert refs[("Secret", "default", "internal-ca")] == ("LoadBalancer", "web")

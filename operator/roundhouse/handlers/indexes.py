@@ -23,12 +23,12 @@ MANAGED = {"app.kubernetes.io/managed-by": "roundhouse"}
 
 
 @kopf.index("services")
-def rh_services(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
+async def rh_services(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
     return {(namespace, name): parse_service(dict(body))}
 
 
 @kopf.index("discovery.k8s.io", "v1", "endpointslices")
-def rh_slices(namespace: str, body: kopf.Body, **_: Any) -> Any:
+async def rh_slices(namespace: str, body: kopf.Body, **_: Any) -> Any:
     parsed = parse_endpoint_slice(dict(body))
     return {(namespace, parsed.service): parsed} if parsed else None
 
@@ -40,7 +40,7 @@ def _is_tls_secret(body: kopf.Body, **_: Any) -> bool:
 
 
 @kopf.index("secrets", when=_is_tls_secret)
-def rh_secrets(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
+async def rh_secrets(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
     """Only what decisions need: usability, a fingerprint, and the public certificates."""
     data = body.get("data") or {}
     public = {key: base64.b64decode(data[key]).decode(errors="replace")
@@ -49,7 +49,7 @@ def rh_secrets(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
 
 
 @kopf.index("configmaps", labels=MANAGED)
-def rh_configmaps(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
+async def rh_configmaps(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
     """Our own ConfigMaps: the previous slot assignment (proxy ConfigMaps), the agents'
     reports (status ConfigMaps). Only the slots of a proxy ConfigMap are kept, not its
     files: they can be a megabyte, and nothing else reads them from here."""
@@ -69,7 +69,7 @@ def rh_configmaps(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
 
 
 @kopf.index("pods", labels=MANAGED)
-def rh_proxy_pods(namespace: str, name: str, labels: kopf.Labels, status: kopf.Status,
+async def rh_proxy_pods(namespace: str, name: str, labels: kopf.Labels, status: kopf.Status,
                   meta: kopf.Meta, **_: Any) -> Any:
     instance = labels.get("app.kubernetes.io/instance")
     if not instance or meta.get("deletionTimestamp"):
@@ -80,17 +80,17 @@ def rh_proxy_pods(namespace: str, name: str, labels: kopf.Labels, status: kopf.S
 
 
 @kopf.index(API_GROUP, API_VERSION, "loadbalancers")
-def rh_loadbalancers(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
+async def rh_loadbalancers(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
     return {(namespace, name): dict(body)}
 
 
 @kopf.index(API_GROUP, API_VERSION, "reverseproxies")
-def rh_reverseproxies(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
+async def rh_reverseproxies(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
     return {(namespace, name): dict(body)}
 
 
 @kopf.index(API_GROUP, API_VERSION, "reverseproxies")
-def rh_rp_claims(namespace: str, body: kopf.Body, **_: Any) -> Any:
+async def rh_rp_claims(namespace: str, body: kopf.Body, **_: Any) -> Any:
     """Which (hostname, port) pairs each ReverseProxy of a namespace claims: conflicts."""
     return {namespace: claim_of(body)}
 
@@ -104,7 +104,7 @@ def _upstream_ca_ref(namespace: str, spec: kopf.Spec, me: tuple[str, str]
 
 
 @kopf.index(API_GROUP, API_VERSION, "loadbalancers")
-def rh_lb_refs(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> Any:
+async def rh_lb_refs(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> Any:
     """Which LoadBalancers refer to which Service / Secret, for level-based re-reconciles."""
     refs: dict[tuple[str, str, str], tuple[str, str]] = {}
     for backend in spec.get("backends") or []:
@@ -119,7 +119,7 @@ def rh_lb_refs(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> Any:
 
 
 @kopf.index(API_GROUP, API_VERSION, "reverseproxies")
-def rh_rp_refs(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> Any:
+async def rh_rp_refs(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> Any:
     """The same for ReverseProxies: route and default backends, host and CA Secrets.
 
     Read from the raw spec, so a ReverseProxy that is invalid now still recovers
