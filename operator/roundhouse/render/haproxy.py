@@ -19,6 +19,7 @@ import jinja2
 from roundhouse.graph.types import Pool, ProxyGraph, RedirectRule, RouteRule, Server
 from roundhouse.model.pcre2 import full_match
 from roundhouse.model.pod import STATUS_PORT
+from roundhouse.model.rules import REQUEST_BODY_BYTES
 from roundhouse.model.values import format_duration_ms
 from roundhouse.render import structure
 from roundhouse.server_state import DRAIN, MAINT
@@ -248,6 +249,7 @@ def _render(graph: ProxyGraph, options: RenderOptions) -> str:
         retry_on=retry_on,
         hv=header_value,
         fd_hard_limit=fd_hard_limit,
+        body_bytes=REQUEST_BODY_BYTES,
     )
 
 
