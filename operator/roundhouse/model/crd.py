@@ -136,7 +136,7 @@ def int_or_string(description: str, *, minimum: int | None = None,
 
 
 def duration(d: Duration, description: str) -> Schema:
-    """A duration string ('500ms', '5s', '2m', '1h') that must be > 0 and <= its limit."""
+    """A duration string ('500ms', '5s', '2m', '1h') within its bounds (d.bounds)."""
     text = f"{description} A number and a unit (ms, s, m or h), e.g. 500ms, 5s, 2m, 1h; " \
            f"{d.bounds}."
     if d.default is not None:
@@ -253,7 +253,7 @@ def timeouts() -> Schema:
                 "HTTP and HTTPS listeners: the time a client has to send a request's "
                 "headers, and again to send the first "
                 f"{R.REQUEST_BODY_BYTES} bytes of its body (all of it when shorter); a "
-                "request that misses it is answered 408 and its connection closed. The "
+                "request that misses it is answered 408. The "
                 "rest of a longer body is bound only by the client timeout, so large "
                 "uploads at normal speed pass. Not applied to protocol upgrades "
                 "(WebSocket), CONNECT and gRPC, whose bodies are streams."),

@@ -223,6 +223,10 @@ class Duration:
     limit_text: str | None = None  # how the message shows the limit; default "<h>h"
     min_ms: int = 1  # the shortest accepted; 1 is "more than 0"
 
+    def __post_init__(self) -> None:
+        # rule() lets any number of hours pass the lower bound.
+        assert 1 <= self.min_ms <= HOUR_MS, f"{self.name}: min_ms beyond an hour"
+
     @property
     def default_ms(self) -> int:
         """The default in milliseconds; 0 when there is none."""
