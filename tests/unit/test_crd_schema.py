@@ -611,7 +611,8 @@ def test_validator_defaults_like_the_api_server() -> None:
                                   "redirectToHTTPS": False}]
     assert spec["backends"] == [{"service": "s", "port": "http", "weight": 1}]
     assert spec["timeouts"] == {"connect": "5s", "client": "50s", "server": "50s",
-                                "queue": "30s", "tunnel": "1h"}
+                                "queue": "30s", "tunnel": "1h",
+                                "request": "10s", "drain": "10m"}
     assert spec["sessionPersistence"] == {"type": "Cookie", "maxAge": "1h"}
     assert spec["limits"] == {"maxConnections": 10_000, "maxConnectionsPerServer": 0,
                               "maxConnectionsPerClient": 0}

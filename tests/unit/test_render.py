@@ -83,6 +83,11 @@ def test_example_passes_haproxy_check(path: Path, haproxy_check: HaproxyCheck) -
                    {"name": "tls", "port": 443, "protocol": "TLSPassthrough"}],
      "limits": {"maxConnectionsPerClient": 2}},
     {"limits": {"requestRatePerClient": {"requests": 1, "period": "1h"}}},
+    # timeouts.request and timeouts.drain at their bounds, on HTTP, HTTPS and TCP listeners.
+    {"listeners": [{"name": "https", "port": 443, "protocol": "HTTPS"},
+                   {"name": "pg", "port": 5432, "protocol": "TCP"}],
+     "timeouts": {"request": "1s", "drain": "24h"}},
+    {"timeouts": {"request": "1h", "drain": "1s"}},
     # The most source ranges allowed, both families: more than one haproxy.cfg line holds.
     {"listeners": [{"name": "pg", "port": 5432, "protocol": "TCP"},
                    {"name": "tls", "port": 443, "protocol": "TLSPassthrough"},
@@ -268,3 +273,28 @@ def test_no_source_rule_without_source_ranges() -> None:
     config = render_haproxy(build_loadbalancer_graph(
         parse_loadbalancer(lb_object()), state(3))).config
     assert "rh_allowed_source" not in config
+
+
+def test_request_and_drain_timeouts_reach_every_http_frontend_and_the_global_section() -> None:
+    """timeouts.request bounds headers (timeout http-request) and the body's first 8 KiB
+    (wait-for-body) on each HTTP/HTTPS frontend, never on a TCP one; timeouts.drain is
+    the old workers' hard-stop-after."""
+    name = issued_secret_name("LoadBalancer", "web")
+    spec = lb_object(listeners=[{"name": "http", "port": 80, "protocol": "HTTP"},
+                                {"name": "https", "port": 443, "protocol": "HTTPS"},
+                                {"name": "pg", "port": 5432, "protocol": "TCP"}],
+                     timeouts={"request": "30s", "drain": "2h"})
+    graph = build_loadbalancer_graph(parse_loadbalancer(spec),
+                                     state(2, secrets={name: TLSSecret(name, True, True, "f")}))
+    config = render_haproxy(graph).config
+    frontends = {block.split("\n", 1)[0]: block for block in config.split("\nfrontend ")[1:]}
+    wait = ("http-request wait-for-body time 30s at-least 8192 unless "
+            "{ req.hdr(upgrade) -m found } || { method CONNECT } || "
+            "{ req.hdr(content-type) -m beg application/grpc }")
+    assert {n: wait in b for n, b in frontends.items()} == {
+        "roundhouse_status": False, "fe_http": True, "fe_https": True, "fe_pg": False}
+    assert "    timeout http-request 30s\n" in config
+    assert "    hard-stop-after 2h\n" in config
+    defaults = render_haproxy(build_loadbalancer_graph(parse_loadbalancer(lb_object()),
+                                                       state(2))).config
+    assert "    hard-stop-after 10m\n" in defaults and "    timeout http-request 10s\n" in defaults

@@ -56,6 +56,8 @@ class Timeouts:
     server_ms: int = rules.TIMEOUT_SERVER.default_ms
     queue_ms: int = rules.TIMEOUT_QUEUE.default_ms
     tunnel_ms: int = rules.TIMEOUT_TUNNEL.default_ms
+    request_ms: int = rules.TIMEOUT_REQUEST.default_ms
+    drain_ms: int = rules.TIMEOUT_DRAIN.default_ms
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,8 @@ def parse_timeouts(r: Reader) -> Timeouts:
         server_ms=r.duration_ms("server", rules.TIMEOUT_SERVER),
         queue_ms=r.duration_ms("queue", rules.TIMEOUT_QUEUE),
         tunnel_ms=r.duration_ms("tunnel", rules.TIMEOUT_TUNNEL),
+        request_ms=r.duration_ms("request", rules.TIMEOUT_REQUEST),
+        drain_ms=r.duration_ms("drain", rules.TIMEOUT_DRAIN),
     )
 
 

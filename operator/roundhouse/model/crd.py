@@ -136,9 +136,9 @@ def int_or_string(description: str, *, minimum: int | None = None,
 
 
 def duration(d: Duration, description: str) -> Schema:
-    """A duration string ('500ms', '5s', '2m', '1h') that must be > 0 and <= its limit."""
+    """A duration string ('500ms', '5s', '2m', '1h') within its bounds (d.bounds)."""
     text = f"{description} A number and a unit (ms, s, m or h), e.g. 500ms, 5s, 2m, 1h; " \
-           f"more than 0 and at most {d.limit}."
+           f"{d.bounds}."
     if d.default is not None:
         text += f" Defaults to {d.default}."
     return string(text, max_length=R.DURATION_LENGTH, pattern=R.DURATION, default=d.default,
@@ -248,6 +248,21 @@ def timeouts() -> Schema:
                               "a free server slot."),
             "tunnel": duration(R.TIMEOUT_TUNNEL, "Maximum inactivity time of a tunnel "
                                "(WebSocket, CONNECT, TCP after the first exchange)."),
+            "request": duration(
+                R.TIMEOUT_REQUEST,
+                "HTTP and HTTPS listeners: the time a client has to send a request's "
+                "headers, and again to send the first "
+                f"{R.REQUEST_BODY_BYTES} bytes of its body (all of it when shorter); a "
+                "request that misses it is answered 408. The "
+                "rest of a longer body is bound only by the client timeout, so large "
+                "uploads at normal speed pass. Not applied to protocol upgrades "
+                "(WebSocket), CONNECT and gRPC, whose bodies are streams."),
+            "drain": duration(
+                R.TIMEOUT_DRAIN,
+                "How long the old HAProxy processes keep serving the connections they "
+                "hold after a reload (WebSockets, gRPC streams, long downloads) before "
+                "they are closed. Each HAProxy process keeps the value it started with: "
+                "the processes a change replaces still drain for the previous one."),
         },
         default={},
     )

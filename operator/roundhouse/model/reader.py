@@ -155,7 +155,8 @@ class Reader:
         return value
 
     def duration_ms(self, key: str, rule: Duration) -> int:
-        """A duration in milliseconds, more than 0 and at most the rule's limit; absent
+        """A duration in milliseconds within the rule's bounds (more than 0 unless it says
+        otherwise, at most its limit); absent
         or refused: the rule's default (0 when it has none)."""
         default = rule.default or "0s"
         text = self.string(key, default)
@@ -164,8 +165,8 @@ class Reader:
             self.error(key, f"invalid duration {text!r}: use a number and a unit, "
                        "e.g. 500ms, 5s, 2m, 1h")
             ms = parse_duration_ms(default) or 0
-        elif ms == 0 or ms > rule.max_ms:
-            self.error(key, f"must be more than 0 and at most "
+        elif ms < max(rule.min_ms, 1) or ms > rule.max_ms:
+            self.error(key, f"must be {rule.minimum} and at most "
                        f"{format_duration_ms(rule.max_ms)}, got {text!r}")
             ms = parse_duration_ms(default) or 0
         return ms

@@ -219,12 +219,18 @@ HOUR_MS = DURATION_UNITS_MS["h"]
 
 @dataclass(frozen=True)
 class Duration:
-    """A duration field ('500ms', '5s', '2m', '1h'): more than 0, at most max_hours."""
+    """A duration field ('500ms', '5s', '2m', '1h'): at least min_ms (by default: more
+    than 0), at most max_hours."""
 
     name: str  # the field's key, as the message names it
     default: str | None = None
     max_hours: int = DAY_HOURS
     limit_text: str | None = None  # how the message shows the limit; default "<h>h"
+    min_ms: int = 1  # the shortest accepted; 1 is "more than 0"
+
+    def __post_init__(self) -> None:
+        # rule() lets any number of hours pass the lower bound.
+        assert 1 <= self.min_ms <= HOUR_MS, f"{self.name}: min_ms beyond an hour"
 
     @property
     def default_ms(self) -> int:
@@ -243,19 +249,37 @@ class Duration:
         return self.limit_text or f"{self.max_hours}h"
 
     @property
+    def min_text(self) -> str:
+        """The lower bound as a duration literal ('1s')."""
+        unit = next(u for u in ("h", "m", "s", "ms") if self.min_ms % DURATION_UNITS_MS[u] == 0)
+        return f"{self.min_ms // DURATION_UNITS_MS[unit]}{unit}"
+
+    @property
+    def minimum(self) -> str:
+        """The lower bound in words: 'more than 0', or 'at least 1s'."""
+        return "more than 0" if self.min_ms <= 1 else f"at least {self.min_text}"
+
+    @property
+    def bounds(self) -> str:
+        return f"{self.minimum} and at most {self.limit}"
+
+    @property
     def message(self) -> str:
-        return f"{self.name} must be more than 0 and at most {self.limit}"
+        return f"{self.name} must be {self.bounds}"
 
     def rule(self) -> Rule:
         """The range check. It leaves a value that does not match the pattern to the
         pattern's own error, and it reads hours with a regular expression, not with
         duration(), so that '9999999h' (beyond Go's time.Duration) is a clean rejection,
-        not an evaluation error."""
+        not an evaluation error. A lower bound above 0 is at most an hour, so any
+        number of hours passes it."""
+        low = "" if self.min_ms <= 1 else (
+            f" && (self.endsWith('h') || duration(self) >= duration('{self.min_text}'))")
         return Rule(
             f"!self.matches('{DURATION}') || "
             "(!self.matches('^0+(ms|s|m|h)$') && (self.endsWith('h') ? "
             f"self.matches('^0*{le_regex(self.max_hours)}h$') : "
-            f"duration(self) <= duration('{self.max_hours}h')))",
+            f"duration(self) <= duration('{self.max_hours}h')){low})",
             self.message)
 
 
@@ -289,7 +313,16 @@ RATE_PERIOD = Duration("period", "1s", 1)
 ROUTE_REQUEST_TIMEOUT = Duration("request")
 ROUTE_SERVER_TIMEOUT = Duration("server")
 HSTS_MAX_AGE = Duration("maxAge", "8760h", 2 * 365 * DAY_HOURS, "17520h (2 years)")
+# The whole request head and the first REQUEST_BODY_BYTES of its body (the whole body
+# when shorter) must arrive within it; at least a second, so that a slow network is not
+# taken for an attack, at most an hour.
+TIMEOUT_REQUEST = Duration("request", "10s", 1, min_ms=1000)
+REQUEST_BODY_BYTES = 8192
+# How long old HAProxy workers keep serving their connections after a reload
+# (hard-stop-after). At least a second: HAProxy reads 0 as "never stop".
+TIMEOUT_DRAIN = Duration("drain", "10m", DAY_HOURS, min_ms=1000)
 DURATIONS = (TIMEOUT_CONNECT, TIMEOUT_CLIENT, TIMEOUT_SERVER, TIMEOUT_QUEUE, TIMEOUT_TUNNEL,
+             TIMEOUT_REQUEST, TIMEOUT_DRAIN,
              CHECK_INTERVAL, CHECK_TIMEOUT, PERSISTENCE_MAX_AGE, RATE_PERIOD,
              ROUTE_REQUEST_TIMEOUT, ROUTE_SERVER_TIMEOUT, HSTS_MAX_AGE)
 

@@ -20,6 +20,7 @@ import jinja2
 from roundhouse.graph.types import Pool, ProxyGraph, RedirectRule, RouteRule, Server
 from roundhouse.model.pcre2 import full_match
 from roundhouse.model.pod import STATUS_PORT
+from roundhouse.model.rules import REQUEST_BODY_BYTES
 from roundhouse.model.values import format_duration_ms
 from roundhouse.render import structure
 from roundhouse.render.accesslog import access_log_lines
@@ -275,6 +276,7 @@ def _render(graph: ProxyGraph, options: RenderOptions) -> str:
         hv=header_value,
         fd_hard_limit=fd_hard_limit,
         access_log=access_log_lines,
+        body_bytes=REQUEST_BODY_BYTES,
     )
 
 
