@@ -4,7 +4,6 @@ endpoints into sticky slots, weights, health states."""
 from __future__ import annotations
 
 import asyncio
-
 import base64
 import datetime as dt
 
