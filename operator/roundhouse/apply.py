@@ -17,7 +17,7 @@ from typing import Any
 
 import kopf
 
-from roundhouse import kube
+from roundhouse import API_GROUP, kube
 from roundhouse.render import objects
 from roundhouse.status import Event
 
@@ -49,6 +49,14 @@ def apply_error(obj: dict[str, Any], status: int | None, body: str) -> ApplyErro
 
 ChildKey = tuple[str, str]  # (kind, name): unique among one resource's children
 Applied = dict[ChildKey, str]  # what was last applied: child -> fingerprint
+OwnerKey = tuple[str, str, str]  # (kind, namespace, name) of a LoadBalancer or ReverseProxy
+# Each child carries the fingerprint of the form it was applied in, so a new term as leader
+# (a restart, an upgrade, a failover) knows what is in place from one list per kind, and
+# does not re-apply every child of every resource (no-op writes the API server still pays).
+FINGERPRINT = f"{API_GROUP}/applied"
+CHILD_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service",
+               "PodDisruptionBudget", "Deployment")
+MANAGED_SELECTOR = "app.kubernetes.io/managed-by=roundhouse"
 
 
 def fingerprint(obj: dict[str, Any]) -> str:
@@ -57,6 +65,32 @@ def fingerprint(obj: dict[str, Any]) -> str:
 
 def child_key(obj: dict[str, Any]) -> ChildKey:
     return obj["kind"], obj["metadata"]["name"]
+
+
+def with_fingerprint(obj: dict[str, Any], digest: str) -> dict[str, Any]:
+    meta = obj["metadata"]
+    return {**obj, "metadata": {**meta, "annotations": {**(meta.get("annotations") or {}),
+                                                        FINGERPRINT: digest}}}
+
+
+async def applied_children(namespaces: Iterable[str]) -> dict[OwnerKey, Applied]:
+    """What was applied before this process led, from the children's fingerprints: one
+    list per kind (per namespace when the operator watches only some). Children without
+    one (written by an older version) are left out, so they are applied once more."""
+    found: dict[OwnerKey, Applied] = {}
+    scopes: list[str | None] = list(namespaces) or [None]
+    for kind in CHILD_KINDS:
+        for namespace in scopes:
+            for item in await kube.list_metadata(kind, namespace, MANAGED_SELECTOR):
+                meta = item.get("metadata") or {}
+                labels = meta.get("labels") or {}
+                digest = (meta.get("annotations") or {}).get(FINGERPRINT)
+                owner = (labels.get(f"{API_GROUP}/owner-kind"),
+                         labels.get(f"{API_GROUP}/owner-name"))
+                if digest and owner[0] and owner[1]:
+                    key = (str(owner[0]), str(meta.get("namespace")), str(owner[1]))
+                    found.setdefault(key, {})[(kind, str(meta.get("name")))] = digest
+    return found
 
 
 async def apply_object(obj: dict[str, Any]) -> dict[str, Any]:
@@ -95,7 +129,7 @@ async def apply_changed(objects: Iterable[dict[str, Any]], applied: Applied) -> 
         key, digest = child_key(obj), fingerprint(obj)
         if applied.get(key) == digest:
             continue
-        await apply_object(obj)
+        await apply_object(with_fingerprint(obj, digest))
         applied[key] = digest
         written.append(key)
         log.debug("applied %s %s/%s", obj["kind"], obj["metadata"]["namespace"],

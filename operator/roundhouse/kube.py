@@ -102,6 +102,33 @@ def _semaphore() -> asyncio.Semaphore:
     return _gate
 
 
+def collection_path(kind: str, namespace: str | None = None) -> str:
+    """Where the objects of `kind` are listed: in `namespace`, or cluster-wide (None)."""
+    prefix, plural = _PATHS[kind]
+    return f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
+
+
+# Metadata only (labels, annotations): no ConfigMap data, no Pod templates.
+METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+
+
+async def list_metadata(kind: str, namespace: str | None, label_selector: str,
+                        page: int = 500) -> list[dict[str, Any]]:
+    """The metadata of every object of `kind` the selector matches, a page at a time."""
+    items: list[dict[str, Any]] = []
+    token = ""
+    while True:
+        query = [("labelSelector", label_selector), ("limit", str(page))]
+        if token:
+            query.append(("continue", token))
+        listed = await request("GET", collection_path(kind, namespace), query=query,
+                               accept=METADATA_ONLY)
+        items.extend(listed.get("items") or [])
+        token = (listed.get("metadata") or {}).get("continue") or ""
+        if not token:
+            return items
+
+
 def object_path(kind: str, namespace: str, name: str, subresource: str = "") -> str:
     prefix, plural = _PATHS[kind]
     path = f"{prefix}/namespaces/{namespace}/{plural}/{name}"
@@ -110,7 +137,8 @@ def object_path(kind: str, namespace: str, name: str, subresource: str = "") -> 
 
 async def request(method: str, path: str, body: Any = None,
                   content_type: str = "application/json",
-                  query: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+                  query: list[tuple[str, str]] | None = None,
+                  accept: str = "application/json") -> dict[str, Any]:
     """One API call; at most `concurrency()` are in flight. Raises ApiException.
 
     `body`: a dict, or its JSON text (e.g. a server-side apply's object).
@@ -126,7 +154,7 @@ async def request(method: str, path: str, body: Any = None,
         with metrics.api_request(verb, resource) as call:
             response = await api.call_api(
                 path, method, query_params=query or [], body=body,
-                header_params={"Content-Type": content_type, "Accept": "application/json"},
+                header_params={"Content-Type": content_type, "Accept": accept},
                 auth_settings=["BearerToken"], _preload_content=False,
                 _request_timeout=REQUEST_TIMEOUT)
             async with response:

@@ -105,6 +105,7 @@ async def _operate(namespaces: list[str], liveness: str | None,
 async def _lead(namespaces: list[str], elector: Any, terminating: asyncio.Event) -> bool:
     """Run kopf until a signal (False) or the loss of the Lease (True)."""
     from roundhouse.handlers import stop_reconciling
+    from roundhouse.handlers.state import RECONCILER
 
     stop_flag = asyncio.get_running_loop().create_future()
     lost = False
@@ -134,6 +135,9 @@ async def _lead(namespaces: list[str], elector: Any, terminating: asyncio.Event)
     signalled.add_done_callback(lambda _: stop(False))
     rearm = asyncio.create_task(take_signals_back(), name="signals")
     try:
+        recalled = await RECONCILER.recall_applied(namespaces)
+        log.info("children of %d resources are applied already (their fingerprints)",
+                 recalled)
         await kopf.operator(
             clusterwide=not namespaces,
             namespaces=namespaces,

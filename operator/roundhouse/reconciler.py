@@ -100,6 +100,23 @@ class Reconciler:
         self.last_applied.clear()
         self.desired.entries.clear()
 
+    async def recall_applied(self, namespaces: list[str]) -> int:
+        """At the start of a term as leader: what is already applied, from the children
+        themselves (apply.applied_children), so the first reconciles write only what
+        differs. Best effort: on an error every child is written once, as before.
+        Returns how many resources were recalled."""
+        try:
+            found = await apply.applied_children(namespaces)
+        except Exception as error:  # the API down, a namespace forbidden: write them all
+            log.warning("cannot read what is applied already (%s): the first reconciles "
+                        "apply every child", error)
+            return 0
+        for key, applied in found.items():
+            self.last_applied.setdefault(key, {}).update(
+                (child, digest) for child, digest in applied.items()
+                if child not in self.last_applied[key])
+        return len(found)
+
     def forget(self, kind: str, namespace: str, name: str) -> None:
         self.locks.pop((kind, namespace, name), None)
         self.last_applied.pop((kind, namespace, name), None)

@@ -68,3 +68,45 @@ def test_restart_mid_reconcile_converges_without_duplicates(
         namespace, label_selector="app.kubernetes.io/managed-by=roundhouse").items
     assert len(deployments) == COUNT
     assert not second.forbidden_errors() and not first.forbidden_errors()
+
+
+def test_a_new_term_rewrites_no_child_already_applied(
+        control_plane: Any, kube: client.ApiClient, namespace: str,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Each child carries the fingerprint of what was applied: a restarted operator lists
+    them (metadata only) and writes nothing that is in place, where it used to re-apply
+    every child of every resource."""
+    count = 3
+    install(control_plane)
+    sample_app(kube, namespace, replicas=2)
+    for i in range(count):
+        create_lb(kube, namespace, lb_body(f"fp{i}"))
+    logs = tmp_path_factory.mktemp("fingerprints")
+    first = OperatorProcess(control_plane, logs / "first.log", "--namespace", namespace).start()
+    try:
+        wait_for(lambda: all(condition(get_lb(kube, namespace, f"fp{i}"), "BackendsHealthy")
+                             .get("status") == "True" for i in range(count)), 120,
+                 "the LoadBalancers to converge", interval=0.5)
+    finally:
+        first.stop()
+    configmap = client.CoreV1Api(kube).read_namespaced_config_map("fp0-lb", namespace)
+    assert configmap.metadata.annotations["roundhouse.dev/applied"]
+    second = OperatorProcess(control_plane, logs / "second.log", "--namespace",
+                             namespace).start()
+    try:
+        wait_for(lambda: second.log().count("Resuming is processed") >= count, 60,
+                 "the restarted operator to resume every LoadBalancer", interval=0.5)
+        # A change after the restart is still written (the recall is no blindfold).
+        sample_app(kube, namespace, name="other", replicas=1)
+        client.CustomObjectsApi(kube).patch_namespaced_custom_object(
+            "roundhouse.dev", "v1alpha1", namespace, "loadbalancers", "fp1",
+            {"spec": {"backends": [{"service": "other", "port": "http"}]}})
+        wait_for(lambda: " of LoadBalancer " + namespace + "/fp1" in second.log(), 60,
+                 "the changed LoadBalancer's ConfigMap to be written", interval=0.5)
+    finally:
+        second.stop()
+    log = second.log()
+    assert f"children of {count} resources are applied already" in log, log[-3000:]
+    written = [line for line in log.splitlines() if " applied " in line and namespace in line]
+    assert len(written) == 1 and f"{namespace}/fp1" in written[0], written
+    assert "ConfigMap fp1-lb" in written[0], written

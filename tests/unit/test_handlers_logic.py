@@ -14,12 +14,12 @@ from typing import Any
 import kopf
 import pytest
 
-from roundhouse import apply
+from roundhouse import apply, kube
 from roundhouse.graph import ClusterState
 from roundhouse.handlers.trigger import Debouncer
 from roundhouse.model import parse_loadbalancer
 from roundhouse.pipeline import Desired, desired_for_loadbalancer
-from roundhouse.reconciler import DesiredCache
+from roundhouse.reconciler import DesiredCache, Reconciler
 from roundhouse.reports import parse_agent_report
 from roundhouse.status import Condition, merge_conditions, ready_condition
 from tests.unit.cluster_fixtures import endpoint, state
@@ -301,3 +301,68 @@ def test_apply_failed_names_the_resource_fields_behind_the_child() -> None:
     # Not JSON (a proxy's error page): the text as it came, no fields.
     assert str(apply.apply_error(obj, 502, "<html>bad gateway</html>")).endswith(
         "failed (502): <html>bad gateway</html>")
+
+
+def test_children_carry_the_fingerprint_of_what_was_applied(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[dict[str, Any]] = []
+
+    async def fake_apply(obj: dict[str, Any]) -> dict[str, Any]:
+        sent.append(obj)
+        return obj
+
+    monkeypatch.setattr(apply, "apply_object", fake_apply)
+    child = _child("ConfigMap", "cm", v="1")
+    applied: apply.Applied = {}
+    asyncio.run(apply.apply_changed([child], applied))
+    (written,) = sent
+    digest = written["metadata"]["annotations"][apply.FINGERPRINT]
+    assert digest == apply.fingerprint(child) == applied[("ConfigMap", "cm")]
+    assert "annotations" not in child["metadata"]  # the desired object is left as it was
+
+
+def _listed(kind: str, name: str, owner: str, digest: str | None) -> dict[str, Any]:
+    annotations = {apply.FINGERPRINT: digest} if digest else {}
+    return {"metadata": {"name": name, "namespace": "ns", "annotations": annotations,
+                         "labels": {"roundhouse.dev/owner-kind": kind,
+                                    "roundhouse.dev/owner-name": owner}}}
+
+
+def test_a_new_term_recalls_what_is_applied_from_the_fingerprints(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[tuple[str, str | None, str]] = []
+
+    async def fake_list(kind: str, namespace: str | None, selector: str,
+                        page: int = 500) -> list[dict[str, Any]]:
+        asked.append((kind, namespace, selector))
+        if kind == "ConfigMap":
+            return [_listed("LoadBalancer", "web-lb", "web", "d1"),
+                    _listed("LoadBalancer", "old-lb", "old", None)]  # an older version's
+        if kind == "Deployment":
+            return [_listed("ReverseProxy", "site-rp", "site", "d2")]
+        return []
+
+    monkeypatch.setattr(kube, "list_metadata", fake_list)
+    reconciler = Reconciler()
+    reconciler.last_applied[("LoadBalancer", "ns", "web")] = {("ConfigMap", "web-lb"): "fresh"}
+    assert asyncio.run(reconciler.recall_applied([])) == 2
+    # What this process applied itself stays; a child with no fingerprint is written again.
+    assert reconciler.last_applied == {
+        ("LoadBalancer", "ns", "web"): {("ConfigMap", "web-lb"): "fresh"},
+        ("ReverseProxy", "ns", "site"): {("Deployment", "site-rp"): "d2"}}
+    assert {k for k, _, _ in asked} == set(apply.CHILD_KINDS)
+    assert {(ns, sel) for _, ns, sel in asked} == {(None, apply.MANAGED_SELECTOR)}
+    asked.clear()
+    asyncio.run(Reconciler().recall_applied(["a", "b"]))  # only the namespaces it watches
+    assert {ns for _, ns, _ in asked} == {"a", "b"}
+
+
+def test_a_failed_recall_leaves_every_child_to_be_written(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async def down(*_: Any, **__: Any) -> list[dict[str, Any]]:
+        raise ConnectionError("API server unreachable")
+
+    monkeypatch.setattr(kube, "list_metadata", down)
+    reconciler = Reconciler()
+    assert asyncio.run(reconciler.recall_applied([])) == 0
+    assert reconciler.last_applied == {}
