@@ -105,6 +105,7 @@ async def _operate(namespaces: list[str], liveness: str | None,
 async def _lead(namespaces: list[str], elector: Any, terminating: asyncio.Event) -> bool:
     """Run kopf until a signal (False) or the loss of the Lease (True)."""
     from roundhouse.handlers import stop_reconciling
+    from roundhouse.handlers.resync import RESYNC
     from roundhouse.handlers.state import RECONCILER
 
     stop_flag = asyncio.get_running_loop().create_future()
@@ -134,6 +135,7 @@ async def _lead(namespaces: list[str], elector: Any, terminating: asyncio.Event)
     signalled = asyncio.create_task(terminating.wait(), name="terminating")
     signalled.add_done_callback(lambda _: stop(False))
     rearm = asyncio.create_task(take_signals_back(), name="signals")
+    resyncing = asyncio.create_task(RESYNC.run(), name="resync")
     try:
         recalled = await RECONCILER.recall_applied(namespaces)
         log.info("children of %d resources are applied already (their fingerprints)",
@@ -146,7 +148,7 @@ async def _lead(namespaces: list[str], elector: Any, terminating: asyncio.Event)
             ready_flag=ready,
         )
     finally:
-        for task in (renewal, signalled, rearm):
+        for task in (renewal, signalled, rearm, resyncing):
             if task is not None:
                 task.cancel()
     return lost and not terminating.is_set()

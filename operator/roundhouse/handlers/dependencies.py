@@ -17,6 +17,7 @@ import kopf
 
 from roundhouse import API_GROUP, API_VERSION
 from roundhouse.handlers.indexes import MANAGED
+from roundhouse.handlers.resync import RESYNC
 from roundhouse.handlers.state import DEBOUNCER, RECONCILER
 from roundhouse.reconciler import Indexes
 from roundhouse.resources import KINDS
@@ -111,6 +112,7 @@ def _affected(kind: str, namespace: str, name: str, labels: Mapping[str, str],
 def _schedule(namespace: str, targets: Iterable[tuple[str, str]],
               kwargs: Mapping[str, Any]) -> None:
     idx = Indexes.from_kwargs(kwargs)
+    RESYNC.remember(kwargs)
     for kind, name in targets:
         bodies = kwargs[BODIES[kind]]
 

@@ -1,4 +1,4 @@
-"""kopf handlers for both kinds: reconcile on create/update/resume and on a resync timer.
+"""kopf handlers for both kinds: reconcile on create/update/resume (the resync is resync.py).
 
 One set of functions, registered per kind: a LoadBalancer and a ReverseProxy are
 reconciled the same way (see reconciler.py).
@@ -6,19 +6,18 @@ reconciled the same way (see reconciler.py).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Any
 
 import kopf
 
 from roundhouse import API_GROUP, API_VERSION, metrics
+from roundhouse.handlers.resync import RESYNC
 from roundhouse.handlers.state import RECONCILER
 from roundhouse.reconciler import RETRY_DELAY, Indexes
 from roundhouse.resources import KINDS
 
 log = logging.getLogger(__name__)
-RESYNC_SECONDS = 300
 
 
 def _register(kind: str, plural: str) -> None:
@@ -31,6 +30,7 @@ def _register(kind: str, plural: str) -> None:
     @kopf.on.update(*resource, id="reconcile")
     async def reconcile(body: kopf.Body, reason: Any = None, **kwargs: Any) -> None:
         trigger = str(getattr(reason, "value", reason) or "update")  # kopf.Reason
+        RESYNC.remember(kwargs)
         try:
             waiting = await RECONCILER.reconcile(kind, body, Indexes.from_kwargs(kwargs),
                                                  trigger=trigger)
@@ -43,19 +43,12 @@ def _register(kind: str, plural: str) -> None:
             metrics.count_retry(kind, trigger)
             raise kopf.TemporaryError("waiting for: " + "; ".join(waiting), delay=RETRY_DELAY)
 
-    @kopf.timer(*resource, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS,
-                id="resync")
-    async def resync(body: kopf.Body, **kwargs: Any) -> None:
-        """Repairs drift (a deleted child, a hand-edited ConfigMap), renews certificates."""
-        meta = body["metadata"]
-        RECONCILER.forget_applied((kind, meta["namespace"], meta["name"]))
-        # An invalid spec was already reported in status by the create/update handler.
-        with contextlib.suppress(kopf.PermanentError):
-            await RECONCILER.reconcile(kind, body, Indexes.from_kwargs(kwargs),
-                                       trigger="resync")
-
-    @kopf.on.delete(*resource, optional=True, id="forget")
-    async def forget(namespace: str, name: str, **_: Any) -> None:
+    # On the DELETED event, not a deletion handler: that would need a finalizer on every
+    # resource (a write per create and per delete, deletion blocked while we are down).
+    @kopf.on.event(*resource, id="forget")
+    async def forget(namespace: str, name: str, type: str | None = None, **_: Any) -> None:
+        if type != "DELETED":
+            return
         # Children carry owner references: the garbage collector deletes them.
         RECONCILER.forget(kind, namespace, name)
         log.info("%s %s/%s deleted; its children are garbage-collected", kind, namespace, name)
