@@ -144,8 +144,16 @@ def test_spec_update_updates_children_and_delete_collects_them(
     lb = wait_for(lambda: (o := get_lb(kube, namespace, "web")).get("status", {}).get(
         "observedGeneration") == 2 and o, 30, "observedGeneration 2")
     assert condition(lb, "Accepted")["observedGeneration"] == 2
+    # No finalizer (no handler needs one): the delete is immediate, even with the
+    # operator down, and the operator forgets the resource on its DELETED event.
+    assert not lb["metadata"].get("finalizers"), lb["metadata"].get("finalizers")
     custom(kube).delete_namespaced_custom_object("roundhouse.dev", "v1alpha1", namespace,
                                                  "loadbalancers", "web")
+    wait_for(lambda: not custom(kube).list_namespaced_custom_object(
+        "roundhouse.dev", "v1alpha1", namespace, "loadbalancers")["items"], 10,
+        "the LoadBalancer gone")
+    wait_for(lambda: f"LoadBalancer {namespace}/web deleted" in operator.log(), 30,
+             "the operator to forget it")
     wait_for(lambda: not children(kube, namespace, "web"), 90,
              "garbage collection of every child")
 
