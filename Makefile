@@ -60,7 +60,7 @@ test-harness: $(STAMP) system-deps binaries haproxy-lts  ## offline checks of th
 test-property-large: $(STAMP) system-deps haproxy-lts  ## issue 11's property test at scale: 3000 objects from the CRDs' schema and CEL rules (about 15 min)
 	ROUNDHOUSE_PROPERTY_EXAMPLES=$${ROUNDHOUSE_PROPERTY_EXAMPLES:-3000} $(PYTEST) tests/unit/test_schema_property.py -q -s
 
-test-integration: $(STAMP) binaries  ## integration tier: real kube-apiserver, etcd, controllers, kwok
+test-integration: $(STAMP) binaries node-deps  ## integration tier: real kube-apiserver, etcd, controllers, kwok (and, in test_real_node.py, a real kubelet node)
 	$(PYTEST) tests/integration -q -o testpaths=tests/integration
 
 test-e2e: $(STAMP) system-deps binaries  ## end to end: operator + agent + HAProxy + netns backends (root)
