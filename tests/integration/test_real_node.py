@@ -267,15 +267,17 @@ def test_leftover_check_sees_what_a_teardown_would_miss(tmp_path: Any) -> None:
     """The check itself: a mount, a link and a KUBE-* chain made after the snapshot show up."""
     node_dir = tmp_path / "node"
     (node_dir / "mnt").mkdir(parents=True)
-    before = nodeclean.HostSnapshot.take()
     chain = "KUBE-RH-LEFTOVER-TEST"
-    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(node_dir / "mnt")], check=True)
-    subprocess.run(
-        ["ip", "link", "add", "vethrhleft0", "type", "veth", "peer", "name", "vethrhleft1"],
-        check=True,
-    )
-    subprocess.run(["iptables", "-w", "-N", chain], check=True)
+    # A run cut short (a missing binary, a kill) may have left its link and chain behind.
+    subprocess.run(["ip", "link", "del", "vethrhleft0"], check=False, capture_output=True)
+    subprocess.run(["iptables", "-w", "-X", chain], check=False, capture_output=True)
+    before = nodeclean.HostSnapshot.take()
     try:
+        # Made inside the try: whatever was made is undone even if a later step fails.
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(node_dir / "mnt")], check=True)
+        subprocess.run(["ip", "link", "add", "vethrhleft0", "type", "veth", "peer", "name",
+                        "vethrhleft1"], check=True)
+        subprocess.run(["iptables", "-w", "-N", chain], check=True)
         found = "\n".join(
             nodeclean.find_leftovers(node_dir, "/roundhouse-node", "roundhouse-node", before)
         )
@@ -284,9 +286,9 @@ def test_leftover_check_sees_what_a_teardown_would_miss(tmp_path: Any) -> None:
         assert chain in found
         assert f"directory {node_dir}" in found
     finally:
-        subprocess.run(["umount", str(node_dir / "mnt")], check=False)
-        subprocess.run(["ip", "link", "del", "vethrhleft0"], check=False)
-        subprocess.run(["iptables", "-w", "-X", chain], check=False)
+        subprocess.run(["umount", str(node_dir / "mnt")], check=False, capture_output=True)
+        subprocess.run(["ip", "link", "del", "vethrhleft0"], check=False, capture_output=True)
+        subprocess.run(["iptables", "-w", "-X", chain], check=False, capture_output=True)
     node_dir.joinpath("mnt").rmdir()
     node_dir.rmdir()
     assert nodeclean.find_leftovers(node_dir, "/roundhouse-node", "roundhouse-node", before) == []
