@@ -219,7 +219,9 @@ def new_namespace(kube: client.ApiClient, prefix: str = "e2e") -> str:
     name = f"{prefix}-{uuid.uuid4().hex[:6]}"
     core.create_namespace({"metadata": {"name": name,
                                         "labels": {"roundhouse.dev/test": "e2e"}}})
-    wait_for(lambda: core.read_namespaced_service_account("default", name), 30,
+    # Generous: after an API server restart (test_api_outage.py) the controller-manager
+    # takes its own time to catch up.
+    wait_for(lambda: core.read_namespaced_service_account("default", name), 120,
              "default ServiceAccount")
     return name
 

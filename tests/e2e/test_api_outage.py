@@ -50,6 +50,24 @@ def test_api_server_outage_loses_no_request_and_the_operator_resumes(
         ok, failed = load.snapshot()
     print(f"new LoadBalancer Accepted {took:.1f}s after the API server answered again; "
           f"{ok} requests through the proxy, {failed} failed: {load.failures[:5]}")
+    # The controller-manager's informers reconnect on their own backoff (tens of
+    # seconds): the tests after this one need it (a new namespace's default
+    # ServiceAccount), so wait for it here, where the outage was made.
+    caught_up = time.monotonic()
+    probe = new_namespace_when_ready(kube)
+    print(f"controller-manager caught up {time.monotonic() - caught_up:.1f}s later")
+    client.CoreV1Api(kube).delete_namespace(probe)
     assert failed == 0, load.failures[:10]
     assert ok > 100
     assert took < RECONCILED_WITHIN, f"reconciled {took:.1f}s after the API server returned"
+
+
+def new_namespace_when_ready(kube: client.ApiClient, timeout: float = 240.0) -> str:
+    core = client.CoreV1Api(kube)
+    name = f"outage-probe-{int(time.time())}"
+    core.create_namespace({"metadata": {"name": name,
+                                        "labels": {"roundhouse.dev/test": "e2e"}}})
+    wait_for(lambda: core.read_namespaced_service_account("default", name), timeout,
+             "the controller-manager to give a new namespace its default ServiceAccount",
+             interval=1.0)
+    return name
