@@ -80,11 +80,12 @@ test: test-unit test-harness test-integration test-e2e test-e2e-lts test-e2e-pod
 demo: $(STAMP) system-deps binaries  ## local control plane + operator + 3 backends + a LoadBalancer, real traffic (root)
 	$(PY) e2e/demo.py $(DEMO_ARGS)
 
-bench: $(STAMP) system-deps binaries  ## benchmarks (JSON): readiness propagation, proxy overhead, pipeline cost, API client
+bench: $(STAMP) system-deps binaries  ## benchmarks (JSON): readiness propagation, proxy overhead, pipeline cost, API client, operator at scale
 	$(PY) bench/propagation.py
 	$(PY) bench/overhead.py
 	$(PY) bench/pipeline.py
 	$(PY) bench/client.py
+	$(PY) bench/scale.py
 
 lint: $(STAMP)  ## ruff, mypy (strict) and the import layers of docs/architecture.md (import-linter)
 	$(VENV)/bin/ruff check operator tests e2e bench
