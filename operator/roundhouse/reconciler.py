@@ -81,6 +81,7 @@ class Reconciler:
     locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     last_applied: dict[Key, apply.Applied] = field(default_factory=dict)
     desired: DesiredCache = field(default_factory=DesiredCache)
+    written_status: dict[Key, dict[str, Any]] = field(default_factory=dict)
 
     def lock(self, key: Key) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -99,6 +100,7 @@ class Reconciler:
         self.locks.clear()
         self.last_applied.clear()
         self.desired.entries.clear()
+        self.written_status.clear()
 
     async def recall_applied(self, namespaces: list[str]) -> int:
         """At the start of a term as leader: what is already applied, from the children
@@ -121,6 +123,7 @@ class Reconciler:
         self.locks.pop((kind, namespace, name), None)
         self.last_applied.pop((kind, namespace, name), None)
         self.desired.entries.pop((kind, namespace, name), None)
+        self.written_status.pop((kind, namespace, name), None)
         metrics.forget_resource(kind, namespace, name)
 
     async def reconcile(self, kind: str, body: Any, idx: Indexes,
@@ -212,13 +215,16 @@ class Reconciler:
         namespace = (body.get("metadata") or {}).get("namespace")
         return resources.hostname_conflicts(mine, idx.claims.get(namespace) or [])
 
-    @staticmethod
-    async def _write(key: Key, body: Any, conditions: list[Condition],
+    async def _write(self, key: Key, body: Any, conditions: list[Condition],
                      counts: dict[str, int] | None = None, address: str | None = None) -> None:
-        """The status status.py computes, written only if it changed, with its Events."""
+        """The status status.py computes, written only if it changed, with its Events.
+
+        "Changed" against the status this process wrote last, when it wrote one: the body
+        a trigger reads from kopf's index can lag behind that write, and a status equal
+        to the lagging body but not to the stored one would never be written."""
         kind, namespace, name = key
         generation = int((body.get("metadata") or {}).get("generation") or 0)
-        old = body.get("status") or {}
+        old = self.written_status.get(key) or body.get("status") or {}
         previous = old.get("conditions") or []
         new = status.status_body(previous, conditions, generation, dt.datetime.now(dt.UTC),
                                  counts, address)
@@ -226,6 +232,7 @@ class Reconciler:
             metrics.record_conditions(kind, namespace, name, new["conditions"])
             return
         await apply.write_status(kind, namespace, name, new)
+        self.written_status[key] = new
         metrics.record_conditions(kind, namespace, name, new["conditions"])
         apply.post_events(body, status.events(previous, conditions))
 
