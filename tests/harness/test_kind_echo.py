@@ -134,6 +134,30 @@ def test_other_methods_are_echoed_too(echo_server: Echo) -> None:
         conn.close()
 
 
+def test_body_length_and_digest_are_echoed_for_both_framings(echo_server: Echo) -> None:
+    payload = bytes(range(256)) * 400  # 102,400 bytes
+    conn = http.client.HTTPConnection(HOST, echo_server.port, timeout=5)
+    try:
+        conn.request("POST", "/sized", body=payload)
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.getheader("X-Seen-Body-Length") == str(len(payload))
+        assert resp.getheader("X-Seen-Body-Sha256") == hashlib.sha256(payload).hexdigest()
+        # Chunked, on the same connection: the framing was consumed exactly.
+        conn.request("PUT", "/chunked", body=iter([payload[:1000], payload[1000:]]),
+                     encode_chunked=True)
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.getheader("X-Seen-Body-Length") == str(len(payload))
+        assert resp.getheader("X-Seen-Body-Sha256") == hashlib.sha256(payload).hexdigest()
+        conn.request("GET", "/empty")
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.getheader("X-Seen-Body-Length") == "0"
+    finally:
+        conn.close()
+
+
 def test_pod_name_comes_from_the_environment() -> None:
     old = os.environ.get("POD_NAME")
     os.environ["POD_NAME"] = "web-7d9f"

@@ -4,7 +4,8 @@
 Every request on the main port (HTTP, or HTTPS when a certificate is given) is answered
 with the Pod's name as the body (one line) and as `X-Backend`, and with what the server
 saw in response headers: `X-Seen-Path` (with the query), `X-Seen-Method`, and one
-`X-Seen-<Header>` per request header (so `X-Seen-Host`, `X-Seen-X-Forwarded-For`, ...).
+`X-Seen-<Header>` per request header (so `X-Seen-Host`, `X-Seen-X-Forwarded-For`, ...),
+plus `X-Seen-Body-Length` and `X-Seen-Body-Sha256` of the request body.
 `Upgrade: websocket` requests get an RFC 6455 echo: every data frame comes back as is,
 pings get pongs, a close is answered with a close.
 
@@ -139,12 +140,12 @@ class EchoHandler(http.server.BaseHTTPRequestHandler):
         if self.headers.get("Upgrade", "").lower() == "websocket":
             self._websocket()
             return
-        length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)  # drained so the connection can be reused
+        size, digest = self._read_body()  # drained so the connection can be reused
         body = (self.state.name + "\n").encode()
         self.send_response(200)
         self._echo_headers()
+        self.send_header("X-Seen-Body-Length", str(size))
+        self.send_header("X-Seen-Body-Sha256", digest)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -152,6 +153,32 @@ class EchoHandler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _answer
+
+    def _read_body(self) -> tuple[int, str]:
+        """Reads the request body (Content-Length or chunked): its size and SHA-256."""
+        digest, size = hashlib.sha256(), 0
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            while True:
+                line = self.rfile.readline(65537)
+                n = int(line.split(b";")[0].strip() or b"0", 16)
+                if n == 0:
+                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    break
+                chunk = read_exact(self.rfile, n) or b""
+                digest.update(chunk)
+                size += len(chunk)
+                read_exact(self.rfile, 2)
+        else:
+            left = int(self.headers.get("Content-Length") or 0)
+            while left > 0:
+                chunk = read_exact(self.rfile, min(left, 65536))
+                if not chunk:
+                    break
+                digest.update(chunk)
+                size += len(chunk)
+                left -= len(chunk)
+        return size, digest.hexdigest()
 
     def _echo_headers(self) -> None:
         self.send_header("X-Backend", self.state.name)
