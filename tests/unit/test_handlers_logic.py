@@ -392,3 +392,68 @@ def test_status_is_compared_with_what_was_written_not_a_lagging_body(
     assert [w["conditions"][0]["status"] for w in writes] == ["False", "True"]
     asyncio.run(reconciler._write(key, stale, healthy))  # now truly unchanged
     assert len(writes) == 2
+
+
+def test_resource_events_schedule_a_reconcile_once_per_generation(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The resource's own watch events: a listing, a create and a spec change each
+    reconcile it; its own status writes (same generation) do not; a deletion forgets it."""
+    from roundhouse.handlers import reconcile
+
+    scheduled: list[tuple[str, list[tuple[str, str]], str]] = []
+    monkeypatch.setattr(reconcile, "schedule",
+                        lambda ns, targets, kwargs, trigger: scheduled.append(
+                            (ns, list(targets), trigger)))
+    forgotten: list[tuple[str, str, str]] = []
+    monkeypatch.setattr(reconcile.RECONCILER, "forget",
+                        lambda *key: forgotten.append(key))
+    monkeypatch.setattr(reconcile, "SEEN", {})
+    handler = next(h for h in kopf.get_default_registry()._watching.get_all_handlers()
+                   if h.id == "reconcile" and h.selector.any_name == "loadbalancers")
+
+    def event(kind: str | None, generation: int, uid: str = "u1") -> None:
+        asyncio.run(handler.fn(namespace="ns", name="a", type=kind,
+                               meta={"uid": uid, "generation": generation}))
+
+    event(None, 1)  # listed at the start of a term
+    event("MODIFIED", 1)  # its status written: nothing new
+    event("MODIFIED", 2)  # spec changed
+    event("MODIFIED", 2)
+    event("DELETED", 2)
+    event("ADDED", 1, uid="u2")  # created again under the same name
+    assert scheduled == [("ns", [("LoadBalancer", "a")], "resume"),
+                         ("ns", [("LoadBalancer", "a")], "update"),
+                         ("ns", [("LoadBalancer", "a")], "create")]
+    assert forgotten == [("LoadBalancer", "ns", "a")]
+
+
+def test_a_dependency_run_still_waiting_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reconcile that is waiting for a missing object fails its run, so the Debouncer
+    tries again with its backoff instead of leaving it to the resync."""
+    from roundhouse.handlers import dependencies
+
+    debouncer = Debouncer(spacing=0.0, retry_delays=(0.01,))
+    monkeypatch.setattr(dependencies, "DEBOUNCER", debouncer)
+    monkeypatch.setattr(dependencies.RESYNC, "remember", lambda kwargs: None)
+    answers = [["Secret ns/tls not found"], []]
+    calls: list[str] = []
+
+    async def fake_reconcile(kind: str, body: Any, idx: Any, trigger: str) -> list[str]:
+        calls.append(trigger)
+        return answers.pop(0)
+    monkeypatch.setattr(dependencies.RECONCILER, "reconcile", fake_reconcile)
+    body = lb_object()
+    kwargs = {"rh_services": {}, "rh_slices": {}, "rh_secrets": {}, "rh_configmaps": {},
+              "rh_proxy_pods": {}, "rh_rp_claims": {},
+              "rh_loadbalancers": {("ns", "a"): [body]}, "rh_reverseproxies": {}}
+
+    async def scenario() -> None:
+        dependencies.schedule("ns", [("LoadBalancer", "a")], kwargs, trigger="create")
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if len(calls) == 2 and not debouncer.retrying():
+                break
+
+    asyncio.run(scenario())
+    assert calls == ["create", "create"]
+    assert debouncer.retrying() == 0

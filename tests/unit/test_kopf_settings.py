@@ -30,6 +30,9 @@ STARTUP = textwrap.dedent("""
         "error_delays": list(settings.queueing.error_delays),
         "error_backoffs": list(settings.networking.error_backoffs),
         "finalizer": settings.persistence.finalizer,
+        "posting_level": settings.posting.level,
+        "posting_enabled": settings.posting.enabled,
+        "changing": [h.id for h in registry._changing.get_all_handlers()],
         "resources": sorted({f"{h.selector.group}/{h.selector.version}/{h.selector.any_name}"
                              for h in registry._indexing.get_all_handlers()
                              if h.selector.group}),
@@ -49,6 +52,11 @@ def test_startup_hook_runs_without_any_warning_and_sets_the_error_backoff() -> N
     backoffs = seen["error_backoffs"]
     assert max(backoffs) <= 2 and sum(backoffs) >= 55, backoffs
     assert seen["finalizer"] == f"{API_GROUP}/finalizer"
+    # No change handlers: kopf writes no annotation to a resource as it is created,
+    # retried or resumed (handlers/reconcile.py reconciles from watch events).
+    assert seen["changing"] == []
+    # Events only where status.py posts one (kopf.event), not kopf's own log lines.
+    assert seen["posting_enabled"] and seen["posting_level"] > 50
     # The indexes of our own kinds follow roundhouse.API_GROUP / API_VERSION.
     assert {r for r in seen["resources"] if r.startswith(API_GROUP)} == {
         f"{API_GROUP}/{API_VERSION}/loadbalancers", f"{API_GROUP}/{API_VERSION}/reverseproxies"}

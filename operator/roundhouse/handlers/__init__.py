@@ -13,3 +13,4 @@ def stop_reconciling() -> None:
     resync.RESYNC.forget()  # the next term's kopf has indexes of its own
     RECONCILER.forget_all()
     dependencies.reset()
+    reconcile.reset()

@@ -27,7 +27,7 @@ BODIES = {"LoadBalancer": "rh_loadbalancers", "ReverseProxy": "rh_reverseproxies
 
 
 class Listed(enum.Enum):
-    FIRST = "first"  # the first listing of the kind: the resume handlers cover it
+    FIRST = "first"  # the first listing of the kind: the resources' own listing covers it
     UNCHANGED = "unchanged"  # re-listed as it was last seen
     CHANGED = "changed"  # re-listed, new or changed since it was last seen
     RELIST = "relist"  # the first sign of a re-list that may have hidden changes
@@ -41,7 +41,7 @@ class Relisting:
     longer in etcd's history, compacted every 5 minutes: 410 Gone), kopf lists the
     kind again and hands every object to the event handlers as a listing event
     (type None), as in the first listing, without saying what changed meanwhile. The
-    first listing needs no triggers (the resume handlers reconcile every resource),
+    first listing needs no triggers (listing the resources reconciles each of them),
     but a re-list does: a Service, EndpointSlice or Secret that changed while no watch
     was open shows up only there, and would otherwise wait for the 5-minute resync.
 
@@ -109,8 +109,12 @@ def _affected(kind: str, namespace: str, name: str, labels: Mapping[str, str],
     return {(k, n) for k, n in found if n}
 
 
-def _schedule(namespace: str, targets: Iterable[tuple[str, str]],
-              kwargs: Mapping[str, Any]) -> None:
+def schedule(namespace: str, targets: Iterable[tuple[str, str]], kwargs: Mapping[str, Any],
+             trigger: str = "dependency") -> None:
+    """Reconcile each (kind, name) in `namespace` through the Debouncer, with the body
+    kopf's index holds when the run starts (the latest). A run still waiting for
+    something (a missing Secret or Service) counts as failed: it is retried with the
+    Debouncer's backoff, besides the trigger that the missing object's arrival fires."""
     idx = Indexes.from_kwargs(kwargs)
     RESYNC.remember(kwargs)
     for kind, name in targets:
@@ -118,8 +122,11 @@ def _schedule(namespace: str, targets: Iterable[tuple[str, str]],
 
         async def run(kind: str = kind, name: str = name, bodies: Any = bodies) -> None:
             body = idx.first(bodies, (namespace, name))  # None: deleted meanwhile
-            if body is not None:
-                await RECONCILER.reconcile(kind, body, idx, trigger="dependency")
+            if body is None:
+                return
+            waiting = await RECONCILER.reconcile(kind, body, idx, trigger=trigger)
+            if waiting:
+                raise kopf.TemporaryError("waiting for: " + "; ".join(waiting))
         DEBOUNCER.schedule((kind, namespace, name), run)
 
 
@@ -129,7 +136,7 @@ def _schedule_all(kwargs: Mapping[str, Any]) -> None:
         for namespace, name in list(kwargs[index].keys()):
             by_namespace.setdefault(namespace, set()).add((kind, name))
     for namespace, targets in by_namespace.items():
-        _schedule(namespace, targets, kwargs)
+        schedule(namespace, targets, kwargs)
 
 
 def _trigger(kind: str, namespace: str, name: str, labels: Mapping[str, str],
@@ -152,7 +159,7 @@ def _trigger(kind: str, namespace: str, name: str, labels: Mapping[str, str],
         # skip it as already applied (the resync timer would, but only minutes later).
         for owner_kind, owner_name in affected:
             RECONCILER.forget_applied((owner_kind, namespace, owner_name), (kind, name))
-    _schedule(namespace, affected, kwargs)
+    schedule(namespace, affected, kwargs)
 
 
 @kopf.on.event("services")
@@ -207,7 +214,7 @@ async def reverseproxy_changed(namespace: str, name: str, meta: kopf.Meta,
             return
     others = {("ReverseProxy", c.name) for c in kwargs["rh_rp_claims"].get(namespace) or []
               if c.name != name}
-    _schedule(namespace, others, kwargs)
+    schedule(namespace, others, kwargs)
 
 
 def reset() -> None:
