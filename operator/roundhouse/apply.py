@@ -119,14 +119,17 @@ async def drop_config_map_keys(namespace: str, name: str, keys: Iterable[str]) -
             raise ApplyError("ConfigMap", name, status, str(error)) from error
 
 
-async def apply_changed(objects: Iterable[dict[str, Any]], applied: Applied) -> list[ChildKey]:
+async def apply_changed(objects: Iterable[dict[str, Any]], applied: Applied,
+                        digests: dict[ChildKey, str] | None = None) -> list[ChildKey]:
     """Apply, in order (RBAC and config before the workload that uses them), each child
     whose desired form differs from the last one applied; `applied` is updated as each
     write succeeds. A readiness flip changes only the proxy ConfigMap, so it costs one
-    write, not one per child: the agent sees it sooner. Returns what was written."""
+    write, not one per child: the agent sees it sooner. `digests`: the children's
+    fingerprints when already computed. Returns what was written."""
     written: list[ChildKey] = []
     for obj in objects:
-        key, digest = child_key(obj), fingerprint(obj)
+        key = child_key(obj)
+        digest = (digests or {}).get(key) or fingerprint(obj)
         if applied.get(key) == digest:
             continue
         await apply_object(with_fingerprint(obj, digest))

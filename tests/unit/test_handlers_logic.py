@@ -19,6 +19,7 @@ from roundhouse.graph import ClusterState
 from roundhouse.handlers.trigger import Debouncer
 from roundhouse.model import parse_loadbalancer
 from roundhouse.pipeline import Desired, desired_for_loadbalancer
+from roundhouse import reconciler as reconciler_module
 from roundhouse.reconciler import DesiredCache, Reconciler
 from roundhouse.reports import parse_agent_report
 from roundhouse.status import Condition, merge_conditions, ready_condition
@@ -228,25 +229,66 @@ def test_a_failed_write_is_tried_again_next_time(monkeypatch: pytest.MonkeyPatch
 
 
 def test_the_desired_state_is_reused_while_its_inputs_are_equal() -> None:
-    """A reconcile whose inputs did not change (an agent's report, the resync) renders
-    nothing; one endpoint turning NotReady renders again."""
+    """A reconcile whose inputs did not change (an agent's report, a Pod turning Ready)
+    renders nothing; one endpoint turning NotReady renders again. What is kept is the
+    outcome (graph, config hash, fingerprints), not the children."""
     model = parse_loadbalancer(lb_object())
-    computed: list[int] = []
-
-    def compute(cluster: ClusterState) -> Desired:
-        computed.append(1)
-        return desired_for_loadbalancer(model, cluster)
-
     cache = DesiredCache()
     key = ("LoadBalancer", "default", "web")
-    first = cache.get(key, (model, state(3), {}), lambda: compute(state(3)))
-    again = cache.get(key, (parse_loadbalancer(lb_object()), state(3), {}),
-                      lambda: compute(state(3)))  # equal, not the same objects
-    assert again is first and len(computed) == 1
+    assert cache.get(key, (model, state(3), {})) is None
+    desired = desired_for_loadbalancer(model, state(3))
+    first = cache.put(key, (model, state(3), {}), desired)
+    assert first.config_hash == desired.rendered.config_hash
+    assert dict(first.fingerprints) == {apply.child_key(c): apply.fingerprint(c)
+                                        for c in desired.children}
+    # Equal inputs, not the same objects.
+    assert cache.get(key, (parse_loadbalancer(lb_object()), state(3), {})) is first
     flipped = state(2, extra=[endpoint("web-3", "10.244.0.3", ready=False)])
-    changed = cache.get(key, (model, flipped, {}), lambda: compute(flipped))
-    assert changed is not first and len(computed) == 2
+    assert cache.get(key, (model, flipped, {})) is None
+    changed = cache.put(key, (model, flipped, {}), desired_for_loadbalancer(model, flipped))
     assert changed.graph.backends_ready == 2
+    # Applied: all children in the cached form; one missing or different: not.
+    applied = dict(changed.fingerprints)
+    assert changed.applied(applied)
+    assert not changed.applied({**applied, ("ConfigMap", "web-lb"): "other"})
+    assert not changed.applied({k: v for k, v in applied.items() if k[0] != "Service"})
+
+
+def test_a_reconcile_renders_again_only_to_write_a_child(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With nothing to write, a reconcile reuses the outcome; once a child must be
+    written again (the resync forgets what was applied), it renders the children."""
+    written: list[str] = []
+
+    async def fake_apply(obj: dict[str, Any]) -> dict[str, Any]:
+        written.append(obj["kind"])
+        return obj
+
+    async def fake_status(*args: Any) -> None:
+        return None
+    monkeypatch.setattr(apply, "apply_object", fake_apply)
+    monkeypatch.setattr(apply, "write_status", fake_status)
+    monkeypatch.setattr(apply, "post_events", lambda body, events: None)
+    rendered: list[int] = []
+    real = reconciler_module.resources.desired
+
+    def counting(*args: Any, **kw: Any) -> Any:
+        rendered.append(1)
+        return real(*args, **kw)
+    monkeypatch.setattr(reconciler_module.resources, "desired", counting)
+    body = lb_object()
+    idx = reconciler_module.Indexes(
+        services={("default", "web"): [state(3).services["web"]]},
+        slices={("default", "web"): state(3).slices}, secrets={}, configmaps={}, pods={})
+    rec = Reconciler()
+    key = ("LoadBalancer", "default", "web")
+    asyncio.run(rec.reconcile("LoadBalancer", body, idx))
+    assert len(rendered) == 1 and len(written) == 8
+    asyncio.run(rec.reconcile("LoadBalancer", body, idx))
+    assert len(rendered) == 1 and len(written) == 8  # nothing to write, nothing rendered
+    rec.forget_applied(key)
+    asyncio.run(rec.reconcile("LoadBalancer", body, idx))
+    assert len(rendered) == 2 and len(written) == 16
 
 
 def test_an_expected_failure_logs_one_line_not_a_traceback(
@@ -457,3 +499,18 @@ def test_a_dependency_run_still_waiting_is_retried(monkeypatch: pytest.MonkeyPat
     asyncio.run(scenario())
     assert calls == ["create", "create"]
     assert debouncer.retrying() == 0
+
+
+def test_indexed_bodies_leave_out_what_no_reconcile_reads() -> None:
+    from roundhouse.handlers.indexes import resource_body
+
+    body = lb_object()
+    body["metadata"]["managedFields"] = [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]
+    body["metadata"]["annotations"] = {
+        "kubectl.kubernetes.io/last-applied-configuration": json.dumps(body["spec"]),
+        "team": "web"}
+    kept = resource_body(kopf.Body(body))
+    assert "managedFields" not in kept["metadata"]
+    assert kept["metadata"]["annotations"] == {"team": "web"}
+    assert kept["spec"] == body["spec"] and kept["metadata"]["uid"] == "uid-1"
+    assert "managedFields" in body["metadata"]  # the event's body is left alone

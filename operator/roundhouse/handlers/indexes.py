@@ -79,14 +79,30 @@ async def rh_proxy_pods(namespace: str, name: str, labels: kopf.Labels, status: 
     return {(namespace, instance): parse_proxy_pod(name, status)}
 
 
+# Held for every resource, and read by no reconcile: the API server's field ownership and
+# kubectl's client-side copy of the whole object.
+_UNREAD_METADATA = ("managedFields",)
+_UNREAD_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
+
+
+def resource_body(body: kopf.Body) -> dict[str, Any]:
+    """The resource as a reconcile reads it, without what it never reads."""
+    meta = {k: v for k, v in (body.get("metadata") or {}).items() if k not in _UNREAD_METADATA}
+    annotations = meta.get("annotations")
+    if annotations and any(a in annotations for a in _UNREAD_ANNOTATIONS):
+        meta["annotations"] = {k: v for k, v in annotations.items()
+                               if k not in _UNREAD_ANNOTATIONS}
+    return {**body, "metadata": meta}
+
+
 @kopf.index(API_GROUP, API_VERSION, "loadbalancers")
 async def rh_loadbalancers(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
-    return {(namespace, name): dict(body)}
+    return {(namespace, name): resource_body(body)}
 
 
 @kopf.index(API_GROUP, API_VERSION, "reverseproxies")
 async def rh_reverseproxies(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
-    return {(namespace, name): dict(body)}
+    return {(namespace, name): resource_body(body)}
 
 
 @kopf.index(API_GROUP, API_VERSION, "reverseproxies")
