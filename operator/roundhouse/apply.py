@@ -93,13 +93,15 @@ async def applied_children(namespaces: Iterable[str]) -> dict[OwnerKey, Applied]
     return found
 
 
-async def apply_object(obj: dict[str, Any]) -> dict[str, Any]:
+async def apply_object(obj: dict[str, Any]) -> None:
     meta = obj["metadata"]
     path = kube.object_path(obj["kind"], meta["namespace"], meta["name"])
     try:
-        return await kube.request(
-            "PATCH", path, body=json.dumps(obj), content_type="application/apply-patch+yaml",
-            query=[("fieldManager", kube.FIELD_MANAGER), ("force", "true")],
+        # The applied object comes back whole (a proxy ConfigMap: up to a megabyte); nothing
+        # reads it, so it is not parsed.
+        await kube.request(
+            "PATCH", path, body=obj, content_type="application/apply-patch+yaml",
+            query=[("fieldManager", kube.FIELD_MANAGER), ("force", "true")], parse=False,
         )
     except Exception as error:  # ApiException carries the API server's message
         body = getattr(error, "body", None) or str(error)

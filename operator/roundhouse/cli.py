@@ -184,6 +184,12 @@ def _no_network() -> tuple[str, ...]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # The operator uses kubernetes_asyncio only. kopf imports the synchronous `kubernetes`
+    # package wherever it is installed (a test environment, a shared virtualenv) to
+    # recognise its models, which costs about 20 MB of the operator's memory for nothing;
+    # the image does not have it. Not imported here, as in the image.
+    if "kubernetes" not in sys.modules:
+        sys.modules["kubernetes"] = None  # type: ignore[assignment]
     from roundhouse.main import run_operator
 
     return run_operator(

@@ -138,10 +138,11 @@ def object_path(kind: str, namespace: str, name: str, subresource: str = "") -> 
 async def request(method: str, path: str, body: Any = None,
                   content_type: str = "application/json",
                   query: list[tuple[str, str]] | None = None,
-                  accept: str = "application/json") -> dict[str, Any]:
+                  accept: str = "application/json", parse: bool = True) -> dict[str, Any]:
     """One API call; at most `concurrency()` are in flight. Raises ApiException.
 
-    `body`: a dict, or its JSON text (e.g. a server-side apply's object).
+    `body`: a dict, or its JSON text (e.g. a server-side apply's object). `parse`: False
+    when nothing reads the answer (it is then {}).
     """
     if isinstance(body, str):
         body = json.loads(body)  # the client serializes JSON and apply bodies itself
@@ -167,7 +168,7 @@ async def request(method: str, path: str, body: Any = None,
         # text, as the client's own errors carry it (apply.py parses the message)
         error.body = data.decode(errors="replace") if data else None  # type: ignore[assignment]
         raise error
-    return json.loads(data) if data else {}
+    return json.loads(data) if data and parse else {}
 
 
 def status_code(error: BaseException) -> int | None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,14 @@ from roundhouse.status import Condition
 
 log = logging.getLogger(__name__)
 RETRY_DELAY = 15
+DEFAULT_RECONCILE_CONCURRENCY = 32
+
+
+def reconcile_concurrency() -> int:
+    """ROUNDHOUSE_RECONCILE_CONCURRENCY, else 32: twice the API requests in flight, so
+    the next reconciles render while the writes of others are on the wire."""
+    value = os.environ.get("ROUNDHOUSE_RECONCILE_CONCURRENCY") or ""
+    return max(1, int(value)) if value.isdigit() else DEFAULT_RECONCILE_CONCURRENCY
 Key = tuple[str, str, str]  # (kind, namespace, name)
 
 
@@ -106,6 +115,17 @@ class Reconciler:
     last_applied: dict[Key, apply.Applied] = field(default_factory=dict)
     desired: DesiredCache = field(default_factory=DesiredCache)
     written_status: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    _gate: asyncio.Semaphore | None = None
+
+    def _slots(self) -> asyncio.Semaphore:
+        """At most RECONCILE_CONCURRENCY reconciles at once. The API client lets 16
+        requests through at a time anyway; 1,000 resources created together would
+        otherwise each hold a rendered desired state while their 8 writes queue (most of
+        the operator's peak memory), and every one would finish late instead of the
+        first ones early."""
+        if self._gate is None:
+            self._gate = asyncio.Semaphore(reconcile_concurrency())
+        return self._gate
 
     def lock(self, key: Key) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -156,7 +176,7 @@ class Reconciler:
         `trigger`: what started it (create, update, resume, resync, dependency)."""
         meta = body.get("metadata") or {}
         key = (kind, str(meta.get("namespace")), str(meta.get("name")))
-        async with self.lock(key):
+        async with self.lock(key), self._slots():
             start, outcome = time.perf_counter(), "error"
             try:
                 waiting = await self._reconcile(key, body, idx)

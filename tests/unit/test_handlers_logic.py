@@ -15,11 +15,10 @@ import kopf
 import pytest
 
 from roundhouse import apply, kube
-from roundhouse.graph import ClusterState
+from roundhouse import reconciler as reconciler_module
 from roundhouse.handlers.trigger import Debouncer
 from roundhouse.model import parse_loadbalancer
-from roundhouse.pipeline import Desired, desired_for_loadbalancer
-from roundhouse import reconciler as reconciler_module
+from roundhouse.pipeline import desired_for_loadbalancer
 from roundhouse.reconciler import DesiredCache, Reconciler
 from roundhouse.reports import parse_agent_report
 from roundhouse.status import Condition, merge_conditions, ready_condition
@@ -514,3 +513,39 @@ def test_indexed_bodies_leave_out_what_no_reconcile_reads() -> None:
     assert kept["metadata"]["annotations"] == {"team": "web"}
     assert kept["spec"] == body["spec"] and kept["metadata"]["uid"] == "uid-1"
     assert "managedFields" in body["metadata"]  # the event's body is left alone
+
+
+def test_reconciles_run_at_most_the_concurrency_bound_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """1,000 resources at once must not each hold a rendered state while writes queue."""
+    monkeypatch.setenv("ROUNDHOUSE_RECONCILE_CONCURRENCY", "3")
+    running, peak = 0, 0
+
+    async def slow_apply(obj: dict[str, Any]) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.001)
+        running -= 1
+
+    async def no_status(*args: Any) -> None:
+        return None
+    monkeypatch.setattr(apply, "apply_object", slow_apply)
+    monkeypatch.setattr(apply, "write_status", no_status)
+    monkeypatch.setattr(apply, "post_events", lambda body, events: None)
+    idx = reconciler_module.Indexes(
+        services={("default", "web"): [state(3).services["web"]]},
+        slices={("default", "web"): state(3).slices}, secrets={}, configmaps={}, pods={})
+    rec = Reconciler()
+
+    async def scenario() -> None:
+        bodies = []
+        for i in range(10):
+            body = lb_object()
+            body["metadata"]["name"] = f"lb{i}"
+            bodies.append(body)
+        await asyncio.gather(*(rec.reconcile("LoadBalancer", b, idx) for b in bodies))
+
+    asyncio.run(scenario())
+    assert peak == 3
+    assert len(rec.written_status) == 10
