@@ -147,7 +147,8 @@ async def write_status(kind: str, namespace: str, name: str, status: dict[str, A
     try:
         await kube.request("PATCH", kube.object_path(kind, namespace, name, "status"),
                            body={"status": status},
-                           content_type="application/merge-patch+json")
+                           content_type="application/merge-patch+json",
+                           priority=kube.STATUS)
     except Exception as error:
         if kube.status_code(error) != 404:
             raise

@@ -31,12 +31,12 @@ from roundhouse.status import Condition
 
 log = logging.getLogger(__name__)
 RETRY_DELAY = 15
-DEFAULT_RECONCILE_CONCURRENCY = 32
+DEFAULT_RECONCILE_CONCURRENCY = 64
 
 
 def reconcile_concurrency() -> int:
-    """ROUNDHOUSE_RECONCILE_CONCURRENCY, else 32: twice the API requests in flight, so
-    the next reconciles render while the writes of others are on the wire."""
+    """ROUNDHOUSE_RECONCILE_CONCURRENCY, else 64: four times the API requests in flight,
+    so the next reconciles render while the writes of others are on the wire."""
     value = os.environ.get("ROUNDHOUSE_RECONCILE_CONCURRENCY") or ""
     return max(1, int(value)) if value.isdigit() else DEFAULT_RECONCILE_CONCURRENCY
 Key = tuple[str, str, str]  # (kind, namespace, name)
@@ -118,11 +118,11 @@ class Reconciler:
     _gate: asyncio.Semaphore | None = None
 
     def _slots(self) -> asyncio.Semaphore:
-        """At most RECONCILE_CONCURRENCY reconciles at once. The API client lets 16
-        requests through at a time anyway; 1,000 resources created together would
-        otherwise each hold a rendered desired state while their 8 writes queue (most of
-        the operator's peak memory), and every one would finish late instead of the
-        first ones early."""
+        """At most RECONCILE_CONCURRENCY reconciles render and write children at once
+        (their status is written after). The API client lets 16 requests through at a
+        time anyway; 1,000 resources created together would otherwise each hold rendered
+        children while their 8 writes queue (most of the operator's peak memory), and
+        every one would finish late instead of the first ones early."""
         if self._gate is None:
             self._gate = asyncio.Semaphore(reconcile_concurrency())
         return self._gate
@@ -176,7 +176,7 @@ class Reconciler:
         `trigger`: what started it (create, update, resume, resync, dependency)."""
         meta = body.get("metadata") or {}
         key = (kind, str(meta.get("namespace")), str(meta.get("name")))
-        async with self.lock(key), self._slots():
+        async with self.lock(key):
             start, outcome = time.perf_counter(), "error"
             try:
                 waiting = await self._reconcile(key, body, idx)
@@ -213,26 +213,31 @@ class Reconciler:
         conflicts = self._conflicts(body, idx) if kind == "ReverseProxy" else {}
         inputs = (model, cluster, conflicts)
         applied = self.last_applied.setdefault(key, {})
-        children: tuple[dict[str, Any], ...] = ()
-        outcome = self.desired.get(key, inputs)
-        if outcome is None or not outcome.applied(applied):
-            desired = resources.desired(model, cluster, self.images, conflicts)
-            outcome, children = self.desired.put(key, inputs, desired), desired.children
+        failure: apply.ApplyError | None = None
+        written: list[apply.ChildKey] = []
+        async with self._slots():  # the rendered children are held only in here
+            outcome = self.desired.get(key, inputs)
+            if outcome is None or not outcome.applied(applied):
+                desired = resources.desired(model, cluster, self.images, conflicts)
+                outcome = self.desired.put(key, inputs, desired)
+                try:
+                    written = await apply.apply_changed(desired.children, applied,
+                                                        dict(outcome.fingerprints))
+                except apply.ApplyError as err:
+                    failure = err
+                del desired
         conditions = status.conditions(outcome.graph, outcome.config_hash,
                                        model.proxy.replicas, _proxy_pods(owner, idx),
                                        _report_data(owner, idx))
         proxy_service = idx.first(idx.services, (namespace, child_name(kind, name)))
         counts = status.backend_counts(outcome.graph)
         address = proxy_service.address if proxy_service else None
-        try:
-            written = await apply.apply_changed(children, applied,
-                                                dict(outcome.fingerprints))
-        except apply.ApplyError as err:
+        if failure is not None:
             # The API server refused a child (too large, a quota, an admission webhook):
-            # the user sees its message in status and an Event, and kopf retries.
-            await self._write(key, body, status.apply_failed(conditions, str(err)), counts,
-                              address)
-            raise kopf.TemporaryError(str(err), delay=RETRY_DELAY) from err
+            # the user sees its message in status and an Event, and the run is retried.
+            await self._write(key, body, status.apply_failed(conditions, str(failure)),
+                              counts, address)
+            raise kopf.TemporaryError(str(failure), delay=RETRY_DELAY) from failure
         if written:
             log.info("applied %s of %s %s/%s (config %s)",
                      ", ".join(f"{k} {n}" for k, n in written), kind, namespace, name,
