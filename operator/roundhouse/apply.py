@@ -147,8 +147,7 @@ async def write_status(kind: str, namespace: str, name: str, status: dict[str, A
     try:
         await kube.request("PATCH", kube.object_path(kind, namespace, name, "status"),
                            body={"status": status},
-                           content_type="application/merge-patch+json",
-                           priority=kube.STATUS)
+                           content_type="application/merge-patch+json")
     except Exception as error:
         if kube.status_code(error) != 404:
             raise

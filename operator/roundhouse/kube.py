@@ -7,8 +7,6 @@ Reads go through kopf indexes; writes go through apply.py and status.py, which u
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import json
 import os
 from typing import Any
@@ -40,46 +38,8 @@ FIELD_MANAGER = "roundhouse"
 DEFAULT_CONCURRENCY = 16
 REQUEST_TIMEOUT = 60.0
 
-# Priorities at the gate: the children's writes (what the proxies serve) go before status
-# writes, so 200 resources sharing a flipped Service get their new config first.
-CHILDREN, STATUS = 0, 1
-
-
-class PriorityGate:
-    """A semaphore whose waiters go by priority (lower first), then in arrival order."""
-
-    def __init__(self, slots: int) -> None:
-        self._free = slots
-        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
-        self._arrivals = itertools.count()
-
-    async def acquire(self, priority: int = CHILDREN) -> None:
-        if self._free > 0 and not self._waiters:
-            self._free -= 1
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiters, (priority, next(self._arrivals), future))
-        try:
-            await future
-        except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
-                self.release()  # handed a slot just as it was cancelled: pass it on
-            raise
-
-    def release(self) -> None:
-        while self._waiters:
-            future = heapq.heappop(self._waiters)[2]
-            if not future.done():  # a cancelled waiter is skipped
-                future.set_result(None)
-                return
-        self._free += 1
-
-    def waiting(self) -> int:
-        return sum(1 for _, _, f in self._waiters if not f.done())
-
-
 _client: k8s.ApiClient | None = None
-_gate: PriorityGate | None = None
+_gate: asyncio.Semaphore | None = None
 
 
 def concurrency() -> int:
@@ -135,10 +95,10 @@ async def close() -> None:
     _client, _gate = None, None
 
 
-def _semaphore() -> PriorityGate:
+def _semaphore() -> asyncio.Semaphore:
     global _gate
     if _gate is None:
-        _gate = PriorityGate(concurrency())
+        _gate = asyncio.Semaphore(concurrency())
     return _gate
 
 
@@ -178,13 +138,11 @@ def object_path(kind: str, namespace: str, name: str, subresource: str = "") -> 
 async def request(method: str, path: str, body: Any = None,
                   content_type: str = "application/json",
                   query: list[tuple[str, str]] | None = None,
-                  accept: str = "application/json", parse: bool = True,
-                  priority: int = CHILDREN) -> dict[str, Any]:
+                  accept: str = "application/json", parse: bool = True) -> dict[str, Any]:
     """One API call; at most `concurrency()` are in flight. Raises ApiException.
 
     `body`: a dict, or its JSON text (e.g. a server-side apply's object). `parse`: False
-    when nothing reads the answer (it is then {}). `priority`: STATUS waits at the gate
-    while any request of a lower number does.
+    when nothing reads the answer (it is then {}).
     """
     if isinstance(body, str):
         body = json.loads(body)  # the client serializes JSON and apply bodies itself
@@ -192,7 +150,7 @@ async def request(method: str, path: str, body: Any = None,
     verb, resource = metrics.api_verb(method, content_type), metrics.api_resource(path)
     gate = _semaphore()
     with metrics.api_waiting():  # queued behind a full gate: a burst of reconciles
-        await gate.acquire(priority)
+        await gate.acquire()
     try:
         with metrics.api_request(verb, resource) as call:
             response = await api.call_api(

@@ -207,32 +207,3 @@ def test_the_product_imports_without_the_synchronous_client() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=False, timeout=120)
     assert result.returncode == 0, result.stderr
-
-
-def test_the_gate_lets_children_writes_go_before_status_writes() -> None:
-    """With the gate full, waiting children writes go first, each class in arrival
-    order; a cancelled waiter gives its turn away."""
-    from roundhouse.kube import CHILDREN, STATUS, PriorityGate
-
-    async def scenario() -> list[str]:
-        gate = PriorityGate(1)
-        order: list[str] = []
-        await gate.acquire()  # the one slot, taken
-
-        async def waiter(name: str, priority: int) -> None:
-            await gate.acquire(priority)
-            order.append(name)
-            gate.release()
-        tasks = [asyncio.create_task(waiter(n, p)) for n, p in
-                 [("status-1", STATUS), ("cm-1", CHILDREN), ("gone", CHILDREN),
-                  ("status-2", STATUS), ("cm-2", CHILDREN)]]
-        await asyncio.sleep(0)
-        assert gate.waiting() == 5
-        tasks[2].cancel()
-        await asyncio.sleep(0)
-        gate.release()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await gate.acquire()  # the slot came back: free again
-        return order
-
-    assert asyncio.run(scenario()) == ["cm-1", "cm-2", "status-1", "status-2"]
