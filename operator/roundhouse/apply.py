@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import kopf
@@ -61,6 +61,13 @@ MANAGED_SELECTOR = "app.kubernetes.io/managed-by=roundhouse"
 
 def fingerprint(obj: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def content_digest(obj: Mapping[str, Any]) -> str:
+    """A ConfigMap's content (data and binaryData), to tell the watch event of its own
+    write from someone else's edit."""
+    content = [dict(obj.get("data") or {}), dict(obj.get("binaryData") or {})]
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def child_key(obj: dict[str, Any]) -> ChildKey:

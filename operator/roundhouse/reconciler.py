@@ -13,7 +13,7 @@ import datetime as dt
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,6 +115,8 @@ class Reconciler:
     last_applied: dict[Key, apply.Applied] = field(default_factory=dict)
     desired: DesiredCache = field(default_factory=DesiredCache)
     written_status: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    # (namespace, name) -> content digest of each ConfigMap this process last wrote
+    configmap_contents: dict[tuple[str, str], str] = field(default_factory=dict)
     _gate: asyncio.Semaphore | None = None
 
     def _slots(self) -> asyncio.Semaphore:
@@ -126,6 +128,20 @@ class Reconciler:
         if self._gate is None:
             self._gate = asyncio.Semaphore(reconcile_concurrency())
         return self._gate
+
+    def _remember_configmaps(self, namespace: str, children: Iterable[dict[str, Any]],
+                             written: list[apply.ChildKey]) -> None:
+        for child in children:
+            if child["kind"] == "ConfigMap" and apply.child_key(child) in written:
+                name = child["metadata"]["name"]
+                self.configmap_contents[(namespace, name)] = apply.content_digest(child)
+
+    def own_configmap_write(self, namespace: str, name: str, body: Mapping[str, Any]) -> bool:
+        """The event shows a ConfigMap with the content this process last wrote to it:
+        the echo of its own write, nothing to reconcile. (A proxy ConfigMap is written
+        on every readiness flip: without this, each write re-reconciled its owner.)"""
+        wrote = self.configmap_contents.get((namespace, name))
+        return wrote is not None and wrote == apply.content_digest(body)
 
     def lock(self, key: Key) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -145,6 +161,7 @@ class Reconciler:
         self.last_applied.clear()
         self.desired.entries.clear()
         self.written_status.clear()
+        self.configmap_contents.clear()
 
     async def recall_applied(self, namespaces: list[str]) -> int:
         """At the start of a term as leader: what is already applied, from the children
@@ -168,6 +185,8 @@ class Reconciler:
         self.last_applied.pop((kind, namespace, name), None)
         self.desired.entries.pop((kind, namespace, name), None)
         self.written_status.pop((kind, namespace, name), None)
+        for configmap in (child_name(kind, name), names.agent_status_name(kind, name)):
+            self.configmap_contents.pop((namespace, configmap), None)
         metrics.forget_resource(kind, namespace, name)
 
     async def reconcile(self, kind: str, body: Any, idx: Indexes,
@@ -225,6 +244,7 @@ class Reconciler:
                                                         dict(outcome.fingerprints))
                 except apply.ApplyError as err:
                     failure = err
+                self._remember_configmaps(namespace, desired.children, written)
                 del desired
         conditions = status.conditions(outcome.graph, outcome.config_hash,
                                        model.proxy.replicas, _proxy_pods(owner, idx),

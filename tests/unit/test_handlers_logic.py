@@ -549,3 +549,34 @@ def test_reconciles_run_at_most_the_concurrency_bound_at_once(
     asyncio.run(scenario())
     assert peak == 3
     assert len(rec.written_status) == 10
+
+
+def test_the_echo_of_its_own_configmap_write_is_told_from_an_edit(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A readiness flip writes the proxy ConfigMap; its watch event must not reconcile
+    the owner again. An edit by someone else (other content) still does."""
+    written: dict[tuple[str, str], dict[str, Any]] = {}
+
+    async def fake_apply(obj: dict[str, Any]) -> None:
+        written[(obj["kind"], obj["metadata"]["name"])] = obj
+
+    async def no_status(*args: Any) -> None:
+        return None
+    monkeypatch.setattr(apply, "apply_object", fake_apply)
+    monkeypatch.setattr(apply, "write_status", no_status)
+    monkeypatch.setattr(apply, "post_events", lambda body, events: None)
+    idx = reconciler_module.Indexes(
+        services={("default", "web"): [state(3).services["web"]]},
+        slices={("default", "web"): state(3).slices}, secrets={}, configmaps={}, pods={})
+    rec = Reconciler()
+    asyncio.run(rec.reconcile("LoadBalancer", lb_object(), idx))
+    config = written[("ConfigMap", "web-lb")]
+    content = {k: dict(config[k]) for k in ("data", "binaryData") if config.get(k)}
+    assert content
+    event = {"metadata": {**config["metadata"], "resourceVersion": "7"}, **content}
+    assert rec.own_configmap_write("default", "web-lb", event)
+    edited = {**event, "data": {**(event.get("data") or {}), "extra": "edited"}}
+    assert not rec.own_configmap_write("default", "web-lb", edited)
+    assert not rec.own_configmap_write("default", "other-lb", event)
+    rec.forget("LoadBalancer", "default", "web")
+    assert not rec.own_configmap_write("default", "web-lb", event)

@@ -140,9 +140,11 @@ def _schedule_all(kwargs: Mapping[str, Any]) -> None:
 
 
 def _trigger(kind: str, namespace: str, name: str, labels: Mapping[str, str],
-             kwargs: Mapping[str, Any], watched: str, object_name: str | None = None) -> None:
+             kwargs: Mapping[str, Any], watched: str, object_name: str | None = None,
+             echo: bool = False) -> None:
     """`watched`: the kind of the event's object (an EndpointSlice stands for its
-    Service); `object_name`: its name, when `name` is not it."""
+    Service); `object_name`: its name, when `name` is not it; `echo`: the event shows
+    the operator's own last write (kept in the re-list bookkeeping, triggers nothing)."""
     key = (namespace, object_name or name)
     version = str((kwargs.get("meta") or {}).get("resourceVersion") or "")
     if kwargs.get("type") is None:  # a listing: the first one, or a re-list (Relisting)
@@ -153,6 +155,8 @@ def _trigger(kind: str, namespace: str, name: str, labels: Mapping[str, str],
             _schedule_all(kwargs)
     else:
         RELISTING.watched(watched, key, version, deleted=kwargs.get("type") == "DELETED")
+        if echo:
+            return
     affected = _affected(kind, namespace, name, labels, kwargs)
     if kwargs.get("type") == "DELETED":
         # One of our children deleted by hand: the reconcile must write it again, not
@@ -181,8 +185,11 @@ async def secret_changed(namespace: str, name: str, labels: kopf.Labels, **kwarg
 
 
 @kopf.on.event("configmaps", labels=MANAGED)
-async def configmap_changed(namespace: str, name: str, labels: kopf.Labels, **kwargs: Any) -> None:
-    _trigger("ConfigMap", namespace, name, labels, kwargs, "configmaps")
+async def configmap_changed(namespace: str, name: str, labels: kopf.Labels, body: kopf.Body,
+                            **kwargs: Any) -> None:
+    echo = (kwargs.get("type") in ("ADDED", "MODIFIED")
+            and RECONCILER.own_configmap_write(namespace, name, body))
+    _trigger("ConfigMap", namespace, name, labels, kwargs, "configmaps", echo=echo)
 
 
 @kopf.on.event("pods", labels=MANAGED)
