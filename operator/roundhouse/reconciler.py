@@ -31,12 +31,13 @@ from roundhouse.status import Condition
 
 log = logging.getLogger(__name__)
 RETRY_DELAY = 15
-DEFAULT_RECONCILE_CONCURRENCY = 64
+DEFAULT_RECONCILE_CONCURRENCY = 256
 
 
 def reconcile_concurrency() -> int:
-    """ROUNDHOUSE_RECONCILE_CONCURRENCY, else 64: four times the API requests in flight,
-    so the next reconciles render while the writes of others are on the wire."""
+    """ROUNDHOUSE_RECONCILE_CONCURRENCY, else 256: enough that the 200 resources of a
+    fan-out all queue their config writes before any of them writes its status, few
+    enough that 1,000 new resources do not all hold rendered children at once."""
     value = os.environ.get("ROUNDHOUSE_RECONCILE_CONCURRENCY") or ""
     return max(1, int(value)) if value.isdigit() else DEFAULT_RECONCILE_CONCURRENCY
 Key = tuple[str, str, str]  # (kind, namespace, name)
