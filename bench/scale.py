@@ -1,15 +1,17 @@
 """The operator at scale: fan-out, restart and cold start against the local control plane.
 
-Real kube-apiserver, etcd, controller-manager, scheduler and kwok (proxy Pods simulated),
-the operator as a real process with install.yaml's identity and leader election. Backend
-Services get hand-made EndpointSlices (no backend Pods needed). The API server writes an
-audit log of the operator's own requests only, so the requests it costs are counted by
-the server, per verb and resource, not estimated. Three phases, one JSON object last:
+Real kube-apiserver, etcd, controller-manager, scheduler and kwok (proxy Pods simulated, on
+enough kwok nodes for all of them), the operator as a real process with install.yaml's
+identity and leader election. Backend Services get hand-made EndpointSlices (no backend
+Pods needed). The API server writes an audit log of the operator's own requests only, so
+the requests it costs are counted by the server, per verb and resource, not estimated.
+Three phases, one JSON object last:
 
 - fanout: one endpoint of a Service shared by N LoadBalancers flips NotReady and back;
   the time until each proxy ConfigMap, and each status, shows it (first, p50, last);
 - restart: N LoadBalancers created, the operator killed (SIGKILL) when half of their
-  proxy Deployments exist, started again: time to converge, and exactly one of each child;
+  proxy Deployments exist, started again: time to converge (one converged before the
+  kill counts as 0), and exactly one of each child;
 - cold: N LoadBalancers (each its own Service of E endpoints) created at once: time to the
   first and last converged (children applied, Accepted and BackendsHealthy true), the
   operator's requests per verb and per resource, its peak RSS, CPU of every process.

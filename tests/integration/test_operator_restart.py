@@ -94,7 +94,7 @@ def test_a_new_term_rewrites_no_child_already_applied(
     second = OperatorProcess(control_plane, logs / "second.log", "--namespace",
                              namespace).start()
     try:
-        wait_for(lambda: second.log().count("Resuming is processed") >= count, 60,
+        wait_for(lambda: second.log().count("reconciled (resume)") >= count, 60,
                  "the restarted operator to resume every LoadBalancer", interval=0.5)
         # A change after the restart is still written (the recall is no blindfold).
         sample_app(kube, namespace, name="other", replicas=1)

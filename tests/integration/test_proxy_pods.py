@@ -42,10 +42,14 @@ def ready_lb(kube: client.ApiClient, namespace: str) -> dict[str, Any]:
     create_lb(kube, namespace, lb_body())
     wait_for(lambda: client.AppsV1Api(kube).read_namespaced_deployment(
         "web-lb", namespace).status.ready_replicas == 2, 60, "2 ready proxy replicas")
-    report_as_agents(kube, namespace, "web")
-    lb: dict[str, Any] = wait_for(lambda: (o := get_lb(kube, namespace, "web")) and condition(
-        o, "Ready").get("status") == "True" and o, 30, "Ready=True")
-    return lb
+
+    def reported_and_ready() -> dict[str, Any] | None:
+        # As real agents do, report again whenever the config changed since.
+        report_as_agents(kube, namespace, "web")
+        lb = get_lb(kube, namespace, "web")
+        return lb if lb and condition(lb, "Ready").get("status") == "True" else None
+    ready: dict[str, Any] = wait_for(reported_and_ready, 30, "Ready=True", interval=1.0)
+    return ready
 
 
 def warning_events(kube: client.ApiClient, namespace: str, reason: str) -> list[str]:

@@ -127,6 +127,8 @@ def schedule(namespace: str, targets: Iterable[tuple[str, str]], kwargs: Mapping
             waiting = await RECONCILER.reconcile(kind, body, idx, trigger=trigger)
             if waiting:
                 raise kopf.TemporaryError("waiting for: " + "; ".join(waiting))
+            if trigger != "dependency":  # the resource's own create, spec change or listing
+                log.info("%s %s/%s reconciled (%s)", kind, namespace, name, trigger)
         DEBOUNCER.schedule((kind, namespace, name), run)
 
 
