@@ -507,6 +507,9 @@ def main() -> int:
                     report["cold_start"] = cold(kube, cp, operator, audit, args.cold,
                                                 args.endpoints)
             finally:
+                # The one running may be the restart phase's (an interrupted run included).
+                for running in OPERATORS:
+                    running.stop()
                 operator.stop()
                 errors = [line for line in operator.log().splitlines()
                           if "Traceback" in line or " ERROR " in line]
