@@ -528,14 +528,7 @@ def test_reconciles_run_at_most_the_concurrency_bound_at_once(
         await asyncio.sleep(0.001)
         running -= 1
 
-    async def no_status(*args: Any) -> None:
-        return None
-    monkeypatch.setattr(apply, "apply_object", slow_apply)
-    monkeypatch.setattr(apply, "write_status", no_status)
-    monkeypatch.setattr(apply, "post_events", lambda body, events: None)
-    idx = reconciler_module.Indexes(
-        services={("default", "web"): [state(3).services["web"]]},
-        slices={("default", "web"): state(3).slices}, secrets={}, configmaps={}, pods={})
+    idx = _offline(monkeypatch, slow_apply)
     rec = Reconciler()
 
     async def scenario() -> None:
@@ -560,14 +553,7 @@ def test_the_echo_of_its_own_configmap_write_is_told_from_an_edit(
     async def fake_apply(obj: dict[str, Any]) -> None:
         written[(obj["kind"], obj["metadata"]["name"])] = obj
 
-    async def no_status(*args: Any) -> None:
-        return None
-    monkeypatch.setattr(apply, "apply_object", fake_apply)
-    monkeypatch.setattr(apply, "write_status", no_status)
-    monkeypatch.setattr(apply, "post_events", lambda body, events: None)
-    idx = reconciler_module.Indexes(
-        services={("default", "web"): [state(3).services["web"]]},
-        slices={("default", "web"): state(3).slices}, secrets={}, configmaps={}, pods={})
+    idx = _offline(monkeypatch, fake_apply)
     rec = Reconciler()
     asyncio.run(rec.reconcile("LoadBalancer", lb_object(), idx))
     config = written[("ConfigMap", "web-lb")]
@@ -580,3 +566,16 @@ def test_the_echo_of_its_own_configmap_write_is_told_from_an_edit(
     assert not rec.own_configmap_write("default", "other-lb", event)
     rec.forget("LoadBalancer", "default", "web")
     assert not rec.own_configmap_write("default", "web-lb", event)
+
+
+def _offline(monkeypatch: pytest.MonkeyPatch, apply_object: Any) -> Any:
+    """The reconciler's writes stubbed (children through `apply_object`, no status, no
+    Events), and indexes holding the Service `web` with 3 ready endpoints."""
+    async def no_status(*args: Any) -> None:
+        return None
+    monkeypatch.setattr(apply, "apply_object", apply_object)
+    monkeypatch.setattr(apply, "write_status", no_status)
+    monkeypatch.setattr(apply, "post_events", lambda body, events: None)
+    return reconciler_module.Indexes(
+        services={("default", "web"): [state(3).services["web"]]},
+        slices={("default", "web"): state(3).slices}, secrets={}, configmaps={}, pods={})
