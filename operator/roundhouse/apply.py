@@ -109,6 +109,9 @@ async def apply_object(obj: dict[str, Any]) -> None:
         await kube.request(
             "PATCH", path, body=obj, content_type="application/apply-patch+yaml",
             query=[("fieldManager", kube.FIELD_MANAGER), ("force", "true")], parse=False,
+            # A proxy's config moves traffic (a backend gone, a new one): it goes before
+            # status writes and other children queued by other reconciles.
+            urgent=obj["kind"] == "ConfigMap",
         )
     except Exception as error:  # ApiException carries the API server's message
         body = getattr(error, "body", None) or str(error)

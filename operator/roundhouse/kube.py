@@ -6,7 +6,6 @@ Reads go through kopf indexes; writes go through apply.py and status.py, which u
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from typing import Any
@@ -17,6 +16,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
 
 from roundhouse import API_GROUP, API_VERSION, metrics
+from roundhouse.gate import PriorityGate
 
 # kind -> (api prefix, plural); the fixed set of kinds Roundhouse reads or writes.
 _PATHS: dict[str, tuple[str, str]] = {
@@ -39,7 +39,7 @@ DEFAULT_CONCURRENCY = 16
 REQUEST_TIMEOUT = 60.0
 
 _client: k8s.ApiClient | None = None
-_gate: asyncio.Semaphore | None = None
+_gate: PriorityGate | None = None
 
 
 def concurrency() -> int:
@@ -95,10 +95,10 @@ async def close() -> None:
     _client, _gate = None, None
 
 
-def _semaphore() -> asyncio.Semaphore:
+def _semaphore() -> PriorityGate:
     global _gate
     if _gate is None:
-        _gate = asyncio.Semaphore(concurrency())
+        _gate = PriorityGate(concurrency())
     return _gate
 
 
@@ -138,11 +138,13 @@ def object_path(kind: str, namespace: str, name: str, subresource: str = "") -> 
 async def request(method: str, path: str, body: Any = None,
                   content_type: str = "application/json",
                   query: list[tuple[str, str]] | None = None,
-                  accept: str = "application/json", parse: bool = True) -> dict[str, Any]:
+                  accept: str = "application/json", parse: bool = True,
+                  urgent: bool = False) -> dict[str, Any]:
     """One API call; at most `concurrency()` are in flight. Raises ApiException.
 
     `body`: a dict, or its JSON text (e.g. a server-side apply's object). `parse`: False
-    when nothing reads the answer (it is then {}).
+    when nothing reads the answer (it is then {}). `urgent`: served before the others
+    waiting (a proxy's config: see gate.py).
     """
     if isinstance(body, str):
         body = json.loads(body)  # the client serializes JSON and apply bodies itself
@@ -150,7 +152,7 @@ async def request(method: str, path: str, body: Any = None,
     verb, resource = metrics.api_verb(method, content_type), metrics.api_resource(path)
     gate = _semaphore()
     with metrics.api_waiting():  # queued behind a full gate: a burst of reconciles
-        await gate.acquire()
+        await gate.acquire(urgent)
     try:
         with metrics.api_request(verb, resource) as call:
             response = await api.call_api(

@@ -70,6 +70,11 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 def run_operator(namespaces: list[str], liveness: str | None,
                  leader_election_namespace: str | None, metrics_port: int) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # kopf's per-object lines at INFO are "Handler '...' succeeded." for every index and
+    # event handler of every watch event: 5,600 of 7,200 lines (and 5% of the CPU) in six
+    # flips of a Service shared by 200 LoadBalancers. Its warnings and errors stay; what
+    # the operator did is logged by roundhouse.* itself.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     import roundhouse.handlers  # noqa: F401  (registers the handlers)
 
     # One event loop for everything: the API client (aiohttp) is bound to the loop it is

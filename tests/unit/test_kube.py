@@ -207,3 +207,35 @@ def test_the_product_imports_without_the_synchronous_client() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=False, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_proxy_configs_queued_behind_status_writes_are_sent_first(
+        server: _Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fan-out: status writes of early reconciles queue before the ConfigMaps of later
+    ones; the ConfigMaps (apply.apply_object, urgent) reach the API server first."""
+    from roundhouse import apply
+
+    monkeypatch.setenv("ROUNDHOUSE_API_CONCURRENCY", "1")
+
+    async def scenario() -> None:
+        try:
+            first = asyncio.create_task(kube.request(
+                "PATCH", kube.object_path("LoadBalancer", "ns", "busy", "status"),
+                body={}, content_type="application/merge-patch+json"))
+            await asyncio.sleep(0.01)  # `first` holds the only slot
+            statuses = [asyncio.create_task(kube.request(
+                "PATCH", kube.object_path("LoadBalancer", "ns", f"lb{i}", "status"),
+                body={}, content_type="application/merge-patch+json")) for i in range(3)]
+            await asyncio.sleep(0)
+            configs = [asyncio.create_task(apply.apply_object(
+                {"apiVersion": "v1", "kind": "ConfigMap",
+                 "metadata": {"name": f"lb{i}-lb", "namespace": "ns"}})) for i in range(3)]
+            await asyncio.gather(first, *statuses, *configs)
+        finally:
+            await kube.close()
+
+    asyncio.run(scenario())
+    sent = [path.split("?")[0].rsplit("/", 2)[-2:] for _, path, _, _ in server.seen]
+    assert sent == [["busy", "status"], ["configmaps", "lb0-lb"], ["configmaps", "lb1-lb"],
+                    ["configmaps", "lb2-lb"], ["lb0", "status"], ["lb1", "status"],
+                    ["lb2", "status"]]
