@@ -22,7 +22,9 @@ from roundhouse.render.haproxy import RenderedConfig, RenderOptions, render_hapr
 class Desired:
     graph: ProxyGraph
     rendered: RenderedConfig
-    children: tuple[dict[str, Any], ...]  # in apply order: RBAC, config, workload, service
+    # In apply order: RBAC, config, workload, service. With `config_only`, the proxy
+    # ConfigMap alone: what endpoints can change while the config's structure stays.
+    children: tuple[dict[str, Any], ...]
 
 
 def desired_for_loadbalancer(
@@ -30,9 +32,10 @@ def desired_for_loadbalancer(
     cluster: ClusterState,
     images: objects.ProxyImages | None = None,
     options: RenderOptions | None = None,
+    config_only: bool = False,
 ) -> Desired:
     graph = build_loadbalancer_graph(lb, cluster)
-    return _desired(graph, lb, images, options)
+    return _desired(graph, lb, images, options, config_only)
 
 
 def desired_for_reverseproxy(
@@ -41,17 +44,21 @@ def desired_for_reverseproxy(
     images: objects.ProxyImages | None = None,
     options: RenderOptions | None = None,
     conflicts: Mapping[str, str] | None = None,
+    config_only: bool = False,
 ) -> Desired:
     """`conflicts`: hostname -> message for hostnames another ReverseProxy serves."""
     graph = build_reverseproxy_graph(rp, cluster, conflicts=conflicts)
-    return _desired(graph, rp, images, options)
+    return _desired(graph, rp, images, options, config_only)
 
 
 def _desired(graph: ProxyGraph, model: LoadBalancer | ReverseProxy,
-             images: objects.ProxyImages | None, options: RenderOptions | None) -> Desired:
+             images: objects.ProxyImages | None, options: RenderOptions | None,
+             config_only: bool = False) -> Desired:
     """One path from a graph to the children, whichever kind the graph came from."""
     owner = objects.owner_of(model)
     rendered = render_haproxy(graph, options)
+    if config_only:
+        return Desired(graph, rendered, (objects.config_map(owner, rendered),))
     persistence = model.session_persistence
     proxy = objects.ProxySpec(
         replicas=model.proxy.replicas,

@@ -74,12 +74,16 @@ class Outcome:
 
     graph: ProxyGraph
     config_hash: str
+    structure_hash: str
     fingerprints: tuple[tuple[apply.ChildKey, str], ...]
 
     @classmethod
-    def of(cls, desired: Desired) -> Outcome:
+    def of(cls, desired: Desired, previous: Outcome | None = None) -> Outcome:
+        """`previous`: the outcome whose other children a config-only `desired` keeps."""
+        prints = dict(previous.fingerprints) if previous is not None else {}
+        prints.update((apply.child_key(c), apply.fingerprint(c)) for c in desired.children)
         return cls(desired.graph, desired.rendered.config_hash,
-                   tuple((apply.child_key(c), apply.fingerprint(c)) for c in desired.children))
+                   desired.rendered.structure_hash, tuple(prints.items()))
 
     def applied(self, applied: apply.Applied) -> bool:
         """Every child is applied in this form already: nothing to write."""
@@ -103,8 +107,24 @@ class DesiredCache:
         cached = self.entries.get(key)
         return cached[1] if cached is not None and cached[0] == inputs else None
 
-    def put(self, key: Key, inputs: Any, desired: Desired) -> Outcome:
-        outcome = Outcome.of(desired)
+    def same_shape(self, key: Key, inputs: Any) -> Outcome | None:
+        """The last outcome, if it was computed from the same inputs but the endpoints
+        (the spec, the conflicts, the Services and Secrets alike; the EndpointSlices and
+        the slots may differ). Then the children besides the proxy ConfigMap can only
+        differ through the config's structure (the Deployment carries its hash)."""
+        cached = self.entries.get(key)
+        if cached is None:
+            return None
+        (model, cluster, conflicts), outcome = cached
+        new_model, new_cluster, new_conflicts = inputs
+        same = (model == new_model and conflicts == new_conflicts
+                and cluster.services == new_cluster.services
+                and cluster.secrets == new_cluster.secrets)
+        return outcome if same else None
+
+    def put(self, key: Key, inputs: Any, desired: Desired,
+            previous: Outcome | None = None) -> Outcome:
+        outcome = Outcome.of(desired, previous)
         self.entries[key] = (inputs, outcome)
         return outcome
 
@@ -238,8 +258,7 @@ class Reconciler:
         async with self._slots():  # the rendered children are held only in here
             outcome = self.desired.get(key, inputs)
             if outcome is None or not outcome.applied(applied):
-                desired = resources.desired(model, cluster, self.images, conflicts)
-                outcome = self.desired.put(key, inputs, desired)
+                desired, outcome = self._desired(key, inputs, applied)
                 try:
                     written = await apply.apply_changed(desired.children, applied,
                                                         dict(outcome.fingerprints))
@@ -266,6 +285,21 @@ class Reconciler:
         await self._write(key, body, conditions, counts, address)
         await _drop_stale_reports(owner, idx)
         return [p.message for p in outcome.graph.problems if p.retry]
+
+    def _desired(self, key: Key, inputs: tuple[resources.Model, ClusterState, dict[str, str]],
+                 applied: apply.Applied) -> tuple[Desired, Outcome]:
+        """The children to apply and the new outcome. When only endpoints moved (a
+        readiness flip, a scale within the slots) and the config's structure stayed, only
+        the proxy ConfigMap is rendered: the other seven children are as last applied."""
+        model, cluster, conflicts = inputs
+        previous = self.desired.same_shape(key, inputs)
+        if previous is not None and previous.applied(applied):
+            partial = resources.desired(model, cluster, self.images, conflicts,
+                                        config_only=True)
+            if partial.rendered.structure_hash == previous.structure_hash:
+                return partial, self.desired.put(key, inputs, partial, previous)
+        desired = resources.desired(model, cluster, self.images, conflicts)
+        return desired, self.desired.put(key, inputs, desired)
 
     def _cluster_state(self, model: resources.Model, idx: Indexes) -> ClusterState:
         ns = model.namespace

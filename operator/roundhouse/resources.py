@@ -30,10 +30,11 @@ def parse(kind: str, body: Mapping[str, Any]) -> Model:
 
 
 def desired(model: Model, cluster: ClusterState, images: objects.ProxyImages,
-            conflicts: Mapping[str, str] | None = None) -> Desired:
+            conflicts: Mapping[str, str] | None = None, config_only: bool = False) -> Desired:
     if isinstance(model, LoadBalancer):
-        return desired_for_loadbalancer(model, cluster, images)
-    return desired_for_reverseproxy(model, cluster, images, conflicts=conflicts or {})
+        return desired_for_loadbalancer(model, cluster, images, config_only=config_only)
+    return desired_for_reverseproxy(model, cluster, images, conflicts=conflicts or {},
+                                    config_only=config_only)
 
 
 # ------------------------------------------------------------------ hostname claims

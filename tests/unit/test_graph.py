@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+from typing import Any
 
 import pytest
 
@@ -260,3 +261,36 @@ def test_upstream_ca_secret_is_a_reference_that_re_reconciles() -> None:
         namespace="default", name="web",
         spec=lb_object(upstreamTLS={"caSecretName": "internal-ca"})["spec"]))
     assert refs[("Secret", "default", "internal-ca")] == ("LoadBalancer", "web")
+
+
+def test_resources_sharing_a_service_share_its_endpoints(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """200 LoadBalancers behind one Service: its endpoints are computed once per change of
+    its slices, not once per LoadBalancer; a changed slice is never answered from before."""
+    from roundhouse.graph.endpoints import service_endpoints
+
+    cluster = state(3)
+    slices = tuple(cluster.slices)
+    first = service_endpoints("default", "web", "http", slices)
+    assert [e.address for e in first] == ["10.244.0.1", "10.244.0.2", "10.244.0.3"]
+    assert service_endpoints("default", "web", "http", slices) is first
+    other_slices = tuple(state(4).slices)  # fresh objects: not computed yet
+    reads: list[str] = []
+    real = type(other_slices[0]).endpoints_for
+
+    def counting(self: Any, port_name: str) -> Any:
+        reads.append(port_name)
+        return real(self, port_name)
+    monkeypatch.setattr(type(other_slices[0]), "endpoints_for", counting)
+    shared = ClusterState(cluster.services, list(other_slices))
+    graphs = [build_loadbalancer_graph(parse_loadbalancer(lb_object()), shared)
+              for _ in range(3)]
+    assert all(g.backends_ready == 4 for g in graphs)
+    assert reads == ["http"]  # one slice read once for the three
+    # An equal slice that is another object (the index's new version): computed again.
+    flipped = tuple(state(2, extra=[endpoint("web-3", "10.244.0.3", ready=False)]).slices)
+    again = service_endpoints("default", "web", "http", flipped)
+    assert again is not first and [e.ready for e in again] == [True, True, False]
+    # Another namespace or port is another entry.
+    assert service_endpoints("other", "web", "http", slices) is not first
+    assert service_endpoints("default", "web", "none", slices) == ()

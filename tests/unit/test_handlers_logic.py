@@ -22,7 +22,7 @@ from roundhouse.pipeline import desired_for_loadbalancer
 from roundhouse.reconciler import DesiredCache, Reconciler
 from roundhouse.reports import parse_agent_report
 from roundhouse.status import Condition, merge_conditions, ready_condition
-from tests.unit.cluster_fixtures import endpoint, state
+from tests.unit.cluster_fixtures import endpoint, service, state
 from tests.unit.conftest import lb_object
 
 
@@ -579,3 +579,47 @@ def _offline(monkeypatch: pytest.MonkeyPatch, apply_object: Any) -> Any:
     return reconciler_module.Indexes(
         services={("default", "web"): [state(3).services["web"]]},
         slices={("default", "web"): state(3).slices}, secrets={}, configmaps={}, pods={})
+
+
+def test_an_endpoint_change_renders_and_writes_the_proxy_configmap_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A readiness flip renders only the proxy ConfigMap (config_only) and writes it; a
+    scale past the slots changes the config's structure: everything is rendered, and the
+    Deployment (which carries the structure hash) is written too."""
+    written: list[tuple[str, str]] = []
+
+    async def fake_apply(obj: dict[str, Any]) -> None:
+        written.append((obj["kind"], obj["metadata"]["name"]))
+
+    idx = _offline(monkeypatch, fake_apply)
+    renders: list[bool] = []
+    real = reconciler_module.resources.desired
+
+    def recording(*args: Any, config_only: bool = False, **kw: Any) -> Any:
+        renders.append(config_only)
+        return real(*args, config_only=config_only, **kw)
+    monkeypatch.setattr(reconciler_module.resources, "desired", recording)
+    rec = Reconciler()
+    body = lb_object()
+    asyncio.run(rec.reconcile("LoadBalancer", body, idx))
+    assert renders == [False] and len(written) == 8
+    written.clear()
+    # web-3 turns NotReady.
+    idx.slices = {("default", "web"): state(
+        2, extra=[endpoint("web-3", "10.244.0.3", ready=False)]).slices}
+    asyncio.run(rec.reconcile("LoadBalancer", body, idx))
+    assert renders == [False, True] and written == [("ConfigMap", "web-lb")]
+    outcome = rec.desired.entries[("LoadBalancer", "default", "web")][1]
+    assert outcome.graph.backends_ready == 2
+    assert outcome.applied(rec.last_applied[("LoadBalancer", "default", "web")])
+    written.clear()
+    # 20 endpoints need more than the 8 slots: a new structure.
+    idx.slices = {("default", "web"): state(20).slices}
+    asyncio.run(rec.reconcile("LoadBalancer", body, idx))
+    assert renders == [False, True, True, False]
+    assert written == [("ConfigMap", "web-lb"), ("Deployment", "web-lb")]
+    # The Service changes (one more port), not only endpoints: everything is rendered.
+    renders.clear()
+    idx.services = {("default", "web"): [service("web", (("http", 80), ("admin", 81)))]}
+    asyncio.run(rec.reconcile("LoadBalancer", body, idx))
+    assert renders == [False]

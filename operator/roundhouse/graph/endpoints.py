@@ -58,12 +58,38 @@ def resolve_backends(backends: list[tuple[str, Backend]], namespace: str,
                                     f"{where}: Service {be.service!r} has no port "
                                     f"{be.port!r} (ports: {known})"))
             continue
-        eps: dict[tuple[str, int], Endpoint] = {}
-        for sl in sorted(slices_by_service.get(be.service, []), key=lambda s: s.name):
-            for ep in sl.endpoints_for(sp.name):
-                eps.setdefault((ep.address, ep.port), ep)  # slices may overlap briefly
-        resolved.append((be.weight, be.service, list(eps.values())))
+        eps = service_endpoints(namespace, be.service, sp.name,
+                                tuple(slices_by_service.get(be.service, [])))
+        resolved.append((be.weight, be.service, list(eps)))
     return _weigh(resolved)
+
+
+# (namespace, service, port name) -> (the slices, their endpoints for that port).
+_SHARED: dict[tuple[str, str, str], tuple[tuple[EndpointSlice, ...], tuple[Endpoint, ...]]] = {}
+_SHARED_LIMIT = 4096
+
+
+def service_endpoints(namespace: str, service: str, port_name: str,
+                      slices: tuple[EndpointSlice, ...]) -> tuple[Endpoint, ...]:
+    """A Service port's endpoints, from its EndpointSlices: computed once for every
+    resource that shares the Service. The operator's indexes hand each reconcile the same
+    slice objects until one changes, so 200 LoadBalancers behind one Service reuse one
+    result per change (the slices are compared by identity: cheap, never a stale hit, as
+    an entry holds its slices). Still a pure function of its arguments."""
+    key = (namespace, service, port_name)
+    hit = _SHARED.get(key)
+    if hit is not None and len(hit[0]) == len(slices) and all(
+            a is b for a, b in zip(hit[0], slices, strict=True)):
+        return hit[1]
+    eps: dict[tuple[str, int], Endpoint] = {}
+    for sl in sorted(slices, key=lambda s: s.name):
+        for ep in sl.endpoints_for(port_name):
+            eps.setdefault((ep.address, ep.port), ep)  # slices may overlap briefly
+    if len(_SHARED) >= _SHARED_LIMIT:
+        _SHARED.clear()
+    result = tuple(eps.values())
+    _SHARED[key] = (slices, result)
+    return result
 
 
 def _weigh(resolved: list[tuple[int, str, list[Endpoint]]]) -> list[WeightedEndpoint]:
