@@ -623,3 +623,43 @@ def test_an_endpoint_change_renders_and_writes_the_proxy_configmap_alone(
     idx.services = {("default", "web"): [service("web", (("http", 80), ("admin", 81)))]}
     asyncio.run(rec.reconcile("LoadBalancer", body, idx))
     assert renders == [False]
+
+
+def test_a_run_that_reports_its_cost_is_spaced_by_that_not_its_wall_time() -> None:
+    """A reconcile that waited 80 ms for the API server but rendered for 1 ms (its
+    returned cost) does not hold back the next change by 160 ms."""
+    async def scenario() -> list[float]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        starts: list[float] = []
+        debouncer = Debouncer(spacing=0.01)
+
+        async def queued() -> float:
+            starts.append(loop.time() - start)
+            await asyncio.sleep(0.08)  # waiting on the API, no CPU
+            return 0.001
+
+        debouncer.schedule("lb", queued)
+        await asyncio.sleep(0.09)  # the first run is over
+        debouncer.schedule("lb", queued)
+        await asyncio.sleep(0.15)
+        return starts
+
+    starts = asyncio.run(scenario())
+    assert len(starts) == 2
+    assert starts[1] - starts[0] < 0.13, starts  # at 2 x wall time it would be >= 0.16
+
+
+def test_a_reconcile_records_its_rendering_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def fake_apply(obj: dict[str, Any]) -> None:
+        await asyncio.sleep(0.02)  # API time: not rendering
+
+    idx = _offline(monkeypatch, fake_apply)
+    rec = Reconciler()
+    key = ("LoadBalancer", "default", "web")
+    asyncio.run(rec.reconcile("LoadBalancer", lb_object(), idx))
+    assert 0 < rec.render_seconds[key] < 0.16  # eight writes of 20 ms each are not in it
+    asyncio.run(rec.reconcile("LoadBalancer", lb_object(), idx))
+    assert rec.render_seconds[key] == 0.0  # nothing changed: nothing rendered
+    rec.forget(*key)
+    assert key not in rec.render_seconds

@@ -120,15 +120,17 @@ def schedule(namespace: str, targets: Iterable[tuple[str, str]], kwargs: Mapping
     for kind, name in targets:
         bodies = kwargs[BODIES[kind]]
 
-        async def run(kind: str = kind, name: str = name, bodies: Any = bodies) -> None:
+        async def run(kind: str = kind, name: str = name, bodies: Any = bodies) -> float:
+            """Returns the run's cost: its seconds of rendering (see trigger.py)."""
             body = idx.first(bodies, (namespace, name))  # None: deleted meanwhile
             if body is None:
-                return
+                return 0.0
             waiting = await RECONCILER.reconcile(kind, body, idx, trigger=trigger)
             if waiting:
                 raise kopf.TemporaryError("waiting for: " + "; ".join(waiting))
             if trigger != "dependency":  # the resource's own create, spec change or listing
                 log.info("%s %s/%s reconciled (%s)", kind, namespace, name, trigger)
+            return RECONCILER.render_seconds.get((kind, namespace, name), 0.0)
         DEBOUNCER.schedule((kind, namespace, name), run)
 
 
