@@ -4,6 +4,7 @@ API kopf deprecates (kopf turns a deprecated setting into a warning on every sta
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import textwrap
@@ -60,3 +61,32 @@ def test_startup_hook_runs_without_any_warning_and_sets_the_error_backoff() -> N
     # The indexes of our own kinds follow roundhouse.API_GROUP / API_VERSION.
     assert {r for r in seen["resources"] if r.startswith(API_GROUP)} == {
         f"{API_GROUP}/{API_VERSION}/loadbalancers", f"{API_GROUP}/{API_VERSION}/reverseproxies"}
+
+
+RUN = textwrap.dedent("""
+    import gc, json, logging
+    import roundhouse.main as main
+
+    async def no_operator(*args):
+        return 0
+
+    main._operate = no_operator
+    before = gc.get_freeze_count()
+    code = main.run_operator([], None, None, 0)
+    print(json.dumps({"code": code, "frozen_before": before,
+                      "frozen_after": gc.get_freeze_count(),
+                      "kopf_objects": logging.getLogger("kopf.objects").level,
+                      "kopf_objects_info": logging.getLogger("kopf.objects").isEnabledFor(
+                          logging.INFO)}))
+""")
+
+
+def test_the_operator_freezes_its_module_state_and_drops_kopfs_success_lines() -> None:
+    """Before kopf starts: everything imported is frozen out of the garbage collector's
+    full passes, and kopf's per-handler "succeeded" lines (INFO) are not logged."""
+    out = subprocess.run([sys.executable, "-c", RUN], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["code"] == 0 and result["frozen_before"] == 0
+    assert result["frozen_after"] > 10_000  # kopf, the API client and roundhouse
+    assert result["kopf_objects"] == logging.WARNING and not result["kopf_objects_info"]
