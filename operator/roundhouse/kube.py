@@ -1,5 +1,6 @@
 """The API transport: one kubernetes_asyncio ApiClient (aiohttp, like kopf), the REST paths
-of the kinds we touch, and one semaphore that bounds the requests in flight.
+of the kinds we touch, and one gate (gate.py) that bounds the requests in flight and lets
+proxy configs go first.
 
 Reads go through kopf indexes; writes go through apply.py and status.py, which use this.
 """
@@ -95,7 +96,7 @@ async def close() -> None:
     _client, _gate = None, None
 
 
-def _semaphore() -> PriorityGate:
+def _api_gate() -> PriorityGate:
     global _gate
     if _gate is None:
         _gate = PriorityGate(concurrency())
@@ -150,7 +151,7 @@ async def request(method: str, path: str, body: Any = None,
         body = json.loads(body)  # the client serializes JSON and apply bodies itself
     api = await client()
     verb, resource = metrics.api_verb(method, content_type), metrics.api_resource(path)
-    gate = _semaphore()
+    gate = _api_gate()
     with metrics.api_waiting():  # queued behind a full gate: a burst of reconciles
         await gate.acquire(urgent)
     try:

@@ -7,7 +7,7 @@ replica whose identity is the holder's (its Pod restarted) takes it back at once
 leader that cannot renew in time, or sees another holder, stops reconciling and
 campaigns again in the same process (main.py); one stopped with SIGTERM releases the
 Lease so a standby takes over at once instead of waiting it out.
-Runs on the operator's event loop with its ApiClient, outside kube.request's semaphore:
+Runs on the operator's event loop with its ApiClient, outside kube.request's gate:
 a renewal must never queue behind a burst of writes.
 """
 

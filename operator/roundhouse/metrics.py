@@ -197,7 +197,7 @@ class ApiCall:
 
 @contextmanager
 def api_waiting() -> Iterator[None]:
-    """Around waiting for a slot under kube.py's semaphore."""
+    """Around waiting for a slot under kube.py's gate."""
     API_WAITING.inc()
     try:
         yield
