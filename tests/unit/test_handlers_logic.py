@@ -663,3 +663,41 @@ def test_a_reconcile_records_its_rendering_time(monkeypatch: pytest.MonkeyPatch)
     assert rec.render_seconds[key] == 0.0  # nothing changed: nothing rendered
     rec.forget(*key)
     assert key not in rec.render_seconds
+
+
+@pytest.mark.parametrize("trigger", ["dependency", "create"])
+def test_a_fan_out_writes_every_config_before_any_status(
+        monkeypatch: pytest.MonkeyPatch, trigger: str) -> None:
+    """Resources sharing a Service: their dependency-triggered reconciles write status
+    only once no other reconcile still writes children (reconciler.ConfigsFirst). A
+    resource's own create does not wait for the others."""
+    events: list[str] = []
+
+    async def slow_apply(obj: dict[str, Any]) -> None:
+        await asyncio.sleep(0.005 if obj["kind"] != "ConfigMap" else 0.02)
+        events.append(f"{obj['kind']} {obj['metadata']['name']}")
+
+    idx = _offline(monkeypatch, slow_apply)
+
+    async def record_status(kind: str, namespace: str, name: str, body: Any) -> None:
+        events.append(f"status {name}")
+    monkeypatch.setattr(apply, "write_status", record_status)
+    rec = Reconciler()
+    bodies = []
+    for i in range(4):
+        body = lb_object()
+        body["metadata"]["name"] = f"lb{i}"
+        bodies.append(body)
+
+    async def scenario() -> None:
+        await asyncio.gather(*(rec.reconcile("LoadBalancer", b, idx, trigger=trigger)
+                               for b in bodies))
+
+    asyncio.run(scenario())
+    children = [i for i, e in enumerate(events) if not e.startswith("status")]
+    statuses = [i for i, e in enumerate(events) if e.startswith("status")]
+    assert len(children) == 4 * 8 and len(statuses) == 4
+    if trigger == "dependency":
+        assert max(children) < min(statuses), events
+    else:
+        assert min(statuses) < max(children), events  # the first one did not wait
