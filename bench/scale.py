@@ -177,6 +177,11 @@ class Watcher:
         self._watch.stop()
 
 
+def seen_names(watcher: Watcher) -> set[str]:
+    with watcher.lock:
+        return {o["metadata"]["name"] for _, o in watcher.events}
+
+
 def wait_quiet(watchers: list[Watcher], quiet: float, timeout: float) -> float:
     """Seconds until no watcher has seen an event for `quiet` seconds."""
     start = time.monotonic()
@@ -388,14 +393,18 @@ def restart(kube: client.ApiClient, cp: ControlPlane, operator: OperatorProcess,
     lbs = Watcher(client.CustomObjectsApi(kube).list_namespaced_custom_object, GROUP,
                   VERSION, ns, "loadbalancers")
     names = {f"lb{i}" for i in range(count)}
-    create_all(kube, ns, [lb_body(n, "shared") for n in sorted(names)])
     apps = client.AppsV1Api(kube)
+    # A watch, not a list per poll: listing up to 200 Deployments took longer than the
+    # operator needed to create the rest, and the kill came after all of them.
+    deployments = Watcher(apps.list_namespaced_deployment, ns)
+    create_all(kube, ns, [lb_body(n, "shared") for n in sorted(names)])
     deadline = time.monotonic() + 300
-    while len(apps.list_namespaced_deployment(ns).items) < count // 2:
+    while len(seen_names(deployments)) < count // 2:
         if time.monotonic() > deadline:
             raise RuntimeError("restart: half of the proxy Deployments never appeared")
-        time.sleep(0.1)
+        time.sleep(0.01)
     operator.stop(kill=True)
+    deployments.stop()
     partial = len(apps.list_namespaced_deployment(ns).items)
     log(f"restart: killed the operator at {partial}/{count} proxy Deployments")
     second = OperatorProcess(cp, operator.log_path, "--leader-election-namespace",

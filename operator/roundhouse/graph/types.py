@@ -18,7 +18,7 @@ from roundhouse.model.reverseproxy import HeaderChanges, HeaderMatch
 from roundhouse.server_state import MAINT
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Problem:
     condition: str  # which status condition it turns False
     reason: str
@@ -26,7 +26,7 @@ class Problem:
     retry: bool = False  # a dependency may appear later (Secret not yet created)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Server:
     """One pre-allocated HAProxy server slot; a free slot has no endpoint."""
 
@@ -38,7 +38,7 @@ class Server:
     state: str = MAINT
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class UpstreamTLSConfig:
     """How a pool's servers are reached over TLS (spec.upstreamTLS, both kinds)."""
 
@@ -47,13 +47,13 @@ class UpstreamTLSConfig:
     sni: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PathRewrite:
     prefix: str  # the matched prefix, normalized ("" for "/")
     replacement: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Pool:
     """An HAProxy backend: a set of server slots plus how to balance over them."""
 
@@ -76,7 +76,7 @@ class Pool:
     upstream_tls: UpstreamTLSConfig | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Certificate:
     """A file the agent writes for HAProxy from a Secret.
 
@@ -91,7 +91,7 @@ class Certificate:
     kind: str = "pair"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VirtualHost:
     id: str  # "h<spec index>": the value of txn.rh_vhost
     hostname: str  # exact, or "*.example.com"
@@ -101,7 +101,7 @@ class VirtualHost:
         return self.hostname.startswith("*.")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RedirectRule:
     """A redirect route's Location: scheme://host[:port]path?query (query kept)."""
 
@@ -113,7 +113,7 @@ class RedirectRule:
     code: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RouteRule:
     """One route of one virtual host, in a frontend's precedence order."""
 
@@ -131,7 +131,7 @@ class RouteRule:
     allowed_source_ranges: tuple[str, ...] = ()  # others get 403; empty: every client
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Routing:
     """Host/path/header routing of a ReverseProxy frontend (precedence order)."""
 
@@ -141,7 +141,7 @@ class Routing:
     forwarded: bool = True  # set the RFC 7239 Forwarded header
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Frontend:
     name: str
     port: int
@@ -160,7 +160,7 @@ class Frontend:
     unavailable: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ProxyGraph:
     kind: str
     name: str
@@ -178,7 +178,7 @@ class ProxyGraph:
     issued_dns_names: tuple[str, ...] = field(default_factory=tuple)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ClusterState:
     """What a reconcile knows about the namespace, gathered by the handler."""
 

@@ -15,14 +15,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServicePort:
     name: str
     port: int
     protocol: str = "TCP"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Service:
     name: str
     ports: tuple[ServicePort, ...]
@@ -35,7 +35,7 @@ class Service:
         return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     """One address behind a Service port, with its readiness as the EndpointSlice says."""
 
@@ -48,7 +48,7 @@ class Endpoint:
     zone: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EndpointSlice:
     name: str
     service: str
@@ -64,7 +64,7 @@ class EndpointSlice:
                 for ident, addr, ready, serving, term, zone in self.endpoints]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TLSSecret:
     name: str
     has_cert: bool
