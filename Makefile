@@ -34,7 +34,7 @@ node-deps:  ## Debian packages of the real node (containerd, runc, CNI plugins, 
 binaries:  ## build (or reuse) kube-apiserver, etcd, controllers, kwok, helm from Go modules
 	@e2e/cluster/build-binaries.sh >/dev/null
 
-haproxy-lts:  ## fetch (or reuse) HAProxy 3.2, the LTS branch the manifests run, for the tests
+haproxy-lts:  ## fetch (or reuse) HAProxy 3.4, the LTS branch the manifests run, for the tests
 	@[ -n "$${ROUNDHOUSE_HAPROXY_LTS:-}" ] || e2e/cluster/fetch-haproxy-lts.sh >/dev/null
 
 images:  ## build (or reuse) the real-Pods tier's images offline; prints one docker-archive per line
@@ -51,7 +51,7 @@ render: $(STAMP) system-deps  ## render every example offline and validate it wi
 	@echo; echo "== haproxy.cfg of examples/https-issued-cookie.yaml:"; \
 	$(VENV)/bin/roundhouse render -f examples/https-issued-cookie.yaml --services examples/offline-cluster.yaml --haproxy-cfg
 
-test-unit: $(STAMP) system-deps haproxy-lts  ## unit tier: model, graph, render, tls, schema, agent (no cluster); haproxy -c and the agent on 2.6 and 3.2
+test-unit: $(STAMP) system-deps haproxy-lts  ## unit tier: model, graph, render, tls, schema, agent (no cluster); haproxy -c and the agent on 2.6 and 3.4
 	$(PYTEST) tests/unit -q
 
 test-harness: $(STAMP) system-deps binaries haproxy-lts  ## offline checks of the test harness, kind, manifests, Dockerfile and CI files
@@ -66,7 +66,7 @@ test-integration: $(STAMP) binaries node-deps  ## integration tier: real kube-ap
 test-e2e: $(STAMP) system-deps binaries  ## end to end: operator + agent + HAProxy + netns backends (root)
 	$(PYTEST) tests/e2e -q -o testpaths=tests/e2e
 
-test-e2e-lts: $(STAMP) system-deps binaries haproxy-lts  ## the end-to-end tier again, with HAProxy 3.2 (the manifests' LTS) as the data plane
+test-e2e-lts: $(STAMP) system-deps binaries haproxy-lts  ## the end-to-end tier again, with HAProxy 3.4 (the manifests' LTS) as the data plane
 	@lts="$${ROUNDHOUSE_HAPROXY_LTS:-$$(e2e/cluster/fetch-haproxy-lts.sh 2>/dev/null)}"; \
 	if [ "$$lts" = none ]; then echo "test-e2e-lts: skipped (ROUNDHOUSE_HAPROXY_LTS=none)"; exit 0; fi; \
 	echo "end to end with $$("$$lts" -v | sed -n 1p)"; \

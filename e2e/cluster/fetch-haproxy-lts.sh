@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# HAProxy of the LTS branch the manifests run (haproxy:3.2), for tests on a Debian 12
+# HAProxy of the LTS branch the manifests run (haproxy:3.4), for tests on a Debian 12
 # machine whose own haproxy is 2.6. Prints the path of a runnable haproxy last.
 #
-# Debian 12 has no 3.2 package, and the image registries are out of reach, so this takes
-# Debian unstable's binary package of that branch and the shared libraries it needs
+# Debian 12 has no 3.4 package, and the image registries are out of reach, so this takes
+# Debian's binary package of that branch (unstable, else experimental) and the shared libraries it needs
 # (resolved from the package metadata, not a fixed list), unpacks them into a private
 # root and points the binary's ELF interpreter and RPATH at that root (patchelf). The
 # binary then runs natively, so HAProxy's master process can re-execute it on reload.
@@ -12,13 +12,13 @@
 #
 # Cached by version in ${ROUNDHOUSE_CACHE:-~/.cache/roundhouse}/haproxy/<version>/; the
 # newest cached build of the series is used without asking the network, until
-# HAPROXY_LTS_REFRESH=1. Knobs: HAPROXY_LTS_SERIES (3.2), HAPROXY_LTS_SUITES.
+# HAPROXY_LTS_REFRESH=1. Knobs: HAPROXY_LTS_SERIES (3.4), HAPROXY_LTS_SUITES.
 set -euo pipefail
 
-SERIES="${HAPROXY_LTS_SERIES:-3.2}"
-# The first suites carry the series today; the later ones keep it within reach once
-# unstable moves on to a newer branch.
-SUITES="${HAPROXY_LTS_SUITES:-sid forky trixie-backports}"
+SERIES="${HAPROXY_LTS_SERIES:-3.4}"
+# experimental carries the series today (3.4.7), unstable once it moves there; the later
+# ones keep it within reach once unstable moves on to a newer branch.
+SUITES="${HAPROXY_LTS_SUITES:-sid experimental forky trixie-backports}"
 CACHE="${ROUNDHOUSE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/roundhouse}/haproxy"
 ARCH="$(dpkg --print-architecture)"
 TRIPLET="$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)"

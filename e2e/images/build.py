@@ -7,7 +7,7 @@ Prints one archive path per line, last (operator, haproxy, echo); each one impor
 `ctr -n k8s.io images import <tar>` registers the exact name its consumer uses:
 
   docker.io/library/roundhouse:<tag>       the unchanged Dockerfile (operator + agent)
-  docker.io/library/haproxy:3.2            the chart's proxy.haproxyImage, HAProxy 3.2
+  docker.io/library/haproxy:3.4            the chart's proxy.haproxyImage, HAProxy 3.4
   docker.io/library/roundhouse-echo:<tag>  the unchanged e2e/kind/echo/Dockerfile
 
 Both Dockerfiles start FROM python:3.11.14-slim-bookworm, made here with debootstrap.
@@ -41,7 +41,8 @@ from e2e.images.rootfs import log  # noqa: E402
 from e2e.images.store import buildah_storage  # noqa: E402
 
 PYTHON_BASE = "docker.io/library/python:3.11.14-slim-bookworm"
-HAPROXY = "docker.io/library/haproxy:3.2"
+HAPROXY = "docker.io/library/haproxy:3.4"
+SERIES = HAPROXY.rsplit(":", 1)[1]  # the LTS branch of the chart's image
 OPERATOR_REPO = "docker.io/library/roundhouse"
 ECHO_REPO = "docker.io/library/roundhouse-echo"
 ECHO_CONTEXT = REPO / "e2e" / "kind" / "echo"
@@ -132,7 +133,7 @@ class Builder:
     def haproxy(self) -> BuiltImage:
         version, source = rootfs.haproxy_root()
         key = digest(HAPROXY_RECIPE, version, HAPROXY, self.base_key)[:16]
-        archive = self.cache / f"haproxy-3.2-{key}.tar"
+        archive = self.cache / f"haproxy-{SERIES}-{key}.tar"
         if archive.exists():
             return BuiltImage("haproxy", HAPROXY, archive, built=False)
         base = self.base()
@@ -150,7 +151,7 @@ class Builder:
                 "WorkingDir": "/var/lib/haproxy",
                 "StopSignal": "SIGUSR1",
             }, comment=f"HAProxy {version} from Debian's package (fetch-haproxy-lts.sh)")
-        prune(archive, "haproxy-3.2-*.tar")
+        prune(archive, f"haproxy-{SERIES}-*.tar")
         log(f"{HAPROXY}: HAProxy {version}, built in {time.monotonic() - started:.0f}s")
         return BuiltImage("haproxy", HAPROXY, archive, built=True)
 

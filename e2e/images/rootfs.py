@@ -1,7 +1,7 @@
 """Root filesystems of the offline images: a debootstrapped Python base and HAProxy.
 
 No registry is reachable, so the base the Dockerfiles name is made from Debian's
-packages (bookworm, minbase), and HAProxy 3.2 (the LTS the chart names) comes from
+packages (bookworm, minbase), and HAProxy 3.4 (the LTS the chart names) comes from
 the private root e2e/cluster/fetch-haproxy-lts.sh unpacks from Debian's package.
 """
 
@@ -86,7 +86,7 @@ def python_base(dest: Path, deb_cache: Path) -> None:
 
 
 def haproxy_root() -> tuple[str, Path]:
-    """(version, private root) of HAProxy 3.2 from fetch-haproxy-lts.sh (cached by it)."""
+    """(version, private root) of HAProxy 3.4 from fetch-haproxy-lts.sh (cached by it)."""
     out = subprocess.run([str(FETCH_HAPROXY)], check=True, stdout=subprocess.PIPE,
                          text=True).stdout.split()
     binary = Path(out[-1])  # <cache>/haproxy/<version>/bin/haproxy

@@ -3,7 +3,7 @@
     python e2e/pods/run.py [pytest args...]
 
 1. images: e2e/images/build.py builds (or reuses, cached by content) the operator image
-   from the Dockerfile, HAProxy 3.2 under the chart's image name, and the echo backend;
+   from the Dockerfile, HAProxy 3.4 under the chart's image name, and the echo backend;
 2. a local control plane with a real kubelet node beside the kwok nodes
    (e2e/cluster/node.py: containerd, CNI bridge, kubelet, kube-proxy), the images
    imported into its containerd, the operator image also under a second tag for the
@@ -60,7 +60,7 @@ def run(argv: Sequence[str], **kw: object) -> subprocess.CompletedProcess[str]:
 
 def build_images(tag: str) -> list[Path]:
     """The image archives (docker-archive tars), built or reused by e2e/images/build.py."""
-    log("images: operator (Dockerfile), haproxy:3.2, echo (cached by content)")
+    log("images: operator (Dockerfile), haproxy:3.4, echo (cached by content)")
     out = run([sys.executable, str(ROOT / "e2e" / "images" / "build.py"), "--tag", tag],
               stdout=subprocess.PIPE).stdout
     archives = [Path(line.strip()) for line in out.splitlines() if line.strip()]

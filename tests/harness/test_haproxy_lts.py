@@ -24,6 +24,6 @@ def test_lts_binary_is_the_branch_of_the_charts_haproxy_image() -> None:
     values = yaml.safe_load((REPO / "manifests" / "roundhouse" / "values.yaml").read_text())
     image: str = values["proxy"]["haproxyImage"]
     assert image == ProxyImages().haproxy, "the operator's default is the chart's"
-    series = image.rsplit(":", 1)[1]  # haproxy:3.2 -> 3.2
+    series = image.rsplit(":", 1)[1]  # haproxy:3.4 -> 3.4
     assert haproxy_version(binaries[1]).startswith(f"{series}."), (image, binaries[1])
     assert haproxy_version(binaries[0]).startswith("2.6."), "Debian 12's own haproxy"

@@ -275,7 +275,7 @@ def test_single_replica_has_no_disruption_budget() -> None:
 def test_chart_values_overrides_render() -> None:
     result = helm("template", "roundhouse", str(CHART), "--namespace", NAMESPACE,
                   "--set", "image.repository=registry.example/rh/roundhouse",
-                  "--set", "image.tag=1.2.3", "--set", "proxy.haproxyImage=haproxy:3.2.4",
+                  "--set", "image.tag=1.2.3", "--set", "proxy.haproxyImage=haproxy:3.4.4",
                   "--set", "priorityClassName=system-cluster-critical",
                   "--set", "nodeSelector.role=infra")
     assert result.returncode == 0, result.stderr
@@ -284,7 +284,7 @@ def test_chart_values_overrides_render() -> None:
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert container["image"] == "registry.example/rh/roundhouse:1.2.3"
     assert env["ROUNDHOUSE_AGENT_IMAGE"] == "registry.example/rh/roundhouse:1.2.3"
-    assert env["ROUNDHOUSE_HAPROXY_IMAGE"] == "haproxy:3.2.4"
+    assert env["ROUNDHOUSE_HAPROXY_IMAGE"] == "haproxy:3.4.4"
     assert spec["priorityClassName"] == "system-cluster-critical"
     assert spec["nodeSelector"] == {"role": "infra"}
 
@@ -454,7 +454,7 @@ def test_operator_deployment_runs_with_leader_election(docs: list[dict[str, Any]
     env = {e["name"]: e for e in container["env"]}
     assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
-    assert env["ROUNDHOUSE_HAPROXY_IMAGE"]["value"] == "haproxy:3.2"
+    assert env["ROUNDHOUSE_HAPROXY_IMAGE"]["value"] == "haproxy:3.4"
     assert env["ROUNDHOUSE_AGENT_IMAGE"]["value"] == container["image"]
 
 

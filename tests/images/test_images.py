@@ -1,7 +1,7 @@
 """The offline images of the real-Pods tier (e2e/images/build.py) are what their consumers need.
 
 Builds (or takes from the cache) every image, then checks each archive's name, its run
-config, and what runs inside: the operator's entry point, HAProxy 3.2 validating a
+config, and what runs inside: the operator's entry point, HAProxy 3.4 validating a
 rendered config, and HAProxy's master-worker reload on a read-only root as the Pod's uid.
 Needs root, buildah and debootstrap (a cold build takes minutes; a cached one, a second).
 """
@@ -37,7 +37,7 @@ pytestmark = [
 
 
 def normalised(image: str) -> str:
-    """The name containerd gives a short image reference (haproxy:3.2 -> docker.io/library/...)."""
+    """The name containerd gives a short image reference (haproxy:3.4 -> docker.io/library/...)."""
     first = image.split("/", 1)[0]
     if "/" not in image:
         return f"docker.io/library/{image}"
@@ -84,7 +84,7 @@ def test_each_archive_carries_the_exact_name_its_consumer_uses(
         images: dict[str, BuiltImage]) -> None:
     values = yaml.safe_load((REPO / "manifests/roundhouse/values.yaml").read_text())
     chart_haproxy = normalised(values["proxy"]["haproxyImage"])
-    assert chart_haproxy == normalised(ProxyImages().haproxy) == "docker.io/library/haproxy:3.2"
+    assert chart_haproxy == normalised(ProxyImages().haproxy) == "docker.io/library/haproxy:3.4"
     assert images["haproxy"].name == chart_haproxy
     assert images["operator"].name.startswith("docker.io/library/roundhouse:")
     assert images["echo"].name.startswith("docker.io/library/roundhouse-echo:")
@@ -130,7 +130,7 @@ def test_haproxy_image_is_the_32_lts_and_takes_the_pods_args(
     assert config["User"] == f"{PROXY_UID}:{PROXY_UID}"
     ran = in_image(rootfs["haproxy"], "haproxy", "-vv")
     assert ran.returncode == 0, ran.stderr
-    assert ran.stdout.startswith("HAProxy version 3.2."), ran.stdout[:200]
+    assert ran.stdout.startswith("HAProxy version 3.4."), ran.stdout[:200]
     assert "USE_OPENSSL=1" in ran.stdout and "Prometheus exporter" in ran.stdout
 
 

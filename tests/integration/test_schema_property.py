@@ -3,7 +3,7 @@
 
 For every drawn object the offline evaluator (tests/unit/schema_validator.py) must agree
 with the API server on accept or reject; every object the API server accepts, as it
-returns it (pruned, defaulted), must render, pass `haproxy -c` on 2.6 and 3.2 and keep
+returns it (pruned, defaulted), must render, pass `haproxy -c` on 2.6 and 3.4 and keep
 the structure hash honest (tests/unit/schema_properties.py). Per kind, most objects are
 drawn with the CEL rules kept and the rest from the OpenAPI schema alone, so that the
 rules' rejections are compared too.

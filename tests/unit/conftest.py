@@ -47,7 +47,7 @@ HaproxyCheck = Callable[[ProxyGraph], subprocess.CompletedProcess[str]]
 
 @functools.cache
 def haproxy_binaries() -> tuple[str, ...]:
-    """Debian's haproxy (2.6) and one of the LTS branch the manifests run (3.2, from
+    """Debian's haproxy (2.6) and one of the LTS branch the manifests run (3.4, from
     e2e/cluster/fetch-haproxy-lts.sh, or $ROUNDHOUSE_HAPROXY_LTS): every rendered config
     must pass both, and the agent is tested against both. ROUNDHOUSE_HAPROXY_LTS=none:
     only the system's (a machine with no Debian mirror; the kind job runs the LTS image)."""

@@ -3,7 +3,7 @@
 For an accepted object, as stored (pruned, defaulted):
 1. the offline pipeline (model parse -> graph -> render, as `roundhouse render`) neither
    crashes nor refuses it;
-2. the rendered haproxy.cfg passes the real `haproxy -c` of 2.6 and 3.2 (checked in a
+2. the rendered haproxy.cfg passes the real `haproxy -c` of 2.6 and 3.4 (checked in a
    batch, several configs at once, by check_configs);
 3. a change outside server lines changes the structure hash: a timeout and a header value
    in the spec, and any non-server line of the text; a change only in the endpoints

@@ -77,9 +77,9 @@ CASES: list[tuple[str, dict[str, Any], bool, str | None]] = [
      'container agent ImagePullBackOff: Back-off pulling image "rh/agent:x"'),
     ("image never pulled and not present",
      pod_status(container("haproxy", "ErrImageNeverPull",
-                          'Container image "haproxy:3.2" is not present with pull policy '
+                          'Container image "haproxy:3.4" is not present with pull policy '
                           'of Never')), False,
-     f'{POD}: container haproxy ErrImageNeverPull: Container image "haproxy:3.2" is not '
+     f'{POD}: container haproxy ErrImageNeverPull: Container image "haproxy:3.4" is not '
      'present with pull policy of Never'),
     ("config error of an init container",
      pod_status(container("haproxy", "PodInitializing"),

@@ -137,7 +137,7 @@ def test_the_schema_allows_many_hosts_with_many_certificates() -> None:
 
 def test_the_largest_accepted_reverseproxy_renders() -> None:
     """Every host list, header list, range list and map at the CRD's maximum, with as many
-    certificates as the CRD accepts: haproxy -c (2.6 and 3.2) accepts the config. Before,
+    certificates as the CRD accepts: haproxy -c (2.6 and 3.4) accepts the config. Before,
     16 header matches put 111 words on one line and haproxy -c refused it."""
     check_reverseproxy(reverseproxy(largest_accepted_secret_count()))
 

@@ -5,7 +5,7 @@ whose dialect is not Python's. Each pattern below passes the CRD (the API server
 it) and Python's `re`, but not PCRE2 as HAProxy calls it: the model must refuse it with
 an error at the field (so the operator sets Accepted=False and the offline CLI fails the
 same way), never render a config `haproxy -c` refuses. And the patterns the model accepts
-must pass the real `haproxy -c`, on 2.6 and 3.2, in both places a regex is rendered.
+must pass the real `haproxy -c`, on 2.6 and 3.4, in both places a regex is rendered.
 """
 
 from __future__ import annotations

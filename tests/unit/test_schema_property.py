@@ -1,6 +1,6 @@
 """Issue 11: objects drawn from the CRDs' own schema and CEL rules (not from the model's
 idea of what is valid), kept when the offline evaluator of the API server accepts them,
-must render, pass `haproxy -c` on 2.6 and 3.2, and keep the structure hash honest
+must render, pass `haproxy -c` on 2.6 and 3.4, and keep the structure hash honest
 (tests/unit/schema_properties.py). ROUNDHOUSE_PROPERTY_EXAMPLES sets how many objects are
 drawn in all (both kinds); `make test-property-large` draws thousands."""
 

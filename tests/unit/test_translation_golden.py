@@ -64,7 +64,7 @@ INPUTS = {p.stem: p for p in [*sorted(p for p in EXAMPLES.glob("*.yaml")
                               *sorted(PARTIAL.glob("*.yaml"))]}
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 UID = "golden-uid"
-IMAGES = objects.ProxyImages(haproxy="haproxy:3.2", agent="roundhouse:golden")
+IMAGES = objects.ProxyImages(haproxy="haproxy:3.4", agent="roundhouse:golden")
 REDACTED = "REDACTED"
 
 

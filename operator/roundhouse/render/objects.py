@@ -27,7 +27,7 @@ PROXY_UID = 10001  # any non-root uid: both images run unprivileged
 
 @dataclass(frozen=True)
 class ProxyImages:
-    haproxy: str = "haproxy:3.2"
+    haproxy: str = "haproxy:3.4"
     agent: str = "roundhouse:0.1.0"
     pull_policy: str = "IfNotPresent"
 
