@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -62,6 +63,12 @@ class UnpackedRoots(dict[str, Path]):
     def __missing__(self, role: str) -> Path:
         root = self._work / role
         unpack_rootfs(self._images[role].archive, root)
+        # What a container runtime provides and an image does not carry (HAProxy 3.4 opens
+        # /dev/null even for `-c`).
+        (root / "dev").mkdir(exist_ok=True)
+        if not (root / "dev/null").exists():
+            os.mknod(root / "dev/null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+            os.chmod(root / "dev/null", 0o666)
         self[role] = root
         return root
 
