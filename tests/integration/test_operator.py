@@ -365,3 +365,58 @@ def test_operator_holds_the_leader_lease(operator: OperatorProcess,
         "roundhouse-operator", OPERATOR_NAMESPACE), 30, "leader Lease")
     assert lease.spec.holder_identity
     assert lease.spec.lease_duration_seconds == 15
+
+
+def _allowed(kube: client.ApiClient, user: str, namespace: str, verb: str, resource: str,
+             name: str) -> bool:
+    """The real API server's RBAC authorizer answers for `user` (a SubjectAccessReview)."""
+    review = client.AuthorizationV1Api(kube).create_subject_access_review({
+        "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {"user": user, "groups": ["system:serviceaccounts",
+                                          f"system:serviceaccounts:{namespace}"],
+                 "resourceAttributes": {"namespace": namespace, "verb": verb,
+                                        "resource": resource, "name": name}}})
+    return bool(review.status.allowed)
+
+
+def test_each_proxy_reads_only_its_own_config_and_keys(
+        operator: OperatorProcess, kube: client.ApiClient, namespace: str) -> None:
+    """Why every resource has its own ServiceAccount, Role and RoleBinding (3 of the 8
+    children, written once): the Role names that resource's ConfigMaps and Secrets. One
+    Role per namespace would have to name every proxy's, and a proxy could then read
+    another's private keys. Asked of the real API server's authorizer."""
+    import base64
+    import datetime as dt
+
+    from roundhouse import tls
+    sample_app(kube, namespace)
+    now = dt.datetime.now(dt.UTC)
+    ca = tls.issue_ca("user-ca", now)
+    for name in ("web", "api"):
+        pair = tls.issue_serving(ca, (f"{name}.example.test",), now)
+        client.CoreV1Api(kube).create_namespaced_secret(namespace, {
+            "metadata": {"name": f"{name}-cert"}, "type": "kubernetes.io/tls",
+            "data": {"tls.crt": base64.b64encode(pair.cert_pem.encode()).decode(),
+                     "tls.key": base64.b64encode(pair.key_pem.encode()).decode()}})
+        create_lb(kube, namespace, lb_body(name, listeners=[
+            {"name": "https", "port": 443, "protocol": "HTTPS",
+             "tls": {"secretName": f"{name}-cert"}}]))
+    rbac = client.RbacAuthorizationV1Api(kube)
+    for name in ("web", "api"):
+        wait_for(lambda name=name: any(r.resources == ["secrets"]
+                                       for r in rbac.read_namespaced_role(
+                                           f"{name}-lb", namespace).rules),
+                 60, f"the Role of {name} naming its Secret")
+    web = f"system:serviceaccount:{namespace}:web-lb"
+    # Its own: the config, the certificate, its agents' reports.
+    assert _allowed(kube, web, namespace, "get", "configmaps", "web-lb")
+    assert _allowed(kube, web, namespace, "watch", "configmaps", "web-lb")
+    assert _allowed(kube, web, namespace, "get", "secrets", "web-cert")
+    assert _allowed(kube, web, namespace, "patch", "configmaps", "web-lb-agents")
+    # Another proxy's, in the same namespace: nothing.
+    assert not _allowed(kube, web, namespace, "get", "secrets", "api-cert")
+    assert not _allowed(kube, web, namespace, "get", "configmaps", "api-lb")
+    assert not _allowed(kube, web, namespace, "patch", "configmaps", "api-lb-agents")
+    # Nor anything it was not given: the backends' Secrets, writes to its own config.
+    assert not _allowed(kube, web, namespace, "list", "secrets", "")
+    assert not _allowed(kube, web, namespace, "patch", "configmaps", "web-lb")

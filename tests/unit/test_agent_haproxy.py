@@ -18,6 +18,7 @@ import pytest
 from roundhouse.agent.agent import Agent, DesiredState
 from roundhouse.agent.loop import run, wait_for_haproxy
 from roundhouse.agent.metrics import AgentMetrics
+from roundhouse.agent.runtime import RuntimeClient
 from roundhouse.agent.source import Source
 from roundhouse.render.structure import config_hash
 from tests.unit.agent_harness import (
@@ -469,3 +470,18 @@ def test_every_rendered_algorithm_takes_added_servers(haproxy_binary: str,
             assert r.agent.apply(r.scenario.desired()).action == "runtime"
             assert set(r.spread(4)) == {name}
         assert r.agent.status().reloads == 0
+
+
+def test_setting_a_server_to_the_address_it_has_is_accepted(haproxy_binary: str) -> None:
+    """The agent may set a slot to the address it already has (its view was stale).
+    2.6 and 3.2 answer "no need to change ...", 3.4 "nothing changed": neither is an
+    error, or the agent would fall back to a reload (seen once on 3.4, scaling 0 -> 3)."""
+    with rig(haproxy_binary) as r:
+        worker = r.haproxy.worker()
+        runtime = RuntimeClient(r.haproxy.runtime_dir)
+        state = next(s for s in runtime.servers_state("be_http") if s.port != 1)
+        runtime.server_command(
+            f"set server be_http/{state.server} addr {state.address} port {state.port}")
+        free = next(s for s in runtime.servers_state("be_http") if s.port == 1)
+        runtime.server_command(f"set server be_http/{free.server} addr 127.0.0.1 port 1")
+        assert r.haproxy.worker() == worker

@@ -95,6 +95,7 @@ def test_show_servers_state() -> None:
      "socket command'\n\n", True),
     ("no need to change the addr, no need to change the port by 'stats socket command'\n",
      True),
+    ("nothing changed\n\n", True),  # 3.4, the same address and port again
     ("Invalid addr 'bogus' by 'stats socket command'\n\n", False),
     ("No such server.\n\n", False),
     ("Absolute weight can only be between 0 and 256 inclusive.\n\n", False),

@@ -145,8 +145,10 @@ def _server_reply_ok(reply: str) -> bool:
     lowered = text.lower()
     if "invalid" in lowered or "can't" in lowered or "cannot" in lowered:
         return False
-    # `set server addr` narrates what it did: "IP changed from ..." / "no need to change ...".
-    return "changed from" in lowered or "no need to change" in lowered
+    # `set server addr` narrates what it did: "IP changed from ...", and when the address
+    # was already that one "no need to change ..." (2.6, 3.2) or "nothing changed" (3.4).
+    return ("changed from" in lowered or "no need to change" in lowered
+            or lowered == "nothing changed")
 
 
 class RuntimeClient:
