@@ -3,10 +3,11 @@
 # machine whose own haproxy is 2.6. Prints the path of a runnable haproxy last.
 #
 # Debian 12 has no 3.4 package, and the image registries are out of reach, so this takes
-# Debian's binary package of that branch (unstable, else experimental) and the shared libraries it needs
-# (resolved from the package metadata, not a fixed list), unpacks them into a private
-# root and points the binary's ELF interpreter and RPATH at that root (patchelf). The
-# binary then runs natively, so HAProxy's master process can re-execute it on reload.
+# Debian's binary package of that branch (unstable, else experimental) and the shared
+# libraries it needs (resolved from the package metadata, not a fixed list), unpacks them
+# into a private root and points the binary's ELF interpreter and RPATH at that root
+# (patchelf). The binary then runs natively, so HAProxy's master process can re-execute
+# it on reload.
 # Nothing is installed system-wide except patchelf; apt runs on private lists, reusing
 # the mirror this machine's own sources name.
 #

@@ -110,7 +110,8 @@ async def apply_object(obj: dict[str, Any]) -> None:
             "PATCH", path, body=obj, content_type="application/apply-patch+yaml",
             query=[("fieldManager", kube.FIELD_MANAGER), ("force", "true")], parse=False,
             # A proxy's config moves traffic (a backend gone, a new one): it goes before
-            # status writes and other children queued by other reconciles.
+            # status writes and other children queued by other reconciles. (The agents'
+            # report ConfigMap, written once per resource, rides along.)
             urgent=obj["kind"] == "ConfigMap",
         )
     except Exception as error:  # ApiException carries the API server's message

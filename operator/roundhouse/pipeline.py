@@ -55,10 +55,20 @@ def _desired(graph: ProxyGraph, model: LoadBalancer | ReverseProxy,
              images: objects.ProxyImages | None, options: RenderOptions | None,
              config_only: bool = False) -> Desired:
     """One path from a graph to the children, whichever kind the graph came from."""
-    owner = objects.owner_of(model)
     rendered = render_haproxy(graph, options)
-    if config_only:
-        return Desired(graph, rendered, (objects.config_map(owner, rendered),))
+    config_only_desired = Desired(graph, rendered,
+                                  (objects.config_map(objects.owner_of(model), rendered),))
+    return config_only_desired if config_only else complete(config_only_desired, model, images)
+
+
+def complete(desired: Desired, model: LoadBalancer | ReverseProxy,
+             images: objects.ProxyImages | None = None) -> Desired:
+    """Every child, from a config-only `desired` (the graph, the config and its
+    ConfigMap are reused, not built or rendered again; the reconciler completes one
+    whose structure turned out to change)."""
+    graph, rendered = desired.graph, desired.rendered
+    (config_map,) = desired.children  # config-only: the proxy ConfigMap
+    owner = objects.owner_of(model)
     persistence = model.session_persistence
     proxy = objects.ProxySpec(
         replicas=model.proxy.replicas,
@@ -75,7 +85,7 @@ def _desired(graph: ProxyGraph, model: LoadBalancer | ReverseProxy,
         objects.service_account(owner),
         objects.agent_role(owner, graph),
         objects.agent_role_binding(owner),
-        objects.config_map(owner, rendered),
+        config_map,
         objects.agent_status_config_map(owner),
         objects.deployment(owner, graph, rendered, proxy, images or objects.ProxyImages()),
         objects.pod_disruption_budget(owner),

@@ -25,7 +25,7 @@ from roundhouse.graph import ClusterState, ProxyGraph, child_name, issued_secret
 from roundhouse.model import SpecError
 from roundhouse.model.cluster import TLSSecret
 from roundhouse.model.pods import ProxyPod
-from roundhouse.pipeline import Desired
+from roundhouse.pipeline import Desired, complete
 from roundhouse.render import objects
 from roundhouse.reports import stale_reports
 from roundhouse.status import Condition
@@ -358,7 +358,10 @@ class Reconciler:
                                         config_only=True)
             if partial.rendered.structure_hash == previous.structure_hash:
                 return partial, self.desired.put(key, inputs, partial, previous)
-        desired = resources.desired(model, cluster, self.images, conflicts)
+            # The structure changed (slots added): the same graph and config, all children.
+            desired = complete(partial, model, self.images)
+        else:
+            desired = resources.desired(model, cluster, self.images, conflicts)
         return desired, self.desired.put(key, inputs, desired)
 
     def _cluster_state(self, model: resources.Model, idx: Indexes) -> ClusterState:

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from roundhouse import resources
 from roundhouse.graph import ClusterState, child_name
 from roundhouse.model.cluster import EndpointSlice
-from roundhouse.pipeline import Desired
+from roundhouse.pipeline import Desired, complete
 from roundhouse.render import objects
 from tests.unit import rp_fixtures, test_render_property
 from tests.unit.strategies import valid_loadbalancers, valid_reverseproxies
@@ -54,6 +54,9 @@ def _check(obj: dict[str, Any], cluster: ClusterState) -> None:
     assert (config_map["kind"], config_map["metadata"]["name"]) == ("ConfigMap", config_name)
     assert config_map in after.children
     assert config_only.rendered == after.rendered
+    # Completed, it is the full render, child for child (the reconciler's path when the
+    # structure changed).
+    assert complete(config_only, model, IMAGES).children == after.children
     if moved.slices != cluster.slices:
         # Not vacuous: endpoints moved, the config shows it...
         assert after.rendered.config_hash != before.rendered.config_hash

@@ -584,8 +584,8 @@ def _offline(monkeypatch: pytest.MonkeyPatch, apply_object: Any) -> Any:
 def test_an_endpoint_change_renders_and_writes_the_proxy_configmap_alone(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A readiness flip renders only the proxy ConfigMap (config_only) and writes it; a
-    scale past the slots changes the config's structure: everything is rendered, and the
-    Deployment (which carries the structure hash) is written too."""
+    scale past the slots changes the config's structure: the other children are completed
+    from that render, and the Deployment (which carries the structure hash) is written too."""
     written: list[tuple[str, str]] = []
 
     async def fake_apply(obj: dict[str, Any]) -> None:
@@ -616,8 +616,12 @@ def test_an_endpoint_change_renders_and_writes_the_proxy_configmap_alone(
     # 20 endpoints need more than the 8 slots: a new structure.
     idx.slices = {("default", "web"): state(20).slices}
     asyncio.run(rec.reconcile("LoadBalancer", body, idx))
-    assert renders == [False, True, True, False]
+    # Rendered once (config-only), then completed from that same render, not again.
+    assert renders == [False, True, True]
     assert written == [("ConfigMap", "web-lb"), ("Deployment", "web-lb")]
+    outcome = rec.desired.entries[("LoadBalancer", "default", "web")][1]
+    assert outcome.graph.backends_total == 20 and len(outcome.fingerprints) == 8
+    assert outcome.applied(rec.last_applied[("LoadBalancer", "default", "web")])
     # The Service changes (one more port), not only endpoints: everything is rendered.
     renders.clear()
     idx.services = {("default", "web"): [service("web", (("http", 80), ("admin", 81)))]}

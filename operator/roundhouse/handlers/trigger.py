@@ -7,8 +7,8 @@ longer (a resource of 8,000 endpoints costs ~150 ms of rendering: it may then us
 most about half a core). The cost is what the action returns (the reconciler returns
 its seconds of rendering), else the run's wall time: a reconcile that spent a second
 queued behind 400 API writes of a fan-out has cost no CPU, and spacing the next change
-by two seconds would only delay it. Events meanwhile are coalesced into that one pending run
-(reconciles are level-based: the latest action wins). So an isolated Pod readiness
+by two seconds would only delay it. Events meanwhile are coalesced into that one
+pending run (reconciles are level-based: the latest action wins). So an isolated Pod readiness
 change propagates with no added wait, and a rolling restart costs one reconcile per
 spacing, not one per EndpointSlice update.
 
