@@ -260,6 +260,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--callgrind", action="store_true",
                         help="count instructions per request under valgrind (one round)")
+    parser.add_argument("--haproxy", default="haproxy",
+                        help="the HAProxy binary (default: haproxy on PATH, Debian's; "
+                             "the manifests' LTS: $(e2e/cluster/fetch-haproxy-lts.sh))")
     args = parser.parse_args()
     if args.callgrind:
         ensure("valgrind", "valgrind")
@@ -271,20 +274,17 @@ def main() -> int:
         args.tmp = tmpdir
         origin = free_port()
         (tmp / "origin.cfg").write_text(origin_config(origin))
-        origin_proc = subprocess.Popen(["taskset", "-c", LOAD_CPU, "haproxy", "-db", "-f",
+        origin_proc = subprocess.Popen(["taskset", "-c", LOAD_CPU, args.haproxy, "-db", "-f",
                                         str(tmp / "origin.cfg")], stdout=subprocess.DEVNULL,
                                        stderr=subprocess.DEVNULL, start_new_session=True)
 
         def haproxy(text: Callable[[int], str]) -> Callable[[int, str], list[str]]:
             def command(listen: int, name: str) -> list[str]:
-                config = text(listen)
-                if args.callgrind:
-                    # The master re-executes itself out of valgrind and its forked worker
-                    # cannot be reached by callgrind_control; the worker alone serves
-                    # requests, so it runs as the only process here (no master).
-                    config = config.replace("    master-worker\n", "")
-                (tmp / f"{name}.cfg").write_text(config)
-                return ["haproxy", "-db", "-f", str(tmp / f"{name}.cfg")]
+                # Without -W: the worker alone serves requests, so it runs as the only
+                # process (under valgrind a master re-executes itself out of it, and its
+                # forked worker cannot be reached by callgrind_control).
+                (tmp / f"{name}.cfg").write_text(text(listen))
+                return [args.haproxy, "-db", "-f", str(tmp / f"{name}.cfg")]
             return command
 
         def nginx_command(listen: int, name: str) -> list[str]:
@@ -320,6 +320,8 @@ def main() -> int:
 
     report: dict[str, Any] = {
         "benchmark": "overhead",
+        "haproxy": subprocess.run([args.haproxy, "-v"], capture_output=True, text=True,
+                                  check=False).stdout.split(" - ")[0].strip(),
         "load": {"tool": "wrk", "threads": 2, "connections": args.connections,
                  "seconds_per_run": args.seconds, "rounds": args.rounds,
                  "proxy_cpu": PROXY_CPU, "load_cpu": LOAD_CPU},

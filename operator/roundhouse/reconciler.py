@@ -14,7 +14,7 @@ import datetime as dt
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ from roundhouse.model.pods import ProxyPod
 from roundhouse.pipeline import Desired, complete
 from roundhouse.render import objects
 from roundhouse.reports import stale_reports
+from roundhouse.server_state import SlotMap, slot_map
 from roundhouse.status import Condition
 
 log = logging.getLogger(__name__)
@@ -182,8 +183,10 @@ class Reconciler:
     last_applied: dict[Key, apply.Applied] = field(default_factory=dict)
     desired: DesiredCache = field(default_factory=DesiredCache)
     written_status: dict[Key, dict[str, Any]] = field(default_factory=dict)
-    # (namespace, name) -> content digest of each ConfigMap this process last wrote
-    configmap_contents: dict[tuple[str, str], str] = field(default_factory=dict)
+    # (namespace, name) -> content digest of each ConfigMap this process last wrote, and
+    # its server slots if it is a proxy ConfigMap (None otherwise)
+    configmap_contents: dict[tuple[str, str], tuple[str, SlotMap | None]] = field(
+        default_factory=dict)
     # Seconds the last reconcile of each resource spent rendering (0 when nothing was):
     # its CPU cost, which spaces its next dependency-triggered run (trigger.Debouncer).
     render_seconds: dict[Key, float] = field(default_factory=dict)
@@ -200,19 +203,34 @@ class Reconciler:
             self._gate = asyncio.Semaphore(reconcile_concurrency())
         return self._gate
 
-    def _remember_configmaps(self, namespace: str, children: Iterable[dict[str, Any]],
+    def _remember_configmaps(self, key: Key, desired: Desired,
                              written: list[apply.ChildKey]) -> None:
-        for child in children:
+        kind, namespace, name = key
+        proxy_configmap = child_name(kind, name)
+        for child in desired.children:
             if child["kind"] == "ConfigMap" and apply.child_key(child) in written:
-                name = child["metadata"]["name"]
-                self.configmap_contents[(namespace, name)] = apply.content_digest(child)
+                configmap = child["metadata"]["name"]
+                slots = (slot_map(desired.rendered.server_state)
+                         if configmap == proxy_configmap else None)
+                self.configmap_contents[(namespace, configmap)] = (
+                    apply.content_digest(child), slots)
 
     def own_configmap_write(self, namespace: str, name: str, body: Mapping[str, Any]) -> bool:
         """The event shows a ConfigMap with the content this process last wrote to it:
         the echo of its own write, nothing to reconcile. (A proxy ConfigMap is written
         on every readiness flip: without this, each write re-reconciled its owner.)"""
         wrote = self.configmap_contents.get((namespace, name))
-        return wrote is not None and wrote == apply.content_digest(body)
+        return wrote is not None and wrote[0] == apply.content_digest(body)
+
+    def own_proxy_configmap(self, namespace: str, name: str,
+                            body: Mapping[str, Any]) -> SlotMap | None:
+        """The slots of a proxy ConfigMap whose content is what this process last wrote
+        (the index then need not decode it: a gzipped megabyte at 8,192 slots), else
+        None."""
+        wrote = self.configmap_contents.get((namespace, name))
+        if wrote is None or wrote[1] is None or wrote[0] != apply.content_digest(body):
+            return None
+        return wrote[1]
 
     def lock(self, key: Key) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -322,7 +340,7 @@ class Reconciler:
                                                             dict(outcome.fingerprints))
                     except apply.ApplyError as err:
                         failure = err
-                    self._remember_configmaps(namespace, desired.children, written)
+                    self._remember_configmaps(key, desired, written)
                     del desired
         conditions = status.conditions(outcome.graph, outcome.config_hash,
                                        model.proxy.replicas, _proxy_pods(owner, idx),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import http.client
+import json
 import stat
 import threading
 import time
@@ -214,6 +215,27 @@ def test_restarted_agent_adopts_the_running_state(haproxy_binary: str) -> None:
         assert result.action == "reload" and result.reason.startswith("recovery")
         assert again.metrics.registry.get_sample_value(RELOADS, {"reason": "recovery"}) == 1
         assert r.haproxy.worker() != worker
+        assert set(r.spread(9)) == {"a", "b"}
+
+
+def test_servers_json_as_received_is_kept_and_adopted_after_a_restart(
+        haproxy_binary: str) -> None:
+    """servers.json from the ConfigMap is written as it came (not encoded again), and a
+    restarted agent adopts those files without a reload."""
+    with rig(haproxy_binary) as r:
+        worker = r.haproxy.worker()
+        r.scenario.not_ready.add("c")
+        plain = r.scenario.desired()
+        text = json.dumps(plain.servers, indent=1) + "\n"  # not the canonical form
+        received = DesiredState(plain.config, plain.servers, plain.certificates, text)
+        assert r.agent.apply(received).action == "runtime"
+        assert (r.scenario.runtime_dir / "servers.json").read_text() == text + "\n"
+        fresh = Agent(r.scenario.runtime_dir, haproxy_bin=haproxy_binary,
+                      metrics=AgentMetrics())
+        assert fresh.applied is not None
+        assert fresh.apply(received).action == "none"
+        assert fresh.apply(plain).action == "none"  # same servers, another text
+        assert r.haproxy.worker() == worker
         assert set(r.spread(9)) == {"a", "b"}
 
 

@@ -9,6 +9,7 @@ import datetime as dt
 import itertools
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import kopf
@@ -568,6 +569,45 @@ def test_the_echo_of_its_own_configmap_write_is_told_from_an_edit(
     assert not rec.own_configmap_write("default", "web-lb", event)
 
 
+def test_the_index_takes_the_slots_of_its_own_proxy_configmap_write_without_decoding(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The proxy ConfigMap's watch event after our write: the slots come from the render
+    (a gzipped megabyte at 8,192 slots is not decoded on every flip), equal to what
+    decoding gives; anyone else's content is still decoded."""
+    from roundhouse.handlers import indexes
+    from roundhouse.render import payload
+    from roundhouse.server_state import slot_map
+
+    written: dict[tuple[str, str], dict[str, Any]] = {}
+
+    async def fake_apply(obj: dict[str, Any]) -> None:
+        written[(obj["kind"], obj["metadata"]["name"])] = obj
+
+    idx = _offline(monkeypatch, fake_apply)
+    rec = Reconciler()
+    monkeypatch.setattr(indexes, "RECONCILER", rec)
+    asyncio.run(rec.reconcile("LoadBalancer", lb_object(), idx))
+    config = written[("ConfigMap", "web-lb")]
+    event = {"metadata": config["metadata"],
+             **{k: dict(config[k]) for k in ("data", "binaryData") if config.get(k)}}
+    decoded = slot_map(json.loads(payload.decode(event)["servers.json"]))
+    assert sum(map(len, decoded.values())) >= 3
+    assert rec.own_proxy_configmap("default", "web-lb", event) == decoded
+
+    def no_decoding(body: Any) -> dict[str, str]:
+        raise AssertionError("decoded its own write")
+
+    monkeypatch.setattr(indexes.payload, "decode", no_decoding)
+    index_fn = getattr(indexes.rh_configmaps, "__wrapped__", indexes.rh_configmaps)
+    got = asyncio.run(index_fn(namespace="default", name="web-lb", body=event))
+    assert got == {("default", "web-lb"): {"slots": decoded, "data": {}}}
+    monkeypatch.undo()
+    edited = {**event, "metadata": {**event["metadata"], "resourceVersion": "9"}}
+    edited["data"] = {**(event.get("data") or {}), "haproxy.cfg": "# edited"}
+    assert rec.own_proxy_configmap("default", "web-lb", edited) is None
+    assert rec.own_proxy_configmap("default", "web-lb-agents", event) is None
+
+
 def _offline(monkeypatch: pytest.MonkeyPatch, apply_object: Any) -> Any:
     """The reconciler's writes stubbed (children through `apply_object`, no status, no
     Events), and indexes holding the Service `web` with 3 ready endpoints."""
@@ -652,6 +692,43 @@ def test_a_run_that_reports_its_cost_is_spaced_by_that_not_its_wall_time() -> No
     starts = asyncio.run(scenario())
     assert len(starts) == 2
     assert starts[1] - starts[0] < 0.13, starts  # at 2 x wall time it would be >= 0.16
+
+
+def test_a_run_that_rendered_nothing_does_not_hold_back_the_next() -> None:
+    """Runs that report no cost (an agent's report after a flip) go back to back; the
+    spacing counts from the last run that rendered, whatever ran since."""
+    spacing = 0.3
+
+    async def scenario() -> list[tuple[str, float]]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        starts: list[tuple[str, float]] = []
+        debouncer = Debouncer(spacing=spacing)
+
+        def action(name: str, cost: float) -> Callable[[], Awaitable[float]]:
+            async def run() -> float:
+                starts.append((name, loop.time() - start))
+                return cost
+            return run
+
+        for i in range(3):
+            debouncer.schedule("lb", action(f"free{i}", 0.0))
+            await asyncio.sleep(0.02)
+        debouncer.schedule("lb", action("render", 0.001))
+        await asyncio.sleep(0.02)
+        debouncer.schedule("lb", action("free-after-render", 0.0))
+        await asyncio.sleep(spacing + 0.1)
+        debouncer.schedule("lb", action("render-later", 0.001))
+        await asyncio.sleep(0.05)
+        return starts
+
+    starts = dict(asyncio.run(scenario()))
+    assert list(starts) == ["free0", "free1", "free2", "render", "free-after-render",
+                            "render-later"], starts
+    assert starts["render"] < 0.15, starts  # three free runs held nothing back
+    assert starts["free-after-render"] - starts["render"] >= spacing - 0.005, starts
+    # Spaced from the render, not from the free run in between (that would be 0.3 more).
+    assert starts["render-later"] - starts["free-after-render"] < spacing - 0.05, starts
 
 
 def test_a_reconcile_records_its_rendering_time(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -62,6 +62,9 @@ class DesiredState:
     config: str
     servers: Mapping[str, Any]
     certificates: Mapping[str, str] = field(default_factory=dict)
+    # servers.json as received, if it came as text: written and digested as it is
+    # (encoding a megabyte of JSON again took longer than everything else on a flip)
+    servers_source: str | None = None
 
     def __repr__(self) -> str:
         return (f"DesiredState(config_hash={self.config_hash!r}, "
@@ -91,9 +94,11 @@ class DesiredState:
 
     @functools.cached_property
     def servers_text(self) -> str:
-        """servers.json in canonical form, as the agent writes it (computed once: it is a
-        megabyte at 8,192 slots, and the digest and the file both need it)."""
-        return _canonical(self.servers)
+        """servers.json as the agent writes it: as received, else in canonical form
+        (computed once: it is a megabyte at 8,192 slots, and the digest and the file both
+        need it)."""
+        return self.servers_source if self.servers_source is not None else _canonical(
+            self.servers)
 
     @functools.cached_property
     def servers_digest(self) -> str:
@@ -212,8 +217,11 @@ class Agent:
             servers = json.loads(servers_text)
             certs = {f: digest(self.files.read_cert(f) or "")
                      for f in state.get("certificates") or {}}
+            # The record holds the digest of the text written, without the newline the
+            # file ends with (an older agent wrote it in canonical form, and recorded the
+            # digest of that same text).
             if (state.get("config") != digest(config) or state.get("servers") != digest(
-                    _canonical(servers)) or certs != state.get("certificates")):
+                    servers_text.removesuffix("\n")) or certs != state.get("certificates")):
                 log.info("files in %s differ from the agent's record: will reload",
                          self.files.root)
                 return False
@@ -391,12 +399,13 @@ class Agent:
                 self.files.cert_path(file).unlink(missing_ok=True)
             else:
                 self.files.write_cert(file, pem)
+        servers = servers.removesuffix("\n") if servers is not None else None
         if config is not None and servers is not None:
-            self.files.write_config(config, _canonical(json.loads(servers)))
+            self.files.write_config(config, servers)
         if self._applied is not None and self._hashes is not None:
             self.files.write_state({
                 "config": digest(self._applied.config),
-                "servers": digest(_canonical(json.loads(servers or "{}"))),
+                "servers": digest(servers if servers is not None else _canonical({})),
                 "certificates": dict(self._applied.certificates),
                 "configHash": self._hashes[0],
                 "structureHash": self._hashes[1],

@@ -90,7 +90,8 @@ class RuntimeFiles:
         return self.cert_dir / check_cert_file_name(file)
 
     def write_config(self, config: str, servers: str | Mapping[str, Any]) -> None:
-        """`servers`: the document, or its canonical text (json.dumps with sorted keys)."""
+        """`servers`: the document, or its text (as received, or json.dumps with sorted
+        keys). The file ends with one more newline, which `Agent.load` takes off."""
         # Compact: json's C encoder (indent= would use the pure-Python one, 50 ms at 8,192
         # slots); `jq . servers.json` reads it.
         text = servers if isinstance(servers, str) else json.dumps(servers, sort_keys=True)

@@ -125,7 +125,7 @@ class Source:
                 certs[file] = self._pem(secret, entry.get("fingerprint"))
             else:
                 raise SourceError(f"{SERVERS_KEY}: certificate {file}: unknown kind {kind!r}")
-        return DesiredState(config, servers, certs)
+        return DesiredState(config, servers, certs, servers_text)
 
     def _pem(self, secret: str, fingerprint: object) -> str:
         try:

@@ -14,10 +14,12 @@ from typing import Any
 import kopf
 
 from roundhouse import API_GROUP, API_VERSION
+from roundhouse.handlers.state import RECONCILER
 from roundhouse.model.cluster import parse_endpoint_slice, parse_service, parse_tls_secret
 from roundhouse.model.pods import parse_proxy_pod
 from roundhouse.render import payload
 from roundhouse.resources import claim_of
+from roundhouse.server_state import slot_map
 
 MANAGED = {"app.kubernetes.io/managed-by": "roundhouse"}
 
@@ -53,6 +55,9 @@ async def rh_configmaps(namespace: str, name: str, body: kopf.Body, **_: Any) ->
     """Our own ConfigMaps: the previous slot assignment (proxy ConfigMaps), the agents'
     reports (status ConfigMaps). Only the slots of a proxy ConfigMap are kept, not its
     files: they can be a megabyte, and nothing else reads them from here."""
+    own = RECONCILER.own_proxy_configmap(namespace, name, body)
+    if own is not None:  # the echo of our write: its slots are known, nothing to decode
+        return {(namespace, name): {"slots": own, "data": {}}}
     try:
         files = payload.decode(body)
     except payload.PayloadError:
@@ -60,9 +65,7 @@ async def rh_configmaps(namespace: str, name: str, body: kopf.Body, **_: Any) ->
     if "servers.json" not in files:
         return {(namespace, name): {"slots": {}, "data": files}}
     try:
-        state = json.loads(files["servers.json"])
-        slots = {pool: {s["slot"]: s.get("endpoint") or "" for s in servers}
-                 for pool, servers in state.get("pools", {}).items()}
+        slots = slot_map(json.loads(files["servers.json"]))
     except (ValueError, KeyError, TypeError, AttributeError):
         slots = {}
     return {(namespace, name): {"slots": slots, "data": {}}}

@@ -7,7 +7,11 @@ longer (a resource of 8,000 endpoints costs ~150 ms of rendering: it may then us
 most about half a core). The cost is what the action returns (the reconciler returns
 its seconds of rendering), else the run's wall time: a reconcile that spent a second
 queued behind 400 API writes of a fan-out has cost no CPU, and spacing the next change
-by two seconds would only delay it. Events meanwhile are coalesced into that one
+by two seconds would only delay it. A run that reports no cost (a reconcile that
+rendered nothing: an agent's report, a proxy Pod's readiness) spaces nothing: the next
+change goes at once, spaced only from the last run that rendered (each readiness flip
+is followed by its agents' reports; spacing from those held the next flip back by up to
+100 ms). Events meanwhile are coalesced into that one
 pending run (reconciles are level-based: the latest action wins). So an isolated Pod readiness
 change propagates with no added wait, and a rolling restart costs one reconcile per
 spacing, not one per EndpointSlice update.
@@ -118,8 +122,9 @@ class Debouncer:
             done.set_result(None)
             if self._running.get(key) is done:  # else stop() has forgotten it
                 del self._running[key]
-                self._last[key] = (start, loop.time() - start if reported is None
-                                   else reported)
+                if reported != 0.0:  # a free run leaves the spacing to the last costly one
+                    self._last[key] = (start, loop.time() - start if reported is None
+                                       else reported)
                 self._prune(loop.time())
 
     def _retry_later(self, key: Hashable, action: Action) -> float:

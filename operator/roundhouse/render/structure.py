@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import operator
 import re
 
 # The forms of render.haproxy.server_line; words are separated by spaces only. One
@@ -31,10 +32,15 @@ _SERVER_LINE = re.compile(
     r"| (?:[0-9.]+|\[[0-9A-Fa-f:.]+\]):[0-9]+ weight [0-9]+(?: disabled)?)$", re.MULTILINE)
 
 
+# The replacement as a C-level callable: a template (r"\1") is expanded in Python for
+# each match, which made the substitution twice as slow at 8,192 slots.
+_SLOT_PART = operator.itemgetter(1)
+
+
 @functools.lru_cache(maxsize=4)
 def structure(config: str) -> str:
     """Cached: the agent compares its applied config with every desired one."""
-    return _SERVER_LINE.sub(r"\1", config)
+    return _SERVER_LINE.sub(_SLOT_PART, config)
 
 
 def config_hash(config: str) -> str:
