@@ -219,18 +219,21 @@ class Reconciler:
         """The event shows a ConfigMap with the content this process last wrote to it:
         the echo of its own write, nothing to reconcile. (A proxy ConfigMap is written
         on every readiness flip: without this, each write re-reconciled its owner.)"""
-        wrote = self.configmap_contents.get((namespace, name))
-        return wrote is not None and wrote[0] == apply.content_digest(body)
+        return self._own_write(namespace, name, body) is not None
 
     def own_proxy_configmap(self, namespace: str, name: str,
                             body: Mapping[str, Any]) -> SlotMap | None:
         """The slots of a proxy ConfigMap whose content is what this process last wrote
         (the index then need not decode it: a gzipped megabyte at 8,192 slots), else
         None."""
+        wrote = self._own_write(namespace, name, body)
+        return wrote[1] if wrote is not None else None
+
+    def _own_write(self, namespace: str, name: str,
+                   body: Mapping[str, Any]) -> tuple[str, SlotMap | None] | None:
+        """What this process remembers writing to the ConfigMap, if `body` holds it."""
         wrote = self.configmap_contents.get((namespace, name))
-        if wrote is None or wrote[1] is None or wrote[0] != apply.content_digest(body):
-            return None
-        return wrote[1]
+        return wrote if wrote is not None and wrote[0] == apply.content_digest(body) else None
 
     def lock(self, key: Key) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
