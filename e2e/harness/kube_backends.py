@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from e2e.harness.service_relay import route_of
 from kubernetes import client
 
 ECHO_IMAGE_ENV = "E2E_ECHO_IMAGE"
@@ -562,6 +563,45 @@ def node_endpoint(api: client.ApiClient, namespace: str, service: str,
             if address.type == "InternalIP":
                 return str(address.address), int(node_port)
     raise ValueError(f"no node with an InternalIP among {[n.metadata.name for n in nodes]}")
+
+
+def untranslated_flows_command(host: str, port: int) -> list[str]:
+    """The `conntrack -D` deleting TCP entries to host:port that kube-proxy did not
+    translate: their reply comes from `host` itself, not from a Pod."""
+    return ["conntrack", "-D", "-p", "tcp", "--orig-dst", host, "--dport", str(port),
+            "--reply-src", host]
+
+
+def deleted_flow_count(stderr: str) -> int:
+    """N from conntrack's "N flow entries have been deleted." (0 when it says none)."""
+    for line in stderr.splitlines():
+        words = line.split()
+        if "deleted." in words and "flow" in words:
+            return int(words[words.index("flow") - 1])
+    return 0
+
+
+def forget_untranslated_flows(host: str, port: int,
+                              run: Callable[..., Any] = subprocess.run) -> int:
+    """Delete this machine's conntrack entries for host:port (a local node address and a
+    nodePort) that kube-proxy did not translate; return how many.
+
+    Why: a client on the node connecting to its own nodePort before kube-proxy has the
+    Service's endpoints is answered by kube-proxy's REJECT in the INPUT chain. On that
+    path (OUTPUT, loopback, INPUT) conntrack confirms the SYN's entry before INPUT, so the
+    rejected flow stays for 120 s with no DNAT. A later connection reusing that source
+    port matches the stale entry, skips kube-proxy's rules and is refused by the node
+    itself. A client off the node never leaves such an entry (its SYN is rejected before
+    confirmation). Measured here: every refused connection of a failing HA run had the
+    source port of an earlier rejected SYN. Not local (kind's nodes are containers): 0."""
+    if route_of(host).get("type") != "local":
+        return 0
+    if shutil.which("conntrack") is None:
+        raise RuntimeError("conntrack is not installed: stale untranslated flows to the "
+                           f"local nodePort {host}:{port} cannot be removed")
+    done = run(untranslated_flows_command(host, port), capture_output=True, text=True,
+               check=False, timeout=30)
+    return deleted_flow_count(done.stderr or "")
 
 
 # --------------------------------------------------------------------------- load

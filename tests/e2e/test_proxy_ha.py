@@ -22,6 +22,11 @@ Ready on a node whose open-files limit is 20000 is itself checked.
    Runs where the runner provides the second tag (E2E_UPGRADE_IMAGE_TAG, set by
    e2e/pods/run.sh).
 
+Before measuring, the fixture deletes the conntrack flows to the nodePort that kube-proxy
+did not translate (kb.forget_untranslated_flows): requests sent from this node while
+kube-proxy still rejected the new Service would otherwise refuse later connections that
+reuse their source ports, a flake of the client's position, not of the proxies.
+
 Each figure is printed and, with E2E_ARTIFACTS set, written to proxy-ha.json there.
 """
 
@@ -122,6 +127,11 @@ def kind_lb(kube: client.ApiClient) -> Iterator[KindLB]:
             return seen == set(backends.backends)
 
         kb.wait_for(all_backends, 120, "every backend answering through the proxies")
+        # The first of those requests may have met kube-proxy's REJECT (no endpoints
+        # programmed yet); from this node that leaves untranslated flows that would
+        # refuse the load's connections reusing their source ports (see the helper).
+        stale = kb.forget_untranslated_flows(*lb.endpoint)
+        record("untranslated_flows_removed", {"endpoint": list(lb.endpoint), "count": stale})
         yield lb
     finally:
         core.delete_namespace(namespace)

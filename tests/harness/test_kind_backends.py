@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -302,6 +303,73 @@ def test_node_endpoint_picks_an_untainted_nodes_internal_ip(fake_core: FakeCore)
     assert kb.node_endpoint(NO_API, "e2e-x", "web-lb", node="cp") == ("172.18.0.2", 30080)
     with pytest.raises(ValueError, match="no nodePort"):
         kb.node_endpoint(NO_API, "e2e-x", "web-lb", port_name="https")
+
+
+# --------------------------------------------------------------------------- untranslated flows
+
+
+def test_the_untranslated_flows_of_a_local_node_port_are_deleted_and_counted(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kb, "route_of", lambda address: {"type": "local", "dev": "lo"})
+    monkeypatch.setattr(kb.shutil, "which", lambda name: f"/usr/sbin/{name}")
+    calls: list[list[str]] = []
+
+    def run(argv: list[str], **kw: Any) -> Any:
+        calls.append(argv)
+        return NS(returncode=0, stderr="conntrack v1.4.7 (conntrack-tools): "
+                                       "29 flow entries have been deleted.\n")
+
+    assert kb.forget_untranslated_flows("10.244.200.1", 30406, run=run) == 29
+    # Only entries whose reply comes from the node itself (no DNAT to a Pod).
+    assert calls == [["conntrack", "-D", "-p", "tcp", "--orig-dst", "10.244.200.1",
+                      "--dport", "30406", "--reply-src", "10.244.200.1"]]
+    assert kb.deleted_flow_count(
+        "conntrack v1.4.7 (conntrack-tools): 0 flow entries have been deleted.") == 0
+    assert kb.deleted_flow_count("") == 0
+
+
+def test_a_node_port_on_another_machine_or_container_is_left_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kb, "route_of", lambda address: {"dev": "br-kind", "prefsrc": "x"})
+
+    def run(argv: list[str], **kw: Any) -> Any:
+        raise AssertionError(f"ran {argv} for a node that is not this machine")
+
+    assert kb.forget_untranslated_flows("172.18.0.3", 30080, run=run) == 0
+
+
+def test_a_local_node_port_without_conntrack_is_an_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kb, "route_of", lambda address: {"type": "local"})
+    monkeypatch.setattr(kb.shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="conntrack is not installed"):
+        kb.forget_untranslated_flows("10.244.200.1", 30080)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("conntrack"),
+                    reason="needs root and conntrack (the real-Pods tier installs it)")
+def test_only_the_untranslated_entry_leaves_the_real_conntrack_table() -> None:
+    port = 31999
+    insert = ["conntrack", "-I", "-p", "tcp", "-s", "127.0.0.1", "-d", "127.0.0.1",
+              "--dport", str(port), "-q", "127.0.0.1", "--reply-port-src"]
+    # A rejected SYN's entry (reply from the node itself) and a translated one (reply
+    # from a Pod address), both for the same local nodePort.
+    untranslated = [*insert, str(port), "--sport", "40000", "-r", "127.0.0.1",
+                    "--reply-port-dst", "40000", "--state", "SYN_SENT", "-t", "60"]
+    translated = [*insert, "8080", "--sport", "40002", "-r", "10.244.250.7",
+                  "--reply-port-dst", "40002", "--state", "ESTABLISHED", "-t", "60"]
+    clear = ["conntrack", "-D", "-p", "tcp", "--dport", str(port)]
+    subprocess.run(clear, capture_output=True, check=False)  # an interrupted run's
+    for argv in (untranslated, translated):
+        subprocess.run(argv, check=True, capture_output=True)
+    try:
+        assert kb.forget_untranslated_flows("127.0.0.1", port) == 1
+        left = subprocess.run(["conntrack", "-L", "-p", "tcp", "--dport", str(port)],
+                              capture_output=True, text=True, check=False).stdout
+        assert "sport=40002" in left and "10.244.250.7" in left, left
+        assert "sport=40000" not in left, left
+    finally:
+        subprocess.run(clear, capture_output=True, check=False)
 
 
 # --------------------------------------------------------------------------- LoadLoop
