@@ -11,7 +11,6 @@ import http.client
 import json
 import os
 import select
-import shutil
 import socket
 import subprocess
 import sys
@@ -344,32 +343,6 @@ def test_a_local_node_port_without_conntrack_is_an_error(
     monkeypatch.setattr(kb.shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match="conntrack is not installed"):
         kb.forget_untranslated_flows("10.244.200.1", 30080)
-
-
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("conntrack"),
-                    reason="needs root and conntrack (the real-Pods tier installs it)")
-def test_only_the_untranslated_entry_leaves_the_real_conntrack_table() -> None:
-    port = 31999
-    insert = ["conntrack", "-I", "-p", "tcp", "-s", "127.0.0.1", "-d", "127.0.0.1",
-              "--dport", str(port), "-q", "127.0.0.1", "--reply-port-src"]
-    # A rejected SYN's entry (reply from the node itself) and a translated one (reply
-    # from a Pod address), both for the same local nodePort.
-    untranslated = [*insert, str(port), "--sport", "40000", "-r", "127.0.0.1",
-                    "--reply-port-dst", "40000", "--state", "SYN_SENT", "-t", "60"]
-    translated = [*insert, "8080", "--sport", "40002", "-r", "10.244.250.7",
-                  "--reply-port-dst", "40002", "--state", "ESTABLISHED", "-t", "60"]
-    clear = ["conntrack", "-D", "-p", "tcp", "--dport", str(port)]
-    subprocess.run(clear, capture_output=True, check=False)  # an interrupted run's
-    for argv in (untranslated, translated):
-        subprocess.run(argv, check=True, capture_output=True)
-    try:
-        assert kb.forget_untranslated_flows("127.0.0.1", port) == 1
-        left = subprocess.run(["conntrack", "-L", "-p", "tcp", "--dport", str(port)],
-                              capture_output=True, text=True, check=False).stdout
-        assert "sport=40002" in left and "10.244.250.7" in left, left
-        assert "sport=40000" not in left, left
-    finally:
-        subprocess.run(clear, capture_output=True, check=False)
 
 
 # --------------------------------------------------------------------------- LoadLoop

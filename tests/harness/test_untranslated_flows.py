@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+SECOND_PORT, FRESH_PORT = 45002, 45100  # the scenario's SECOND and FIRST + 100
 NEEDS = ("ip", "iptables", "conntrack")
 
 pytestmark = pytest.mark.skipif(
@@ -69,8 +70,10 @@ ipt("-D", *reject)  # endpoints programmed
 ipt("-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", NODE, "--dport", str(NODE_PORT),
     "-j", "DNAT", "--to-destination", f"{POD}:{POD_PORT}")
 out["first_port_reused"] = connect(FIRST)
-out["fresh_port"] = connect(FIRST + 100)
+out["fresh_port"] = connect(FIRST + 100)  # 45100
 out["removed"] = kb.forget_untranslated_flows(NODE, NODE_PORT)
+out["left"] = subprocess.run(["conntrack", "-L", "-p", "tcp", "--dport", str(NODE_PORT)],
+                             capture_output=True, text=True, check=False).stdout
 out["second_port_reused_after_removal"] = connect(SECOND)
 out["removed_again"] = kb.forget_untranslated_flows(NODE, NODE_PORT)
 print(json.dumps(out))
@@ -102,5 +105,7 @@ def test_a_rejected_flow_refuses_its_source_port_until_it_is_forgotten() -> None
     # The second rejected flow is still waiting; the helper removes it (and only
     # untranslated ones: the translated flows above stay), and the port works again.
     assert out["removed"] == 1, out
+    assert f"sport={FRESH_PORT}" in out["left"] and "src=127.0.0.2" in out["left"], out
+    assert f"sport={SECOND_PORT} " not in out["left"], out
     assert out["second_port_reused_after_removal"] == "ok", out
     assert out["removed_again"] == 0, out
