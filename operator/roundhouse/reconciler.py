@@ -416,11 +416,14 @@ class Reconciler:
         to the lagging body but not to the stored one would never be written."""
         kind, namespace, name = key
         generation = int((body.get("metadata") or {}).get("generation") or 0)
-        old = self.written_status.get(key) or body.get("status") or {}
+        current = body.get("status") or {}
+        old = self.written_status.get(key) or current
         previous = old.get("conditions") or []
         new = status.status_body(previous, conditions, generation, dt.datetime.now(dt.UTC),
                                  counts, address)
-        if status.unchanged(old, new):
+        # Unchanged against what this process wrote and against the body too: a status
+        # someone else wrote over ours (a replaced replica's late write) is put back.
+        if status.unchanged(old, new) and status.unchanged(current, new):
             metrics.record_conditions(kind, namespace, name, new["conditions"])
             return
         await apply.write_status(kind, namespace, name, new)

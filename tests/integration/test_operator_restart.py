@@ -30,6 +30,30 @@ def converged(kube: client.ApiClient, namespace: str) -> bool:
     return True
 
 
+def describe(kube: client.ApiClient, namespace: str) -> str:
+    """Every LoadBalancer's status, one line each (BackendsHealthy first): what a timeout
+    left behind."""
+    lines = []
+    for i in range(COUNT):
+        try:
+            lb = get_lb(kube, namespace, f"lb{i}")
+        except client.ApiException as err:
+            lines.append(f"lb{i}: cannot read ({err.status})")
+            continue
+        st = lb.get("status") or {}
+        conds = "; ".join(
+            f"{c.get('type')}={c.get('status')} {c.get('reason')} ({c.get('message')})"
+            for c in sorted(st.get("conditions") or [],
+                            key=lambda c: c.get("type") != "BackendsHealthy"))
+        written = [f"{m.get('manager')}@{m.get('time')}"
+                   for m in lb["metadata"].get("managedFields") or []
+                   if m.get("subresource") == "status"]
+        lines.append(f"lb{i} rv={lb['metadata'].get('resourceVersion')} status written by "
+                     f"{', '.join(written) or 'nobody'} backends={st.get('backendSummary')}: "
+                     f"{conds or 'no conditions'}")
+    return "\n".join(lines)
+
+
 def test_restart_mid_reconcile_converges_without_duplicates(
         control_plane: Any, kube: client.ApiClient, namespace: str,
         tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -48,11 +72,20 @@ def test_restart_mid_reconcile_converges_without_duplicates(
         namespace, label_selector="app.kubernetes.io/managed-by=roundhouse").items)
     print(f"killed the operator after {partial}/{COUNT} proxy Deployments existed")
 
+    with log.open("a") as marker:  # both runs share the log: where the second begins
+        marker.write(f"---- restarted at {time.strftime('%H:%M:%S')} ----\n")
     second = OperatorProcess(control_plane, log, "--namespace", namespace).start()
     try:
         started = time.monotonic()
-        wait_for(lambda: converged(kube, namespace), 180, "all 20 LoadBalancers to converge",
-                 interval=1.0)
+        try:
+            wait_for(lambda: converged(kube, namespace), 180,
+                     "all 20 LoadBalancers to converge", interval=1.0)
+        except AssertionError as err:
+            # What each one reports, and both operators' log (one file, appended to).
+            raise AssertionError(
+                f"{err}\n---- LoadBalancers ----\n{describe(kube, namespace)}"
+                f"\n---- operator log (both runs, {log}) ----\n"
+                + "\n".join(second.log().splitlines()[-400:])) from None
         print(f"converged {COUNT} LoadBalancers {time.monotonic() - started:.1f}s after restart")
     finally:
         second.stop()
