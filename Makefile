@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 EXAMPLES := $(filter-out examples/sample-app.yaml examples/offline-cluster.yaml,$(wildcard examples/*.yaml))
 
-.PHONY: help venv system-deps node-deps binaries haproxy-lts images test-images test test-unit test-harness test-property-large test-integration test-e2e test-e2e-lts test-e2e-pods demo bench lint render manifests manifests-check \
+.PHONY: help venv system-deps node-deps binaries haproxy-lts images test-images test test-unit test-harness test-property-large test-integration test-e2e test-e2e-lts test-e2e-pods conformance demo bench lint render manifests manifests-check \
         cluster-up cluster-down clean
 
 help:  ## list the targets
@@ -76,6 +76,9 @@ test-e2e-lts: $(STAMP) system-deps binaries haproxy-lts  ## the end-to-end tier 
 test-e2e-pods: $(STAMP) system-deps binaries  ## the e2e suite on real Pods: a kubelet node, images built offline, the chart installed with helm (root)
 	$(PY) e2e/pods/run.py $(E2E_PODS_ARGS)
 
+conformance: $(STAMP) system-deps binaries  ## Gateway API conformance v1.6.3 (GATEWAY-HTTP) on the real-Pods tier, report in conformance/reports/ (root; CONFORMANCE_ARGS: suite flags)
+	$(PY) e2e/conformance/run.py $(CONFORMANCE_ARGS)
+
 test: test-unit test-harness test-integration test-e2e test-e2e-lts test-e2e-pods  ## every tier that runs on this machine
 
 demo: $(STAMP) system-deps binaries  ## local control plane + operator + 3 backends + a LoadBalancer, real traffic (root)
@@ -93,11 +96,13 @@ lint: $(STAMP)  ## ruff, mypy (strict) and the import layers of docs/architectur
 	$(VENV)/bin/mypy
 	cd operator && ../$(VENV)/bin/lint-imports --no-cache --config ../pyproject.toml
 
-manifests: binaries  ## sync CRDs into the chart and render manifests/install.yaml
+manifests: binaries  ## sync CRDs into the chart (ours, and the vendored Gateway API ones) and render manifests/install.yaml
+	manifests/gateway-api-crds.sh
 	manifests/render.sh
 
-manifests-check: binaries  ## fail if manifests/install.yaml is stale
+manifests-check: binaries  ## fail if manifests/install.yaml or the vendored Gateway API CRDs are stale
 	manifests/render.sh --check
+	manifests/gateway-api-crds.sh --check
 
 cluster-up: $(STAMP) binaries  ## start a local control plane (loopback only) and print its kubeconfig
 	$(PY) e2e/cluster/cli.py up

@@ -345,11 +345,13 @@ class ControlPlane:
         detached: bool = False,
         real_node: bool = False,
         apiserver_flags: Sequence[str] = (),
+        real_node_max_pods: int | None = None,
     ) -> None:
         """`detached=True` lets the processes outlive this Python process (cli.py up).
 
         `real_node=True` (needs `controllers=True` and root) also runs a real kubelet
-        node (node.py) and taints the kwok nodes so ordinary Pods run on it for real.
+        node (node.py) and taints the kwok nodes so ordinary Pods run on it for real;
+        `real_node_max_pods` replaces its kubelet's maxPods (node.MAX_PODS, 60).
         """
         if real_node and not controllers:
             raise ControlPlaneError("real_node=True needs controllers=True")
@@ -357,6 +359,7 @@ class ControlPlane:
         self.with_real_node = real_node
         self.apiserver_flags = list(apiserver_flags)  # e.g. an audit log (bench/scale.py)
         self.real_node: RealNode | None = None
+        self.real_node_max_pods = real_node_max_pods
         self.controllers = controllers
         self.node_count = nodes if controllers else 0
         self.bin_dir = bin_dir
@@ -499,7 +502,7 @@ class ControlPlane:
             self._start_real_node()
 
     def _start_real_node(self) -> None:
-        from .node import KWOK_TAINT, RealNode  # node.py imports this module
+        from .node import KWOK_TAINT, MAX_PODS, RealNode  # node.py imports this module
 
         for i in range(self.node_count):
             self.rest.json(
@@ -508,7 +511,7 @@ class ControlPlane:
                 {"spec": {"taints": [KWOK_TAINT]}},
                 content_type="application/merge-patch+json",
             )
-        self.real_node = RealNode(self)
+        self.real_node = RealNode(self, max_pods=self.real_node_max_pods or MAX_PODS)
         self.real_node.start()
 
     def _guard_network(self) -> None:

@@ -40,6 +40,7 @@ CGROUP_ROOT = "/roundhouse-node"
 CNI_NETWORK = "roundhouse-node"
 APISERVER_RELAY_PORT = 6443  # on the bridge address, which only this node owns
 KUBELET_PORT = 10250
+MAX_PODS = 60  # the kubelet's maxPods unless ControlPlane(real_node_max_pods=...) says otherwise
 # Set on the kwok nodes while a real node runs, so ordinary Pods all land on it.
 KWOK_TAINT = {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}
 HERE = Path(__file__).resolve().parent
@@ -66,10 +67,13 @@ def ensure_node_deps(log: Logger) -> None:
 class RealNode:
     """containerd, kubelet, kube-proxy and an API server relay for one real Node."""
 
-    def __init__(self, cp: ControlPlane, *, log: Logger | None = None) -> None:
+    def __init__(
+        self, cp: ControlPlane, *, log: Logger | None = None, max_pods: int = MAX_PODS
+    ) -> None:
         self.cp = cp
         self.log: Logger = log or cp.log
         self.name = NODE_NAME
+        self.max_pods = max_pods
         self.address = nodenet.NODE_ADDRESS
         self.node_dir = cp.workdir_path / "node"
         self.processes: list[ManagedProcess] = []
@@ -351,6 +355,7 @@ class RealNode:
                     resolv_conf=resolv,
                     pod_logs=self._path("pod-logs"),
                     healthz_port=healthz,
+                    max_pods=self.max_pods,
                 ),
                 indent=2,
             )
@@ -520,6 +525,7 @@ def kubelet_config(
     resolv_conf: Path,
     pod_logs: Path,
     healthz_port: int,
+    max_pods: int = MAX_PODS,
 ) -> dict[str, Any]:
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
@@ -545,7 +551,7 @@ def kubelet_config(
         "resolvConf": str(resolv_conf),
         "podLogsDir": str(pod_logs),
         "volumePluginDir": str(pod_logs.parent / "volume-plugins"),  # not /usr/libexec
-        "maxPods": 60,
+        "maxPods": max_pods,
         "clusterDomain": "cluster.local",
         # Thresholds low enough that a busy test machine never evicts the suite's Pods.
         "evictionHard": {

@@ -56,18 +56,25 @@ def _sha256(path: Path) -> str:
 
 
 def write_rootfs_archive(rootfs: Path, dest: Path, name: str, config: dict[str, Any],
-                         comment: str) -> None:
+                         comment: str, file_capabilities: bool = False) -> None:
     """One-layer docker-archive of `rootfs` named `name` (a fully qualified repo:tag).
 
     GNU tar makes the layer: numeric owners, hard links, xattr-free, sorted for
-    a stable digest when the files are the same.
+    a stable digest when the files are the same. `file_capabilities` keeps the one
+    xattr `security.capability` (a binary given `setcap`-style capabilities, as
+    CoreDNS's image gives /coredns cap_net_bind_service).
     """
     work = dest.with_name(dest.name + ".parts")
     work.mkdir(parents=True, exist_ok=True)
     layer = work / "layer.tar"
     entries = sorted(os.listdir(rootfs))
+    # The xattr needs the pax format: without atime/ctime and with a PID-free header name,
+    # the same files still give the same layer.
+    xattrs = ["--xattrs", "--xattrs-include=security.capability",
+              "--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime"
+              ] if file_capabilities else []
     subprocess.run(["tar", "-C", str(rootfs), "--numeric-owner", "--sort=name",
-                    "--mtime=@0", "-cf", str(layer), "--", *entries], check=True)
+                    "--mtime=@0", *xattrs, "-cf", str(layer), "--", *entries], check=True)
     diff_id = _sha256(layer)
     created = datetime.fromtimestamp(0, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     image_config = {

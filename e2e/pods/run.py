@@ -77,7 +77,8 @@ def chart_haproxy_image() -> str:
     raise SystemExit("manifests/roundhouse/values.yaml names no proxy.haproxyImage")
 
 
-def helm_install(cp: ControlPlane, tag: str) -> None:
+def helm_install(cp: ControlPlane, tag: str, extra: Sequence[str] = ()) -> None:
+    """The chart into OPERATOR_NAMESPACE, as the e2e suite runs it; `extra`: more helm args."""
     kubectl = [cp.binary("kubectl"), "--kubeconfig", str(cp.admin_kubeconfig)]
     run([*kubectl, "create", "namespace", OPERATOR_NAMESPACE], stdout=subprocess.DEVNULL)
     # The namespace install.yaml creates: the chart must meet the restricted standard.
@@ -89,7 +90,7 @@ def helm_install(cp: ControlPlane, tag: str) -> None:
          "--kubeconfig", str(cp.admin_kubeconfig),
          "--set", f"image.repository={OPERATOR_REPOSITORY}", "--set", f"image.tag={tag}",
          "--set", "image.pullPolicy=Never",
-         "--set", f"proxy.haproxyImage={chart_haproxy_image()}",
+         "--set", f"proxy.haproxyImage={chart_haproxy_image()}", *extra,
          "--wait", "--timeout", "300s"], stdout=subprocess.DEVNULL)
     run([*kubectl, "wait", "--for=condition=Established", "--timeout=60s",
          "crd/loadbalancers.roundhouse.dev", "crd/reverseproxies.roundhouse.dev"],

@@ -164,6 +164,27 @@ async def write_status(kind: str, namespace: str, name: str, status: dict[str, A
             raise
 
 
+async def write_cluster_status(kind: str, name: str, status: dict[str, Any]) -> None:
+    """write_status for a cluster-scoped object (a GatewayClass)."""
+    try:
+        await kube.request("PATCH", kube.cluster_object_path(kind, name, "status"),
+                           body={"status": status},
+                           content_type="application/merge-patch+json")
+    except Exception as error:
+        if kube.status_code(error) != 404:
+            raise
+
+
+async def read_object(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    """One object as the API server holds it now; None when it is gone."""
+    try:
+        return await kube.request("GET", kube.object_path(kind, namespace, name))
+    except Exception as error:
+        if kube.status_code(error) == 404:
+            return None
+        raise
+
+
 def post_events(body: Any, events: Iterable[Event]) -> None:
     """Post Events on the resource: kopf queues them and sends them in the background."""
     for event in events:

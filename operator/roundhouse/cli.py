@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
+import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import yaml
 
 from roundhouse import kubeyaml
 from roundhouse.graph import ClusterState, ProxyGraph, issued_secret_name
+from roundhouse.graph.gateway import build_gateway_graph, secret_key, service_key
 from roundhouse.graph.names import issued_dns_names
 from roundhouse.model import FieldError, SpecError, parse_loadbalancer, parse_reverseproxy
 from roundhouse.model.cluster import (
@@ -25,9 +28,20 @@ from roundhouse.model.cluster import (
     parse_tls_secret,
 )
 from roundhouse.model.common import size_errors
+from roundhouse.model.gatewayapi import (
+    Gateway,
+    parse_gateway,
+    parse_httproute,
+    parse_reference_grant,
+)
 from roundhouse.model.loadbalancer import LoadBalancer
 from roundhouse.model.reverseproxy import ReverseProxy
-from roundhouse.pipeline import Desired, desired_for_loadbalancer, desired_for_reverseproxy
+from roundhouse.pipeline import (
+    Desired,
+    desired_for_gateway,
+    desired_for_loadbalancer,
+    desired_for_reverseproxy,
+)
 from roundhouse.render.guard import forbidden_lines
 from roundhouse.render.haproxy import RenderOptions
 
@@ -61,13 +75,61 @@ def _cluster_state(docs: list[dict[str, Any]], namespace: str) -> ClusterState:
     return ClusterState(services, slices, secrets)
 
 
-RESOURCE_KINDS = ("LoadBalancer", "ReverseProxy")
+RESOURCE_KINDS = ("LoadBalancer", "ReverseProxy", "Gateway")
+
+
+def _gateway_cluster_state(docs: list[dict[str, Any]], gw: Gateway) -> ClusterState:
+    """The same keys the operator uses (gateways.cluster_state): Services by namespace/name
+    in every namespace, certificate Secrets by graph.gateway.secret_key."""
+    def ns(d: dict[str, Any]) -> str:
+        return str((d.get("metadata") or {}).get("namespace") or gw.namespace)
+
+    services = {service_key(ns(d), s.name): s for d in docs if d["kind"] == "Service"
+                for s in (parse_service(d),)}
+    slices = [dataclasses.replace(s, service=service_key(ns(d), s.service))
+              for d in docs if d["kind"] == "EndpointSlice"
+              for s in (parse_endpoint_slice(d),) if s]
+    secrets = {}
+    for d in docs:
+        if d["kind"] == "Secret":
+            key = secret_key(gw.namespace, ns(d), str(d["metadata"].get("name")))
+            secrets[key] = dataclasses.replace(parse_tls_secret(d), name=key)
+    return ClusterState(services, slices, secrets)
+
+
+def _gateway_desired(doc: dict[str, Any], docs: list[dict[str, Any]],
+                     options: RenderOptions | None, namespace: str) -> Desired:
+    """A Gateway with the HTTPRoutes and ReferenceGrants among the documents; the route
+    statuses it would get are printed as warnings when not Accepted or not resolved."""
+    def with_ns(d: dict[str, Any]) -> dict[str, Any]:
+        meta = d.get("metadata") or {}
+        return {**d, "metadata": {**meta, "namespace": meta.get("namespace") or namespace}}
+
+    gw = parse_gateway(doc)
+    routes = [parse_httproute(with_ns(d)) for d in docs if d["kind"] == "HTTPRoute"]
+    grants = [parse_reference_grant(with_ns(d)) for d in docs if d["kind"] == "ReferenceGrant"]
+    build = build_gateway_graph(gw, routes, grants, _gateway_cluster_state(docs, gw))
+    for li in build.listeners:
+        for c in li.conditions:
+            if (not c.status and c.type != "Conflicted") or (c.status and c.type == "Conflicted"):
+                print(f"warning: {gw.name}: listener {li.name}: {c.type}={c.status} "
+                      f"{c.reason}: {c.message}", file=sys.stderr)
+    for (route_ns, route_name), parents in sorted(build.routes.items()):
+        for parent in parents:
+            for c in parent.conditions:
+                if not c.status:
+                    print(f"warning: {gw.name}: HTTPRoute {route_ns}/{route_name}: "
+                          f"{c.type}=False {c.reason}: {c.message}", file=sys.stderr)
+    return desired_for_gateway(build.graph, gw, options=options)
 
 
 def _desired(doc: dict[str, Any], docs: list[dict[str, Any]],
              options: RenderOptions | None) -> Desired:
     """One resource document through the pure pipeline; raises SpecError."""
     kind = doc["kind"]
+    if kind == "Gateway":
+        meta = doc.get("metadata") or {}
+        return _gateway_desired(doc, docs, options, str(meta.get("namespace") or "default"))
     model: LoadBalancer | ReverseProxy = (
         parse_loadbalancer(doc) if kind == "LoadBalancer" else parse_reverseproxy(doc))
     cluster = _cluster_state(docs, model.namespace)
@@ -91,7 +153,8 @@ def cmd_render(args: argparse.Namespace) -> int:
         return 2
     resources = [d for d in own if d["kind"] in RESOURCE_KINDS]
     if not resources:
-        print(f"error: no LoadBalancer or ReverseProxy found in {args.file}", file=sys.stderr)
+        print(f"error: no LoadBalancer, ReverseProxy or Gateway found in {args.file}",
+              file=sys.stderr)
         return 2
     out: list[dict[str, Any]] = []
     status = 0
@@ -105,6 +168,9 @@ def cmd_render(args: argparse.Namespace) -> int:
             refused = size_errors(doc)
             if "apiVersion" not in doc:
                 refused.append(FieldError("apiVersion", "Required value"))
+            if doc["kind"] == "Gateway" and not str(doc.get("apiVersion")).startswith(
+                    "gateway.networking.k8s.io/"):
+                refused.append(FieldError("apiVersion", "a Gateway is gateway.networking.k8s.io"))
             if refused:
                 raise SpecError(refused)
             desired = _desired(doc, docs, RenderOptions(cert_dir=args.cert_dir)
@@ -190,6 +256,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     # the image does not have it. Not imported here, as in the image.
     if "kubernetes" not in sys.modules:
         sys.modules["kubernetes"] = None  # type: ignore[assignment]
+    if args.gateway_api:
+        # Read when the handlers are imported (roundhouse.main), so set it first. An
+        # ROUNDHOUSE_GATEWAY_API already in the environment is left as it is.
+        os.environ["ROUNDHOUSE_GATEWAY_API"] = "1"
     from roundhouse.main import run_operator
 
     return run_operator(
@@ -226,6 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-port", type=int, default=9100,
                      help="Prometheus /metrics port, served from the start (standbys too); "
                           "0 disables (default %(default)s)")
+    run.add_argument("--gateway-api", action="store_true",
+                     help="also reconcile Gateway API GatewayClasses, Gateways and HTTPRoutes "
+                          "(gateway.networking.k8s.io/v1) of the controller "
+                          "roundhouse.dev/gateway-controller; the CRDs must be installed "
+                          "(same as ROUNDHOUSE_GATEWAY_API=1)")
     run.set_defaults(func=cmd_run)
 
     from roundhouse.agent.cli import add_agent_parser

@@ -32,6 +32,9 @@ _PATHS: dict[str, tuple[str, str]] = {
     "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
     "LoadBalancer": (f"/apis/{API_GROUP}/{API_VERSION}", "loadbalancers"),
     "ReverseProxy": (f"/apis/{API_GROUP}/{API_VERSION}", "reverseproxies"),
+    "Gateway": ("/apis/gateway.networking.k8s.io/v1", "gateways"),
+    "HTTPRoute": ("/apis/gateway.networking.k8s.io/v1", "httproutes"),
+    "GatewayClass": ("/apis/gateway.networking.k8s.io/v1", "gatewayclasses"),  # cluster-wide
 }
 FIELD_MANAGER = "roundhouse"
 # Requests in flight at once (ROUNDHOUSE_API_CONCURRENCY): a burst of reconciles queues
@@ -133,6 +136,13 @@ async def list_metadata(kind: str, namespace: str | None, label_selector: str,
 def object_path(kind: str, namespace: str, name: str, subresource: str = "") -> str:
     prefix, plural = _PATHS[kind]
     path = f"{prefix}/namespaces/{namespace}/{plural}/{name}"
+    return f"{path}/{subresource}" if subresource else path
+
+
+def cluster_object_path(kind: str, name: str, subresource: str = "") -> str:
+    """The path of a cluster-scoped object (a GatewayClass)."""
+    prefix, plural = _PATHS[kind]
+    path = f"{prefix}/{plural}/{name}"
     return f"{path}/{subresource}" if subresource else path
 
 

@@ -12,6 +12,7 @@ from roundhouse.graph import (
     build_loadbalancer_graph,
     build_reverseproxy_graph,
 )
+from roundhouse.model.gatewayapi import Gateway
 from roundhouse.model.loadbalancer import LoadBalancer
 from roundhouse.model.reverseproxy import ReverseProxy
 from roundhouse.render import objects
@@ -51,7 +52,18 @@ def desired_for_reverseproxy(
     return _desired(graph, rp, images, options, config_only)
 
 
-def _desired(graph: ProxyGraph, model: LoadBalancer | ReverseProxy,
+def desired_for_gateway(
+    graph: ProxyGraph,
+    gateway: Gateway,
+    images: objects.ProxyImages | None = None,
+    options: RenderOptions | None = None,
+) -> Desired:
+    """A Gateway's graph is built with its routes (graph.build_gateway_graph), whose
+    statuses it also gives; from the graph on, the same path as the other kinds."""
+    return _desired(graph, gateway, images, options)
+
+
+def _desired(graph: ProxyGraph, model: LoadBalancer | ReverseProxy | Gateway,
              images: objects.ProxyImages | None, options: RenderOptions | None,
              config_only: bool = False) -> Desired:
     """One path from a graph to the children, whichever kind the graph came from."""
@@ -61,7 +73,7 @@ def _desired(graph: ProxyGraph, model: LoadBalancer | ReverseProxy,
     return config_only_desired if config_only else complete(config_only_desired, model, images)
 
 
-def complete(desired: Desired, model: LoadBalancer | ReverseProxy,
+def complete(desired: Desired, model: LoadBalancer | ReverseProxy | Gateway,
              images: objects.ProxyImages | None = None) -> Desired:
     """Every child, from a config-only `desired` (the graph, the config and its
     ConfigMap are reused, not built or rendered again; the reconciler completes one

@@ -22,6 +22,8 @@ def request_host(host: str) -> str:
 
 
 def host_matches(vhost: VirtualHost, host: str) -> bool:
+    if not vhost.hostname:  # a Gateway listener's catch-all
+        return True
     if vhost.wildcard:
         return host.endswith(vhost.hostname[1:])  # ".example.com": one or more labels
     return host == vhost.hostname
@@ -45,6 +47,17 @@ def header_matches(match: HeaderMatch, headers: Mapping[str, str]) -> bool:
     return re.fullmatch(match.value, value) is not None
 
 
+def query_matches(match: HeaderMatch, path: str) -> bool:
+    """The first value of the query parameter, as HAProxy's urlp() takes it."""
+    query = path.split("?", 1)[1] if "?" in path else ""
+    values = [v for k, _, v in (p.partition("=") for p in query.split("&")) if k == match.name]
+    if not values:
+        return False
+    if match.type == "RegularExpression":
+        return re.fullmatch(match.value, values[0]) is not None
+    return values[0] == match.value
+
+
 def _frontend(graph: ProxyGraph, name: str | None) -> Frontend:
     if name is not None:
         return next(f for f in graph.frontends if f.name in (name, f"fe_{name}"))
@@ -66,7 +79,8 @@ def select_rule(graph: ProxyGraph, host: str, path: str, method: str = "GET",
     for rule in fe.routing.rules:
         if (rule.host_id == vhost.id and path_matches(rule, path_only)
                 and (rule.method is None or rule.method == method)
-                and all(header_matches(h, headers or {}) for h in rule.headers)):
+                and all(header_matches(h, headers or {}) for h in rule.headers)
+                and all(query_matches(q, path) for q in rule.query_params)):
             return rule
     return None
 
@@ -77,6 +91,8 @@ def select_route(graph: ProxyGraph, host: str, path: str, method: str = "GET",
     """The pool name, "redirect:<route id>", or "404" (default pool when there is one)."""
     rule = select_rule(graph, host, path, method, headers, frontend=frontend)
     if rule is not None:
+        if rule.status:
+            return str(rule.status)
         return f"redirect:{rule.id}" if rule.redirect else str(rule.pool)
     fe = _frontend(graph, frontend)
     return fe.default_pool or "404"
@@ -88,7 +104,7 @@ def redirect_location(graph: ProxyGraph, rule: RouteRule, host: str, path: str, 
     assert rule.redirect is not None
     r = rule.redirect
     if r.hostname:
-        authority = r.hostname
+        authority = r.hostname + (f":{r.port}" if r.port else "")
     elif r.strip_port:
         authority = host.split(":", 1)[0] + (f":{r.port}" if r.port else "")
     else:

@@ -57,3 +57,14 @@ The operator image; also the default agent image.
 {{- define "roundhouse.agentImage" -}}
 {{- .Values.proxy.agentImage | default (include "roundhouse.image" .) }}
 {{- end }}
+
+{{/*
+Non-empty when the GatewayClass must wait for the next upgrade: the chart installs the
+Gateway API CRDs and the API server does not serve GatewayClass yet (see
+templates/gatewayclass.yaml).
+*/}}
+{{- define "roundhouse.gatewayClassDeferred" -}}
+{{- if and .Values.gatewayAPI.enabled .Values.gatewayAPI.gatewayClass.create .Values.gatewayAPI.installCRDs (not (.Capabilities.APIVersions.Has "gateway.networking.k8s.io/v1/GatewayClass")) -}}
+true
+{{- end }}
+{{- end }}

@@ -9,13 +9,16 @@ when a listener or host asks for an operator-issued certificate, the serving Sec
 
 from __future__ import annotations
 
+from roundhouse.model.gatewayapi import Gateway
 from roundhouse.model.loadbalancer import LoadBalancer
 from roundhouse.model.reverseproxy import ReverseProxy
 
-_SUFFIX = {"LoadBalancer": "lb", "ReverseProxy": "rp"}
+_SUFFIX = {"LoadBalancer": "lb", "ReverseProxy": "rp", "Gateway": "gw"}
 
 
-def kind_of(model: LoadBalancer | ReverseProxy) -> str:
+def kind_of(model: LoadBalancer | ReverseProxy | Gateway) -> str:
+    if isinstance(model, Gateway):
+        return "Gateway"
     return "LoadBalancer" if isinstance(model, LoadBalancer) else "ReverseProxy"
 
 
@@ -39,12 +42,14 @@ def issued_ca_name(kind: str, name: str) -> str:
     return f"{child_name(kind, name)}-ca"
 
 
-def issued_dns_names(model: LoadBalancer | ReverseProxy) -> tuple[str, ...]:
+def issued_dns_names(model: LoadBalancer | ReverseProxy | Gateway) -> tuple[str, ...]:
     """The DNS names the operator-issued certificate covers; empty when none is needed.
 
     The names the spec asks for (a LoadBalancer's listener dnsNames, a ReverseProxy's
     hosts) plus the proxy Service's own, so in-cluster clients can verify it as well.
     """
+    if isinstance(model, Gateway):
+        return ()  # listeners name their certificates (certificateRefs)
     if isinstance(model, LoadBalancer):
         issued = [li.tls for li in model.listeners if li.tls and li.tls.issued]
         if not issued:

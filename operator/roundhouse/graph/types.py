@@ -51,6 +51,7 @@ class UpstreamTLSConfig:
 class PathRewrite:
     prefix: str  # the matched prefix, normalized ("" for "/")
     replacement: str
+    full: bool = False  # replace the whole path (Gateway API ReplaceFullPath), query kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +95,7 @@ class Certificate:
 @dataclass(frozen=True, slots=True)
 class VirtualHost:
     id: str  # "h<spec index>": the value of txn.rh_vhost
-    hostname: str  # exact, or "*.example.com"
+    hostname: str  # exact, or "*.example.com"; "" (Gateway API only): every hostname
 
     @property
     def wildcard(self) -> bool:
@@ -111,6 +112,8 @@ class RedirectRule:
     port: int | None  # the target listener's port when not the scheme's default
     path: str | None  # None: the request's path
     code: int
+    # Gateway API ReplacePrefixMatch: (matched prefix, replacement) of the request's path
+    replace_prefix: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +130,8 @@ class RouteRule:
     method: str | None = None
     pool: str | None = None
     redirect: RedirectRule | None = None
+    status: int | None = None  # answer with this status (a Gateway API rule without backends)
+    query_params: tuple[HeaderMatch, ...] = ()  # Exact | RegularExpression, by name
     services: tuple[str, ...] = ()  # the Services behind the pool, in spec order
     allowed_source_ranges: tuple[str, ...] = ()  # others get 403; empty: every client
 

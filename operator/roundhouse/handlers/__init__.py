@@ -1,7 +1,15 @@
-"""Thin kopf handlers. Importing this package registers them with kopf."""
+"""Thin kopf handlers. Importing this package registers them with kopf; the Gateway API
+controller's only when ROUNDHOUSE_GATEWAY_API is set (`roundhouse run --gateway-api`):
+without the Gateway API CRDs installed, kopf would watch kinds that do not exist."""
+
+import os
 
 from roundhouse.handlers import dependencies, indexes, reconcile, resync
 from roundhouse.handlers.state import DEBOUNCER, RECONCILER
+
+GATEWAY_API = os.environ.get("ROUNDHOUSE_GATEWAY_API", "") not in ("", "0", "false")
+if GATEWAY_API:
+    from roundhouse.handlers import gateway
 
 __all__ = ["dependencies", "indexes", "reconcile", "resync", "stop_reconciling"]
 
@@ -14,3 +22,5 @@ def stop_reconciling() -> None:
     RECONCILER.forget_all()
     dependencies.reset()
     reconcile.reset()
+    if GATEWAY_API:
+        gateway.reset()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
 
 import kopf
@@ -94,6 +94,10 @@ class Relisting:
 
 
 RELISTING = Relisting()
+# Called with (kind, namespace, name, labels, kwargs) for every change a resource may
+# depend on (a Service, EndpointSlice, Secret, proxy ConfigMap or Pod).
+DEPENDENCY_HOOKS: list[Callable[[str, str, str, Mapping[str, str], Mapping[str, Any]],
+                                None]] = []
 
 
 def _affected(kind: str, namespace: str, name: str, labels: Mapping[str, str],
@@ -161,6 +165,8 @@ def _trigger(kind: str, namespace: str, name: str, labels: Mapping[str, str],
         RELISTING.watched(watched, key, version, deleted=kwargs.get("type") == "DELETED")
         if echo:
             return
+    for hook in DEPENDENCY_HOOKS:  # the Gateway API controller's (handlers/gateway.py)
+        hook(kind, namespace, name, labels, kwargs)
     affected = _affected(kind, namespace, name, labels, kwargs)
     if kwargs.get("type") == "DELETED":
         # One of our children deleted by hand: the reconcile must write it again, not

@@ -153,9 +153,12 @@ def header_acls(rule: RouteRule) -> list[str]:
     (6 words each) on the route's set-var line would pass that limit.
     """
     lines = []
-    for i, h in enumerate(rule.headers):
-        # req.fhdr: the whole header line, not split at commas.
-        acl = f"acl {rule.id}_h{i} {quote(f'req.fhdr({h.name})')}"
+    # req.fhdr: the whole header line, not split at commas; urlp: the first value of a
+    # query parameter (Gateway API matches the first one too).
+    named = [(f"{rule.id}_h{i}", f"req.fhdr({h.name})", h) for i, h in enumerate(rule.headers)]
+    named += [(f"{rule.id}_q{i}", f"urlp({h.name})", h) for i, h in enumerate(rule.query_params)]
+    for acl_name, fetch, h in named:
+        acl = f"acl {acl_name} {quote(fetch)}"
         if h.type == "RegularExpression":
             lines.append(f"{acl} -m reg {_full_match(h.value)}")
         elif h.value in ("{", "}"):
@@ -183,20 +186,30 @@ def route_conditions(rule: RouteRule) -> str:
     if rule.method:
         terms.append(f"{{ method {rule.method} }}")
     terms.extend(f"{rule.id}_h{i}" for i in range(len(rule.headers)))
+    terms.extend(f"{rule.id}_q{i}" for i in range(len(rule.query_params)))
     return "".join(f" {t}" for t in terms)
 
 
 def redirect_location(r: RedirectRule) -> str:
     """The log-format Location of a redirect route; tests/unit/routing_oracle.py mirrors it."""
     if r.hostname:
-        authority = r.hostname
+        authority = r.hostname + (f":{r.port}" if r.port else "")
     elif r.strip_port:
         authority = "%[req.hdr(host),field(1,:)]" + (f":{r.port}" if r.port else "")
     else:
         authority = "%[req.hdr(host)]"
     # pathq: path and query; regsub keeps only the query ("?..." or nothing).
-    target = (log_format_literal(r.path) + "%[pathq,regsub(^[^?]*,)]") if r.path \
-        else "%[pathq]"
+    query = "%[pathq,regsub(^[^?]*,)]"
+    if r.replace_prefix is not None:
+        # The matched prefix (whole segments) becomes the replacement: what follows stays.
+        prefix, replacement = r.replace_prefix
+        rest = f"%[path,regsub(^{re.escape(prefix)},)]" if prefix else "%[path]"
+        joined = replacement.rstrip("/")
+        target = log_format_literal(joined) + rest + query
+        if not prefix:
+            target = log_format_literal(joined) + "%[path]" + query
+        return quote(f"{r.scheme}://{authority}{target}")
+    target = (log_format_literal(r.path) + query) if r.path else "%[pathq]"
     return quote(f"{r.scheme}://{authority}{target}")
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from roundhouse import API_GROUP, API_VERSION
 from roundhouse.graph import names
 from roundhouse.graph.types import ProxyGraph
+from roundhouse.model.gatewayapi import Gateway
 from roundhouse.model.loadbalancer import LoadBalancer
 from roundhouse.model.pod import AGENT_METRICS_PORT
 from roundhouse.model.reverseproxy import ReverseProxy
@@ -41,7 +42,8 @@ class Owner:
 
     def reference(self) -> dict[str, Any]:
         return {
-            "apiVersion": f"{API_GROUP}/{API_VERSION}",
+            "apiVersion": "gateway.networking.k8s.io/v1" if self.kind == "Gateway"
+            else f"{API_GROUP}/{API_VERSION}",
             "kind": self.kind,
             "name": self.name,
             "uid": self.uid,
@@ -50,7 +52,7 @@ class Owner:
         }
 
 
-def owner_of(model: LoadBalancer | ReverseProxy) -> Owner:
+def owner_of(model: LoadBalancer | ReverseProxy | Gateway) -> Owner:
     """The owner of a resource's children, whichever kind the resource is."""
     return Owner(names.kind_of(model), model.name, model.namespace, model.uid)
 
@@ -93,6 +95,11 @@ def _meta(owner: Owner, name: str, **extra: Any) -> dict[str, Any]:
     }
     meta.update(extra)
     return meta
+
+
+def child_meta(owner: Owner, name: str) -> dict[str, Any]:
+    """The metadata of a child named `name`: in the owner's namespace, labelled and owned."""
+    return _meta(owner, name)
 
 
 def agent_status_name(owner: Owner) -> str:
