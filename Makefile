@@ -79,7 +79,7 @@ test-e2e-pods: $(STAMP) system-deps binaries  ## the e2e suite on real Pods: a k
 conformance: $(STAMP) system-deps binaries  ## Gateway API conformance v1.6.3 (GATEWAY-HTTP) on the real-Pods tier, report in conformance/reports/ (root; CONFORMANCE_ARGS: suite flags)
 	$(PY) e2e/conformance/run.py $(CONFORMANCE_ARGS)
 
-test: test-unit test-harness test-integration test-e2e test-e2e-lts test-e2e-pods  ## every tier that runs on this machine
+test: test-unit test-harness test-integration test-e2e test-e2e-lts test-e2e-pods conformance  ## every tier that runs on this machine (Gateway API conformance last)
 
 demo: $(STAMP) system-deps binaries  ## local control plane + operator + 3 backends + a LoadBalancer, real traffic (root)
 	$(PY) e2e/demo.py $(DEMO_ARGS)
