@@ -36,9 +36,14 @@ def test_names_of_each_kind(kind: str, child: str) -> None:
     assert certificates.ca_name(owner) == f"{child}-ca"
 
 
+def test_a_gateways_children_are_named_gw() -> None:
+    assert names.child_name("Gateway", "web") == "web-gw"
+    assert names.agent_status_name("Gateway", "web") == "web-gw-agents"
+
+
 def test_an_unknown_kind_has_no_child_name_rather_than_a_borrowed_one() -> None:
     with pytest.raises(KeyError):
-        names.child_name("Gateway", "web")
+        names.child_name("HTTPRoute", "web")
 
 
 def _model_and_desired(kind: str) -> tuple[Any, Any]:

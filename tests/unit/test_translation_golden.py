@@ -58,7 +58,9 @@ from tests.unit.conftest import EXAMPLES, REPO, HaproxyCheck
 
 GOLDEN = Path(__file__).parent / "golden"
 PARTIAL = REPO / "tests" / "cases" / "translation"
-NOT_EXAMPLES = {"sample-app.yaml", "offline-cluster.yaml"}
+# gateway-api.yaml is a Gateway with its routes: its translation is checked by
+# tests/unit/test_gateway_graph.py and test_gateway_status.py (render, haproxy -c).
+NOT_EXAMPLES = {"sample-app.yaml", "offline-cluster.yaml", "gateway-api.yaml"}
 INPUTS = {p.stem: p for p in [*sorted(p for p in EXAMPLES.glob("*.yaml")
                                       if p.name not in NOT_EXAMPLES),
                               *sorted(PARTIAL.glob("*.yaml"))]}
