@@ -599,11 +599,7 @@ def main(argv: Sequence[str]) -> int:
         return 2
     extra = list(argv)
     tag = os.environ.get("IMAGE_TAG", "e2e-pods")
-    artifacts = Path(os.environ.get("ARTIFACTS", ROOT / "_artifacts" / "conformance")).resolve()
-    artifacts.mkdir(parents=True, exist_ok=True)
-    for old in artifacts.glob("*"):
-        if old.is_file():
-            old.unlink()
+    artifacts = pods.fresh_artifacts(ROOT / "_artifacts" / "conformance")
     fake = _env_flag("CONFORMANCE_FAKE_ACCEPT")
     chart_installs_crds = _env_flag("CHART_INSTALLS_CRDS")
     report = report_path(extra, artifacts, os.environ.get("CONFORMANCE_REPORT"), fake)

@@ -147,17 +147,23 @@ def collect(cp: ControlPlane, artifacts: Path) -> None:
     log(f"logs, events and objects in {artifacts}")
 
 
+def fresh_artifacts(default: Path) -> Path:
+    """$ARTIFACTS (else `default`), created, without the files of an earlier run."""
+    artifacts = Path(os.environ.get("ARTIFACTS", default)).resolve()
+    artifacts.mkdir(parents=True, exist_ok=True)
+    for old in artifacts.glob("*"):
+        if old.is_file():
+            old.unlink()
+    return artifacts
+
+
 def main(argv: Sequence[str]) -> int:
     if os.geteuid() != 0:
         print("make test-e2e-pods: needs root (containerd, kubelet, CNI bridge, iptables)",
               file=sys.stderr)
         return 2
     tag = os.environ.get("IMAGE_TAG", "e2e-pods")
-    artifacts = Path(os.environ.get("ARTIFACTS", ROOT / "_artifacts" / "pods")).resolve()
-    artifacts.mkdir(parents=True, exist_ok=True)
-    for old in artifacts.glob("*"):
-        if old.is_file():
-            old.unlink()
+    artifacts = fresh_artifacts(ROOT / "_artifacts" / "pods")
     archives = build_images(tag)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     began = time.monotonic()

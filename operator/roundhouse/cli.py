@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import os
 import shutil
@@ -18,10 +17,11 @@ import yaml
 
 from roundhouse import kubeyaml
 from roundhouse.graph import ClusterState, ProxyGraph, issued_secret_name
-from roundhouse.graph.gateway import build_gateway_graph, secret_key, service_key
+from roundhouse.graph.gateway import build_gateway_graph, gateway_cluster_state
 from roundhouse.graph.names import issued_dns_names
 from roundhouse.model import FieldError, SpecError, parse_loadbalancer, parse_reverseproxy
 from roundhouse.model.cluster import (
+    EndpointSlice,
     TLSSecret,
     parse_endpoint_slice,
     parse_service,
@@ -30,6 +30,7 @@ from roundhouse.model.cluster import (
 from roundhouse.model.common import size_errors
 from roundhouse.model.gatewayapi import (
     Gateway,
+    HTTPRoute,
     parse_gateway,
     parse_httproute,
     parse_reference_grant,
@@ -78,23 +79,24 @@ def _cluster_state(docs: list[dict[str, Any]], namespace: str) -> ClusterState:
 RESOURCE_KINDS = ("LoadBalancer", "ReverseProxy", "Gateway")
 
 
-def _gateway_cluster_state(docs: list[dict[str, Any]], gw: Gateway) -> ClusterState:
-    """The same keys the operator uses (gateways.cluster_state): Services by namespace/name
-    in every namespace, certificate Secrets by graph.gateway.secret_key."""
-    def ns(d: dict[str, Any]) -> str:
-        return str((d.get("metadata") or {}).get("namespace") or gw.namespace)
+def _gateway_cluster_state(docs: list[dict[str, Any]], gw: Gateway,
+                           routes: list[HTTPRoute]) -> ClusterState:
+    """graph.gateway_cluster_state from the documents: the operator's keys, offline."""
+    def key(d: dict[str, Any]) -> tuple[str, str]:
+        meta = d.get("metadata") or {}
+        return str(meta.get("namespace") or gw.namespace), str(meta.get("name"))
 
-    services = {service_key(ns(d), s.name): s for d in docs if d["kind"] == "Service"
-                for s in (parse_service(d),)}
-    slices = [dataclasses.replace(s, service=service_key(ns(d), s.service))
-              for d in docs if d["kind"] == "EndpointSlice"
-              for s in (parse_endpoint_slice(d),) if s]
-    secrets = {}
+    services = {key(d): parse_service(d) for d in docs if d["kind"] == "Service"}
+    secrets = {key(d): parse_tls_secret(d) for d in docs if d["kind"] == "Secret"}
+    slices: dict[tuple[str, str], list[EndpointSlice]] = {}
     for d in docs:
-        if d["kind"] == "Secret":
-            key = secret_key(gw.namespace, ns(d), str(d["metadata"].get("name")))
-            secrets[key] = dataclasses.replace(parse_tls_secret(d), name=key)
-    return ClusterState(services, slices, secrets)
+        if d["kind"] == "EndpointSlice" and (s := parse_endpoint_slice(d)):
+            slices.setdefault((key(d)[0], s.service), []).append(s)
+    state, _ = gateway_cluster_state(
+        gw, routes, lambda ns, name: services.get((ns, name)),
+        lambda ns, name: slices.get((ns, name), []),
+        lambda ns, name: secrets.get((ns, name)), {})
+    return state
 
 
 def _gateway_desired(doc: dict[str, Any], docs: list[dict[str, Any]],
@@ -108,7 +110,7 @@ def _gateway_desired(doc: dict[str, Any], docs: list[dict[str, Any]],
     gw = parse_gateway(doc)
     routes = [parse_httproute(with_ns(d)) for d in docs if d["kind"] == "HTTPRoute"]
     grants = [parse_reference_grant(with_ns(d)) for d in docs if d["kind"] == "ReferenceGrant"]
-    build = build_gateway_graph(gw, routes, grants, _gateway_cluster_state(docs, gw))
+    build = build_gateway_graph(gw, routes, grants, _gateway_cluster_state(docs, gw, routes))
     for li in build.listeners:
         for c in li.conditions:
             if (not c.status and c.type != "Conflicted") or (c.status and c.type == "Conflicted"):

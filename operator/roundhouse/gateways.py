@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import ipaddress
 import json
 import logging
 import os
@@ -29,15 +30,14 @@ from roundhouse.graph.gateway import (
     ListenerResult,
     ParentResult,
     build_gateway_graph,
+    gateway_cluster_state,
     mirrored_secret_name,
-    secret_key,
-    service_key,
 )
 from roundhouse.model import gatewayapi as g
-from roundhouse.model.cluster import EndpointSlice, Service, TLSSecret
+from roundhouse.model.cluster import TLSSecret
 from roundhouse.model.common import ProxySettings
 from roundhouse.pipeline import desired_for_gateway
-from roundhouse.reconciler import Indexes, Reconciler, _proxy_pods, _report_data
+from roundhouse.reconciler import Indexes, Reconciler, proxy_pods, report_data
 from roundhouse.render import objects
 from roundhouse.reports import parse_agent_report
 
@@ -119,38 +119,16 @@ def _class_of(body: Mapping[str, Any]) -> str:
 
 def cluster_state(gw: g.Gateway, routes: list[g.HTTPRoute], idx: Indexes
                   ) -> tuple[ClusterState, set[tuple[str, str, str]]]:
-    """Services (keyed namespace/name, in every namespace a route names) with their
-    EndpointSlices, the listeners' Secrets, the previous slots; and what was read."""
-    reads: set[tuple[str, str, str]] = set()
-    services: dict[str, Service] = {}
-    slices: list[EndpointSlice] = []
-    for route in routes:
-        for rule in route.rules:
-            for ref in rule.backend_refs:
-                if ref.group != "" or ref.kind != "Service":
-                    continue
-                reads.add(("Service", ref.namespace, ref.name))
-                key = service_key(ref.namespace, ref.name)
-                found = idx.first(idx.services, (ref.namespace, ref.name))
-                if found is None or key in services:
-                    continue
-                services[key] = found
-                slices.extend(dataclasses.replace(s, service=key)
-                              for s in idx.slices.get((ref.namespace, ref.name)) or [])
-    secrets: dict[str, TLSSecret] = {}
-    for li in gw.listeners:
-        for ref in li.certificate_refs:
-            reads.add(("Secret", ref.namespace, ref.name))
-            entry = idx.first(idx.secrets, (ref.namespace, ref.name))
-            if entry is None:
-                continue
-            # Another namespace's Secret is served from a copy in the Gateway's (the
-            # proxy's agent reads its own namespace only): build_gateway_graph decides
-            # whether a ReferenceGrant allows it, mirrored_secrets makes the copy.
-            key = secret_key(gw.namespace, ref.namespace, ref.name)
-            secrets[key] = dataclasses.replace(entry[0], name=key)
+    """graph.gateway_cluster_state from the kopf indexes; and what was read."""
+    def secret(namespace: str, name: str) -> TLSSecret | None:
+        entry = idx.first(idx.secrets, (namespace, name))
+        return entry[0] if entry is not None else None
+
     cm = idx.first(idx.configmaps, (gw.namespace, child_name("Gateway", gw.name)))
-    return ClusterState(services, slices, secrets, cm["slots"] if cm else {}), reads
+    return gateway_cluster_state(
+        gw, routes, lambda ns, name: idx.first(idx.services, (ns, name)),
+        lambda ns, name: idx.slices.get((ns, name)) or [], secret,
+        cm["slots"] if cm else {})
 
 
 # ------------------------------------------------------------------------- reconcile
@@ -191,8 +169,8 @@ async def reconcile(reconciler: Reconciler, namespace: str, name: str, idx: Inde
         programmed = status.programmed(
             status.Want(gw.proxy.replicas, desired.rendered.config_hash,
                         gw.limits.max_connections),
-            _proxy_pods(owner, idx),
-            {p: parse_agent_report(t) for p, t in _report_data(owner, idx).items()})
+            proxy_pods(owner, idx),
+            {p: parse_agent_report(t) for p, t in report_data(owner, idx).items()})
         service = idx.first(idx.services, (namespace, child_name("Gateway", name)))
         address = service.address if service else None
         await _write_gateway(key, body, build, programmed, address, failure)
@@ -210,6 +188,7 @@ async def mirrored_secrets(gw: g.Gateway, build: GatewayBuild,
     from other namespaces (a ReferenceGrant allowed each): children of the Gateway, so
     they go with it; rewritten when the original rotates (its fingerprint moves)."""
     wanted = {c.secret for c in build.graph.certificates}
+    owner = objects.owner_of(gw)
     out = []
     for li in gw.listeners:
         for ref in li.certificate_refs:
@@ -224,8 +203,7 @@ async def mirrored_secrets(gw: g.Gateway, build: GatewayBuild,
                 obj = await apply.read_object("Secret", ref.namespace, ref.name)
                 data = (obj or {}).get("data") or {}
                 _MIRRORED[cache_key] = {k: data[k] for k in ("tls.crt", "tls.key") if k in data}
-            wanted.discard(copy)
-            owner = objects.owner_of(gw)
+            wanted.discard(copy)  # two listeners naming one Secret: one copy
             out.append({
                 "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
                 "metadata": {**objects.child_meta(owner, copy), "annotations": {
@@ -297,7 +275,11 @@ def _listener_status(li: ListenerResult, found: list[Condition], old: Mapping[st
 
 
 def _is_ip(address: str) -> bool:
-    return address.replace(".", "").isdigit() or ":" in address
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
 
 
 async def _write_gateway(key: Key, body: Mapping[str, Any], build: GatewayBuild,
@@ -305,8 +287,10 @@ async def _write_gateway(key: Key, body: Mapping[str, Any], build: GatewayBuild,
                          failure: str | None) -> None:
     now = dt.datetime.now(dt.UTC)
     new = gateway_status(body, build, programmed, address, failure, now)
-    old = STATE.written_gateways.get(key) or body.get("status") or {}
-    if _same(old, new):
+    current = body.get("status") or {}
+    old = STATE.written_gateways.get(key) or current
+    # As Reconciler._write: a status someone else wrote over ours is put back.
+    if _same(old, new) and _same(current, new):
         return
     await apply.write_status("Gateway", key[0], key[1], new)
     STATE.written_gateways[key] = new

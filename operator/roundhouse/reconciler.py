@@ -346,8 +346,8 @@ class Reconciler:
                     self._remember_configmaps(key, desired, written)
                     del desired
         conditions = status.conditions(outcome.graph, outcome.config_hash,
-                                       model.proxy.replicas, _proxy_pods(owner, idx),
-                                       _report_data(owner, idx))
+                                       model.proxy.replicas, proxy_pods(owner, idx),
+                                       report_data(owner, idx))
         proxy_service = idx.first(idx.services, (namespace, child_name(kind, name)))
         counts = status.backend_counts(outcome.graph)
         address = proxy_service.address if proxy_service else None
@@ -435,8 +435,8 @@ class Reconciler:
 async def _drop_stale_reports(owner: objects.Owner, idx: Indexes) -> None:
     """Reports of Pods that are gone: out of the agents' ConfigMap (status ignores them
     already). The operator does it, as it sees the Pods; the agents cannot list them."""
-    pods = {p.name for p in _proxy_pods(owner, idx)}
-    stale = stale_reports(_report_data(owner, idx), pods, dt.datetime.now(dt.UTC))
+    pods = {p.name for p in proxy_pods(owner, idx)}
+    stale = stale_reports(report_data(owner, idx), pods, dt.datetime.now(dt.UTC))
     if not stale:
         return
     name = objects.agent_status_name(owner)
@@ -449,10 +449,10 @@ async def _drop_stale_reports(owner: objects.Owner, idx: Indexes) -> None:
              name, ", ".join(stale))
 
 
-def _proxy_pods(owner: objects.Owner, idx: Indexes) -> list[ProxyPod]:
+def proxy_pods(owner: objects.Owner, idx: Indexes) -> list[ProxyPod]:
     return list(idx.pods.get((owner.namespace, child_name(owner.kind, owner.name))) or [])
 
 
-def _report_data(owner: objects.Owner, idx: Indexes) -> dict[str, str]:
+def report_data(owner: objects.Owner, idx: Indexes) -> dict[str, str]:
     cm = idx.first(idx.configmaps, (owner.namespace, objects.agent_status_name(owner)))
     return dict(cm["data"]) if cm else {}

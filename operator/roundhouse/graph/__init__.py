@@ -10,9 +10,10 @@ Output is sorted and stable, so the same inputs give byte-identical configs.
 - endpoints    Services + EndpointSlices -> weighted endpoints -> sticky server slots
 - secrets      Secrets -> certificate files (serving pairs, the upstream CA)
 - listeners    listener logic every kind shares
-- loadbalancer, reverseproxy
+- routes       route logic the HTTP kinds share (path precedence, prefixes, ports)
+- loadbalancer, reverseproxy, gateway
                one builder per input kind; they share the modules above, never each
-               other (an import-linter contract), so a third kind is one more module
+               other (an import-linter contract)
 """
 
 from __future__ import annotations

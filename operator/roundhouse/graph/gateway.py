@@ -26,11 +26,13 @@ the same renderer. What differs is attachment and precedence, as Gateway API def
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from roundhouse.graph.endpoints import WeightedEndpoint, assign_slots, resolve_backends
+from roundhouse.graph.routes import DEFAULT_PORTS, PATH_RANK, normalized_prefix
 from roundhouse.graph.secrets import pair_certificate
 from roundhouse.graph.types import (
     Certificate,
@@ -47,6 +49,7 @@ from roundhouse.graph.types import (
     VirtualHost,
 )
 from roundhouse.model import gatewayapi as g
+from roundhouse.model.cluster import EndpointSlice, Service, TLSSecret
 from roundhouse.model.common import AccessLog, Backend, Limits, Timeouts
 from roundhouse.model.reverseproxy import HeaderChanges, HeaderMatch
 
@@ -54,8 +57,6 @@ SUPPORTED_PROTOCOLS = ("HTTP", "HTTPS")
 SUPPORTED_FILTERS = ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestRedirect",
                      "URLRewrite")
 _PATH_TYPES = {"Exact": "Exact", "PathPrefix": "Prefix", "RegularExpression": "RegularExpression"}
-_PATH_RANK = {"Exact": 0, "Prefix": 1, "RegularExpression": 2}
-_WELL_KNOWN = {"http": 80, "https": 443}
 NO_BACKENDS_STATUS = 500
 
 
@@ -298,6 +299,49 @@ def service_key(namespace: str, name: str) -> str:
     return f"{namespace}/{name}"
 
 
+def gateway_cluster_state(
+        gw: g.Gateway, routes: list[g.HTTPRoute],
+        service: Callable[[str, str], Service | None],
+        slices: Callable[[str, str], Iterable[EndpointSlice]],
+        secret: Callable[[str, str], TLSSecret | None],
+        previous_slots: Mapping[str, Mapping[str, str]],
+) -> tuple[ClusterState, set[tuple[str, str, str]]]:
+    """The ClusterState a Gateway is built from, by (namespace, name) lookups: the
+    Services its routes name (keyed service_key, in every namespace), their
+    EndpointSlices, the listeners' certificate Secrets (keyed secret_key); and the
+    (kind, namespace, name) of what it read, whose changes re-reconcile it. The operator
+    looks up its indexes, `roundhouse render` the documents it was given."""
+    reads: set[tuple[str, str, str]] = set()
+    services: dict[str, Service] = {}
+    found_slices: list[EndpointSlice] = []
+    for route in routes:
+        for rule in route.rules:
+            for ref in rule.backend_refs:
+                if ref.group != "" or ref.kind != "Service":
+                    continue
+                reads.add(("Service", ref.namespace, ref.name))
+                key = service_key(ref.namespace, ref.name)
+                found = service(ref.namespace, ref.name)
+                if found is None or key in services:
+                    continue
+                services[key] = found
+                found_slices.extend(dataclasses.replace(s, service=key)
+                                    for s in slices(ref.namespace, ref.name))
+    secrets: dict[str, TLSSecret] = {}
+    for li in gw.listeners:
+        for ref in li.certificate_refs:
+            reads.add(("Secret", ref.namespace, ref.name))
+            entry = secret(ref.namespace, ref.name)
+            if entry is None:
+                continue
+            # Another namespace's Secret is served from a copy in the Gateway's (the
+            # proxy's agent reads its own namespace only): the build decides whether a
+            # ReferenceGrant allows it, the operator makes the copy.
+            key = secret_key(gw.namespace, ref.namespace, ref.name)
+            secrets[key] = dataclasses.replace(entry, name=key)
+    return ClusterState(services, found_slices, secrets, previous_slots), reads
+
+
 # ------------------------------------------------------------------------- routes
 
 
@@ -429,8 +473,8 @@ def pool_name(route: g.HTTPRoute, rule: int) -> str:
 def _rule_key(e: _Entry) -> tuple[object, ...]:
     m = e.route.rules[e.rule].matches[e.match]
     path_type = _PATH_TYPES.get(m.path.type, "Prefix")
-    length = len(m.path.value.rstrip("/")) if path_type != "RegularExpression" else 0
-    return (specificity(e.hostname), _PATH_RANK[path_type], -length,
+    length = len(normalized_prefix(m.path.value)) if path_type != "RegularExpression" else 0
+    return (specificity(e.hostname), PATH_RANK[path_type], -length,
             0 if m.method else 1, -len(m.headers), -len(m.query_params),
             e.route.created, e.route.namespace, e.route.name, e.rule, e.match)
 
@@ -517,7 +561,7 @@ def _pool(name: str, servers: tuple[Server, ...], rule: g.RouteRule) -> Pool:
             if f.rewrite.path_type == "ReplacePrefixMatch" and f.rewrite.path_value is not None:
                 prefix = next((m.path.value for m in rule.matches
                                if m.path.type == "PathPrefix"), "/")
-                rewrite = PathRewrite(prefix.rstrip("/"), f.rewrite.path_value)
+                rewrite = PathRewrite(normalized_prefix(prefix), f.rewrite.path_value)
             elif f.rewrite.path_type == "ReplaceFullPath" and f.rewrite.path_value is not None:
                 rewrite = PathRewrite("", f.rewrite.path_value, full=True)
     if host_rewrite:
@@ -573,7 +617,7 @@ def _route_rule(rule_id: str, vhost: VirtualHost, e: _Entry, answers: Mapping[st
     rule = e.route.rules[e.rule]
     m = rule.matches[e.match]
     path_type = _PATH_TYPES.get(m.path.type, "Prefix")
-    path = m.path.value.rstrip("/") if path_type == "Prefix" else m.path.value
+    path = normalized_prefix(m.path.value) if path_type == "Prefix" else m.path.value
     redirect = _redirect_filter(rule)
     pool = pool_name(e.route, e.rule)
     return RouteRule(
@@ -597,14 +641,14 @@ def _redirect_rule(r: g.RequestRedirect, protocol: str, port: int,
     no port and no scheme, the listener's port."""
     current = "https" if protocol == "HTTPS" else "http"
     scheme = r.scheme or current
-    target = r.port if r.port is not None else (_WELL_KNOWN[scheme] if r.scheme else port)
-    shown = None if target == _WELL_KNOWN.get(scheme) else target
+    target = r.port if r.port is not None else (DEFAULT_PORTS[scheme] if r.scheme else port)
+    shown = None if target == DEFAULT_PORTS.get(scheme) else target
     path = None
     prefix = None
     if r.path_type == "ReplaceFullPath":
         path = r.path_value
     elif r.path_type == "ReplacePrefixMatch" and match.path.type == "PathPrefix":
-        prefix = (match.path.value.rstrip("/"), r.path_value or "/")
+        prefix = (normalized_prefix(match.path.value), r.path_value or "/")
     return RedirectRule(scheme, r.hostname, True, shown, path, r.status_code,
                         replace_prefix=prefix)
 

@@ -37,6 +37,7 @@ from roundhouse.graph.endpoints import (
 )
 from roundhouse.graph.listeners import https_down
 from roundhouse.graph.names import issued_dns_names, issued_secret_name
+from roundhouse.graph.routes import DEFAULT_PORTS, PATH_RANK, normalized_prefix
 from roundhouse.graph.secrets import pair_certificate, refuse_unverifiable, resolve_upstream_tls
 from roundhouse.graph.types import (
     Certificate,
@@ -59,8 +60,6 @@ from roundhouse.model.reverseproxy import Host, Redirect, ReverseProxy, Route
 
 DEFAULT_POOL = "be_default"
 MAX_POOL_NAME = 32
-_PATH_RANK = {"Exact": 0, "Prefix": 1, "RegularExpression": 2}
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def route_pool_name(hostname: str, route: str, prefix: str = "rt") -> str:
@@ -76,11 +75,6 @@ def route_pool_name(hostname: str, route: str, prefix: str = "rt") -> str:
     return f"{prefix}_{digest}_{route}"[:MAX_POOL_NAME]
 
 
-def normalized_prefix(value: str) -> str:
-    """'/api/' -> '/api'; '/' -> '' (every path)."""
-    return value.rstrip("/")
-
-
 def host_order(hosts: list[tuple[int, Host]]) -> list[tuple[int, Host]]:
     """Exact hostnames first (by name), then wildcards, longest suffix first."""
     return sorted(hosts, key=lambda ih: (ih[1].wildcard, -len(ih[1].hostname), ih[1].hostname))
@@ -91,7 +85,7 @@ def route_order(routes: tuple[Route, ...]) -> list[tuple[int, Route]]:
         index, r = ir
         path = r.match.path
         length = len(normalized_prefix(path.value)) if path.type == "Prefix" else 0
-        return (_PATH_RANK[path.type], -length, -len(r.match.headers),
+        return (PATH_RANK[path.type], -length, -len(r.match.headers),
                 0 if r.match.method else 1, index)
     return sorted(enumerate(routes), key=key)
 
@@ -276,5 +270,5 @@ def _redirect(rp: ReverseProxy, listener: Listener, r: Redirect) -> RedirectRule
         return RedirectRule(scheme, None, False, None, r.path, r.status_code)
     # Another scheme on the same host: the port of this proxy's listener for it.
     target = next((li for li in rp.listeners if li.protocol == scheme.upper()), None)
-    port = target.port if target and target.port != _DEFAULT_PORTS[scheme] else None
+    port = target.port if target and target.port != DEFAULT_PORTS[scheme] else None
     return RedirectRule(scheme, None, True, port, r.path, r.status_code)
