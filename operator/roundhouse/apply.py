@@ -100,6 +100,19 @@ async def applied_children(namespaces: Iterable[str]) -> dict[OwnerKey, Applied]
     return found
 
 
+async def applied_of(kind: str, namespace: str, labels: Mapping[str, str]) -> Applied:
+    """What was applied before of `kind` with these labels in a namespace, from the
+    fingerprints: for children outside CHILD_KINDS (a Gateway's certificate copies)."""
+    selector = ",".join(f"{k}={v}" for k, v in labels.items())
+    found: Applied = {}
+    for item in await kube.list_metadata(kind, namespace, selector):
+        meta = item.get("metadata") or {}
+        digest = (meta.get("annotations") or {}).get(FINGERPRINT)
+        if digest:
+            found[(kind, str(meta.get("name")))] = digest
+    return found
+
+
 async def apply_object(obj: dict[str, Any]) -> None:
     meta = obj["metadata"]
     path = kube.object_path(obj["kind"], meta["namespace"], meta["name"])
@@ -173,6 +186,16 @@ async def write_cluster_status(kind: str, name: str, status: dict[str, Any]) -> 
     except Exception as error:
         if kube.status_code(error) != 404:
             raise
+
+
+async def delete_object(kind: str, namespace: str, name: str) -> None:
+    """Delete one object; already gone is fine."""
+    try:
+        await kube.request("DELETE", kube.object_path(kind, namespace, name), parse=False)
+    except Exception as error:
+        status = kube.status_code(error)
+        if status != 404:
+            raise ApplyError(kind, name, status, str(error)) from error
 
 
 async def read_object(kind: str, namespace: str, name: str) -> dict[str, Any] | None:

@@ -25,6 +25,7 @@ from typing import Any
 from roundhouse import apply, status
 from roundhouse.graph import ClusterState, child_name
 from roundhouse.graph.gateway import (
+    MIRRORED_SECRET_PREFIX,
     Condition,
     GatewayBuild,
     ListenerResult,
@@ -43,6 +44,7 @@ from roundhouse.reports import parse_agent_report
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, name)
+COPY_OF = "roundhouse.dev/copy-of"
 
 
 @dataclass
@@ -60,6 +62,8 @@ class GatewayState:
     written_routes: dict[Key, list[dict[str, Any]]] = field(default_factory=dict)
     written_gateways: dict[Key, dict[str, Any]] = field(default_factory=dict)
     written_classes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Gateways whose certificate copies from before this process led are known
+    copies_seen: set[Key] = field(default_factory=set)
 
     def ours(self, class_name: str) -> bool:
         cls = self.classes.get(class_name)
@@ -152,20 +156,26 @@ async def reconcile(reconciler: Reconciler, namespace: str, name: str, idx: Inde
                                     STATE.namespace_labels)
         desired = desired_for_gateway(build.graph, gw, reconciler.images)
         cost = time.perf_counter() - start
-        children = list(desired.children) + await mirrored_secrets(gw, build, idx)
+        copies = await mirrored_secrets(gw, build, idx)
+        children = list(desired.children) + copies
         applied = reconciler.last_applied.setdefault(("Gateway", namespace, name), {})
+        owner = objects.owner_of(gw)
+        await _seed_copies(key, objects.labels(owner), applied)
         prints = {apply.child_key(c): apply.fingerprint(c) for c in children}
         failure = None
         try:
             written = await apply.apply_changed(children, applied, prints)
         except apply.ApplyError as err:
             failure, written = str(err), []
+        try:  # even when a child was refused: a revoked grant's key goes all the same
+            await _delete_stale_copies(namespace, name, applied, copies)
+        except apply.ApplyError as err:
+            failure = failure or str(err)
         if written:
             log.info("applied %s of Gateway %s/%s (config %s)",
                      ", ".join(f"{k} {n}" for k, n in written), namespace, name,
                      desired.rendered.config_hash)
         STATE.reads[key] = reads
-        owner = objects.owner_of(gw)
         programmed = status.programmed(
             status.Want(gw.proxy.replicas, desired.rendered.config_hash,
                         gw.limits.max_connections),
@@ -178,8 +188,9 @@ async def reconcile(reconciler: Reconciler, namespace: str, name: str, idx: Inde
     return cost
 
 
-# (namespace, name, fingerprint) -> the Secret's data: a copy is fetched once per rotation
-_MIRRORED: dict[tuple[str, str, str], dict[str, str]] = {}
+# (namespace, name) -> (fingerprint, the Secret's data): a copy is fetched once per
+# rotation, and only the newest rotation of each Secret is kept.
+_MIRRORED: dict[tuple[str, str], tuple[str, dict[str, str]]] = {}
 
 
 async def mirrored_secrets(gw: g.Gateway, build: GatewayBuild,
@@ -192,25 +203,59 @@ async def mirrored_secrets(gw: g.Gateway, build: GatewayBuild,
     out = []
     for li in gw.listeners:
         for ref in li.certificate_refs:
-            copy = mirrored_secret_name(ref.namespace, ref.name)
+            copy = mirrored_secret_name(gw.name, ref.namespace, ref.name)
             if ref.namespace == gw.namespace or copy not in wanted:
                 continue
             entry = idx.first(idx.secrets, (ref.namespace, ref.name))
             if entry is None:
                 continue
-            cache_key = (ref.namespace, ref.name, entry[0].fingerprint)
-            if cache_key not in _MIRRORED:
+            source, fingerprint = (ref.namespace, ref.name), entry[0].fingerprint
+            cached = _MIRRORED.get(source)
+            if cached is None or cached[0] != fingerprint:
                 obj = await apply.read_object("Secret", ref.namespace, ref.name)
                 data = (obj or {}).get("data") or {}
-                _MIRRORED[cache_key] = {k: data[k] for k in ("tls.crt", "tls.key") if k in data}
+                cached = fingerprint, {k: data[k] for k in ("tls.crt", "tls.key") if k in data}
+                _MIRRORED[source] = cached
             wanted.discard(copy)  # two listeners naming one Secret: one copy
             out.append({
                 "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
                 "metadata": {**objects.child_meta(owner, copy), "annotations": {
-                    "roundhouse.dev/copy-of": f"{ref.namespace}/{ref.name}"}},
-                "data": _MIRRORED[cache_key],
+                    COPY_OF: f"{ref.namespace}/{ref.name}"}},
+                "data": cached[1],
             })
     return out
+
+
+async def _seed_copies(key: Key, labels: Mapping[str, str],
+                       applied: dict[tuple[str, str], str]) -> None:
+    """Once per Gateway and process: the copies an earlier leader applied join what this
+    one knows it applied (the other children are found at start-up, apply.applied_children),
+    so a copy made before a restart is deleted too when it is no longer served."""
+    if key in STATE.copies_seen:
+        return
+    for child, digest in (await apply.applied_of("Secret", key[0], labels)).items():
+        if child[1].startswith(MIRRORED_SECRET_PREFIX):
+            applied.setdefault(child, digest)
+    STATE.copies_seen.add(key)
+
+
+def stale_copies(applied: Mapping[tuple[str, str], str],
+                 copies: list[dict[str, Any]]) -> list[str]:
+    """The certificate copies this Gateway applied before and serves no more (its
+    ReferenceGrant revoked, the listener or its reference gone): a private key must not
+    stay behind in the Gateway's namespace once nothing allows it there."""
+    current = {c["metadata"]["name"] for c in copies}
+    return sorted(name for kind, name in applied if kind == "Secret"
+                  and name.startswith(MIRRORED_SECRET_PREFIX) and name not in current)
+
+
+async def _delete_stale_copies(namespace: str, name: str, applied: dict[tuple[str, str], str],
+                               copies: list[dict[str, Any]]) -> None:
+    for copy in stale_copies(applied, copies):
+        await apply.delete_object("Secret", namespace, copy)
+        applied.pop(("Secret", copy), None)
+        log.info("deleted the certificate copy %s/%s of Gateway %s: no longer served",
+                 namespace, copy, name)
 
 
 async def _forget(key: Key) -> None:
@@ -220,6 +265,7 @@ async def _forget(key: Key) -> None:
     STATE.parents.pop(key, None)
     STATE.reads.pop(key, None)
     STATE.written_gateways.pop(key, None)
+    STATE.copies_seen.discard(key)
 
 
 def _conditions(found: list[Condition], previous: list[Mapping[str, Any]], generation: int,

@@ -12,6 +12,7 @@ from roundhouse.graph import (
     build_loadbalancer_graph,
     build_reverseproxy_graph,
 )
+from roundhouse.graph.gateway import SUPPORTED_PROTOCOLS
 from roundhouse.model.gatewayapi import Gateway
 from roundhouse.model.loadbalancer import LoadBalancer
 from roundhouse.model.reverseproxy import ReverseProxy
@@ -101,6 +102,13 @@ def complete(desired: Desired, model: LoadBalancer | ReverseProxy | Gateway,
         objects.agent_status_config_map(owner),
         objects.deployment(owner, graph, rendered, proxy, images or objects.ProxyImages()),
         objects.pod_disruption_budget(owner),
-        objects.service(owner, graph, proxy),
+        objects.service(owner, graph, proxy, declared_ports(model)),
     )
     return Desired(graph, rendered, children)
+
+
+def declared_ports(model: LoadBalancer | ReverseProxy | Gateway) -> list[int]:
+    """The ports of the listeners the proxy can serve, valid or not (a Gateway's listener
+    of an unsupported protocol, UDP among them, gets none)."""
+    return [li.port for li in model.listeners
+            if not isinstance(model, Gateway) or li.protocol in SUPPORTED_PROTOCOLS]

@@ -161,8 +161,11 @@ def test_deployment_pods_run_on_fake_nodes(kube: client.ApiClient, web_app: WebA
     assert len(set(placed)) == 3, f"anti-affinity ignored: {placed}"
     for pod in web_app.pods:
         assert ipaddress.ip_address(pod.status.pod_ip) in POD_NETWORK, pod.status.pod_ip
-    dep = client.AppsV1Api(kube).read_namespaced_deployment("web", web_app.namespace)
-    assert dep.status.ready_replicas == 3
+    # The Deployment's status follows its Pods' through two controllers (ReplicaSet, then
+    # Deployment): it may lag the Pods turning Ready.
+    wait_until("Deployment web readyReplicas 3", lambda: client.AppsV1Api(
+        kube).read_namespaced_deployment("web", web_app.namespace).status.ready_replicas == 3,
+        timeout=30)
 
 
 def test_service_gets_endpointslice_with_ready_endpoints(

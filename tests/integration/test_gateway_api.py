@@ -163,7 +163,10 @@ def test_gateway_and_routes_reconcile_into_a_proxy_with_the_specs_statuses(
     found = wait_for(lambda: (ls := listeners()) and ls.get("http", {}).get(
         "attachedRoutes") == 2 and ls, 90, "listener http with 2 routes")
     assert found["https"]["attachedRoutes"] == 1
-    assert cond(found["https"]["conditions"], "ResolvedRefs") == ("True", "ResolvedRefs")
+    # The certificate comes through the operator's Secret watch, not the routes': a build
+    # that has both routes may not have it yet.
+    wait_for(lambda: cond(listeners().get("https", {}).get("conditions"), "ResolvedRefs")
+             == ("True", "ResolvedRefs"), 30, "listener https ResolvedRefs")
     assert cond(found["raw"]["conditions"], "Accepted") == ("False", "UnsupportedProtocol")
     assert found["http"]["supportedKinds"] == [{"group": GROUP, "kind": "HTTPRoute"}]
     status = get(kube, namespace, "gateways", "shop")["status"]
@@ -178,11 +181,14 @@ def test_gateway_and_routes_reconcile_into_a_proxy_with_the_specs_statuses(
 
     assert wait_for(lambda: parent_conditions(kube, namespace, "web").get("Accepted") == (
         "True", "Accepted"), 30, "web accepted")
-    assert parent_conditions(kube, namespace, "web")["ResolvedRefs"] == ("True", "ResolvedRefs")
-    assert parent_conditions(kube, namespace, "later")["ResolvedRefs"] == (
-        "False", "BackendNotFound")
-    assert parent_conditions(kube, namespace, "nowhere")["Accepted"] == (
-        "False", "NoMatchingParent")
+    # Each route's status is its own write, after the Gateway's, and web's Accepted may
+    # come from a build before the other routes (or the Service web) were seen.
+    wait_for(lambda: parent_conditions(kube, namespace, "web").get("ResolvedRefs") == (
+        "True", "ResolvedRefs"), 30, "web ResolvedRefs")
+    wait_for(lambda: parent_conditions(kube, namespace, "later").get("ResolvedRefs") == (
+        "False", "BackendNotFound"), 30, "later BackendNotFound")
+    wait_for(lambda: parent_conditions(kube, namespace, "nowhere").get("Accepted") == (
+        "False", "NoMatchingParent"), 30, "nowhere NoMatchingParent")
 
     owned = children(kube, namespace, "shop")
     assert {"Deployment/shop-gw", "Service/shop-gw", "ConfigMap/shop-gw",
@@ -190,9 +196,10 @@ def test_gateway_and_routes_reconcile_into_a_proxy_with_the_specs_statuses(
     for obj in owned.values():
         (ref,) = obj["metadata"]["ownerReferences"]
         assert (ref["apiVersion"], ref["kind"], ref["name"]) == (f"{GROUP}/v1", "Gateway", "shop")
-    files = proxy_files(kube, namespace, "shop")
+    # web's endpoints come with its kwok Pods, which nothing above waited for.
+    files = wait_for(lambda: (f := proxy_files(kube, namespace, "shop")) and len(
+        endpoints_of(f)) == 3 and f, 60, "3 endpoints served")
     assert "shop.example.com" in files["haproxy.cfg"]
-    assert len(endpoints_of(files)) == 3
 
     # The missing Service appears: the route's reference resolves, its endpoints are served.
     sample_app(kube, namespace, "later", replicas=2)
@@ -275,5 +282,32 @@ def test_references_across_namespaces_need_a_reference_grant(
         files = proxy_files(kube, namespace, "edge")
         assert json.loads(files["servers.json"])["certificates"][0]["secret"] == (
             copies[0].metadata.name)
+
+        # A second Gateway naming the same Secret gets a copy of its own: each Gateway
+        # owns (and deletes) its copies, whatever the other does.
+        create(kube, namespace, "gateways", {"metadata": {"name": "edge2"}, "spec": {
+            "gatewayClassName": CLASS,
+            "listeners": [{"name": "https", "port": 443, "protocol": "HTTPS", "tls": {
+                "certificateRefs": [{"name": "cert", "namespace": other}]}}]}})
+
+        def copies_of(gateway: str) -> list[client.V1Secret]:
+            return [s for s in core.list_namespaced_secret(
+                namespace, label_selector=f"roundhouse.dev/owner-name={gateway}").items
+                if (s.metadata.annotations or {}).get("roundhouse.dev/copy-of")]
+
+        (copy2,) = wait_for(lambda: copies_of("edge2"), 60, "edge2's certificate copy")
+        assert copy2.metadata.name != copies[0].metadata.name
+        assert [o.name for o in copy2.metadata.owner_references] == ["edge2"]
+        assert [o.name for o in copies_of("edge")[0].metadata.owner_references] == ["edge"]
+
+        # Revoking the grant takes the copied private key out of the Gateway's namespace,
+        # and the listener reports why it has no certificate.
+        client.CustomObjectsApi(kube).delete_namespaced_custom_object(
+            GROUP, "v1beta1", other, "referencegrants", "allow")
+        wait_for(lambda: not copies_of("edge") and not copies_of("edge2"), 60,
+                 "the copies deleted once the grant is gone")
+        assert wait_for(lambda: cond(https().get("conditions"), "ResolvedRefs") == (
+            "False", "RefNotPermitted"), 60, "certificate no longer permitted")
+        assert "deleted the certificate copy" in gateway_operator.log()
     finally:
         core.delete_namespace(other)

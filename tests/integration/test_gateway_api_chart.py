@@ -228,6 +228,9 @@ def test_release_fits_a_secret(installed: Cluster) -> None:
 
 def test_the_authorizer_grants_reads_and_status_writes_only(installed: Cluster,
                                                           admin: client.ApiClient) -> None:
+    # The authorizer reads RBAC from its own cache, which follows helm's writes a moment
+    # later (this test may run right after the install).
+    wait_for(lambda: allowed(admin, "get", READ_KINDS[0]), 30, "the chart's ClusterRole in force")
     for namespace in ("", TEAM):  # cluster-wide (the operator's watches) and one namespace
         for kind in READ_KINDS:
             for verb in ("get", "list", "watch"):

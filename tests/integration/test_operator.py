@@ -408,11 +408,15 @@ def test_each_proxy_reads_only_its_own_config_and_keys(
                                            f"{name}-lb", namespace).rules),
                  60, f"the Role of {name} naming its Secret")
     web = f"system:serviceaccount:{namespace}:web-lb"
-    # Its own: the config, the certificate, its agents' reports.
-    assert _allowed(kube, web, namespace, "get", "configmaps", "web-lb")
-    assert _allowed(kube, web, namespace, "watch", "configmaps", "web-lb")
-    assert _allowed(kube, web, namespace, "get", "secrets", "web-cert")
-    assert _allowed(kube, web, namespace, "patch", "configmaps", "web-lb-agents")
+    # Its own: the config, the certificate, its agents' reports. Waited for: the
+    # RoleBinding is applied after the Role, and the authorizer reads both from its cache.
+    for verb, resource, name in (("get", "configmaps", "web-lb"),
+                                 ("watch", "configmaps", "web-lb"),
+                                 ("get", "secrets", "web-cert"),
+                                 ("patch", "configmaps", "web-lb-agents")):
+        def allowed(verb: str = verb, resource: str = resource, name: str = name) -> bool:
+            return _allowed(kube, web, namespace, verb, resource, name)
+        wait_for(allowed, 30, f"web-lb allowed to {verb} {resource} {name}")
     # Another proxy's, in the same namespace: nothing.
     assert not _allowed(kube, web, namespace, "get", "secrets", "api-cert")
     assert not _allowed(kube, web, namespace, "get", "configmaps", "api-lb")

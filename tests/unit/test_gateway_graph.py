@@ -133,8 +133,8 @@ def test_certificate_refs_need_a_secret_and_a_grant_across_namespaces() -> None:
        tls: {certificateRefs: [{name: cert, group: example.com, kind: Vault}]}},
       {name: good, port: 443, hostname: d.io, protocol: HTTPS,
        tls: {certificateRefs: [{name: cert}]}}]""")
-    secrets = {"cert": secret("cert"),
-               mirrored_secret_name("web", "cert"): secret(mirrored_secret_name("web", "cert"))}
+    copy = mirrored_secret_name("gw", "web", "cert")
+    secrets = {"cert": secret("cert"), copy: secret(copy)}
     build = build_gateway_graph(gw, [], [], cluster(secrets=secrets))
     assert listener(build, "missing")[g.RESOLVED_REFS] == (False, "InvalidCertificateRef")
     assert listener(build, "other-ns")[g.RESOLVED_REFS] == (False, "RefNotPermitted")
@@ -150,7 +150,7 @@ spec:
     assert listener(granted, "other-ns")[g.RESOLVED_REFS] == (True, "ResolvedRefs")
     (frontend,) = granted.graph.frontends
     assert {frontend.certificate, *frontend.extra_certificates} == {
-        "cert.pem", f"{mirrored_secret_name('web', 'cert')}.pem"}
+        "cert.pem", f"{copy}.pem"}
 
 
 # ------------------------------------------------------------------------- attachment

@@ -3,17 +3,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from roundhouse import gateways, status
+from roundhouse import apply, gateways, status
 from roundhouse.cli import main
-from roundhouse.graph.gateway import build_gateway_graph
+from roundhouse.graph.gateway import build_gateway_graph, mirrored_secret_name
 from roundhouse.graph.types import ClusterState
 from roundhouse.model import gatewayapi as g
+from roundhouse.model.cluster import TLSSecret
+from roundhouse.pipeline import desired_for_gateway
+from roundhouse.reconciler import Indexes
+from roundhouse.render import objects
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = dt.datetime(2026, 12, 3, 12, 0, tzinfo=dt.UTC)
@@ -118,3 +125,123 @@ def test_the_charts_proxy_settings_reach_every_gateway(monkeypatch: pytest.Monke
         1, "ClusterIP", {"requests": {"cpu": "10m"}})
     monkeypatch.setenv("ROUNDHOUSE_GATEWAY_PROXY", "not json")
     assert gateways.proxy_defaults().replicas == 2  # the defaults, with a warning
+
+
+def test_a_gateway_whose_listeners_are_all_dropped_still_has_a_valid_service() -> None:
+    """The API server refuses a Service with no ports, and that refusal stopped every
+    other write of the Gateway (a revoked ReferenceGrant left its copy behind). A dropped
+    listener keeps its port; a listener of an unsupported protocol gets none."""
+    body = yaml.safe_load("""
+metadata: {name: gw, namespace: infra, uid: u, generation: 1}
+spec:
+  gatewayClassName: roundhouse
+  listeners:
+  - {name: https, port: 443, protocol: HTTPS, tls: {certificateRefs: [{name: gone}]}}
+  - {name: udp, port: 53, protocol: UDP}
+""")
+    gw = g.parse_gateway(body)
+    build = build_gateway_graph(gw, [], [], ClusterState())
+    assert build.graph.frontends == ()
+    (service,) = [c for c in desired_for_gateway(build.graph, gw).children
+                  if c["kind"] == "Service"]
+    assert service["spec"]["ports"] == [
+        {"name": "port-443", "port": 443, "targetPort": 443, "protocol": "TCP"}]
+
+    body["spec"]["listeners"].append({"name": "http", "port": 80, "protocol": "HTTP"})
+    gw = g.parse_gateway(body)
+    build = build_gateway_graph(gw, [], [], ClusterState())
+    (service,) = [c for c in desired_for_gateway(build.graph, gw).children
+                  if c["kind"] == "Service"]
+    assert [(p["name"], p["port"]) for p in service["spec"]["ports"]] == [
+        ("80", 80), ("port-443", 443)]
+
+
+def test_a_dropped_listeners_port_name_never_repeats_a_served_one() -> None:
+    graph = build_gateway_graph(g.parse_gateway(BODY), [], [], ClusterState()).graph
+    served = dataclasses.replace(graph.frontends[0], name="fe_port-8443")
+    service = objects.service(objects.Owner("Gateway", "gw", "infra", "u"),
+                              dataclasses.replace(graph, frontends=(served,)),
+                              objects.ProxySpec(2, "ClusterIP", {}, {}, ()), [80, 8443])
+    assert [(p["name"], p["port"]) for p in service["spec"]["ports"]] == [
+        ("port-8443", 80), ("port-8443x", 8443)]
+
+
+GRANTED = yaml.safe_load("""
+metadata: {name: gw, namespace: infra, uid: u, generation: 1}
+spec:
+  gatewayClassName: roundhouse
+  listeners:
+  - {name: https, port: 443, protocol: HTTPS,
+     tls: {certificateRefs: [{name: cert, namespace: web}]}}
+""")
+
+
+def test_a_certificate_copy_is_fetched_once_per_rotation_and_only_the_newest_kept(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    gw = g.parse_gateway(GRANTED)
+    grant = g.parse_reference_grant(yaml.safe_load("""
+metadata: {name: allow, namespace: web}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: Gateway, namespace: infra}]
+  to: [{group: "", kind: Secret, name: cert}]"""))
+    copy = mirrored_secret_name("gw", "web", "cert")
+    reads: list[tuple[str, str, str]] = []
+
+    async def read_object(kind: str, namespace: str, name: str) -> dict[str, Any]:
+        reads.append((kind, namespace, name))
+        return {"data": {"tls.crt": f"crt{len(reads)}", "tls.key": "k", "other": "x"}}
+
+    monkeypatch.setattr(apply, "read_object", read_object)
+    monkeypatch.setattr(gateways, "_MIRRORED", {})
+
+    def copies(fingerprint: str) -> list[dict[str, Any]]:
+        tls = TLSSecret("cert", True, True, fingerprint)
+        build = build_gateway_graph(gw, [], [grant], ClusterState(
+            secrets={copy: dataclasses.replace(tls, name=copy)}))
+        idx = Indexes({}, {}, {("web", "cert"): [(tls, {})]}, {}, {})
+        return asyncio.run(gateways.mirrored_secrets(gw, build, idx))
+
+    (first,) = copies("a" * 64)
+    assert first["metadata"]["name"] == copy
+    assert first["metadata"]["annotations"] == {"roundhouse.dev/copy-of": "web/cert"}
+    assert first["data"] == {"tls.crt": "crt1", "tls.key": "k"}  # the pair, nothing else
+    assert copies("a" * 64)[0]["data"] == first["data"] and len(reads) == 1
+    assert copies("b" * 64)[0]["data"]["tls.crt"] == "crt2"  # rotated: read again
+    assert reads == [("Secret", "web", "cert")] * 2
+    assert list(gateways._MIRRORED) == [("web", "cert")]  # one entry, the newest rotation
+    assert gateways._MIRRORED[("web", "cert")][0] == "b" * 64
+
+
+def test_copies_a_gateway_no_longer_serves_are_stale() -> None:
+    copy = mirrored_secret_name("gw", "web", "cert")
+    revoked = mirrored_secret_name("gw", "web", "old")
+    applied = {("Secret", copy): "d1", ("Secret", revoked): "d2",
+               ("Secret", "user-cert"): "d3", ("ConfigMap", "gw-gw"): "d4"}
+    kept = [{"metadata": {"name": copy}}]
+    # Only copies: a Secret the user named in the Gateway's own namespace is never touched.
+    assert gateways.stale_copies(applied, kept) == [revoked]
+    assert gateways.stale_copies(applied, []) == sorted([copy, revoked])
+
+
+def test_copies_made_before_a_restart_are_known_once_per_gateway(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new leader learns the copies an earlier one applied (from their labels and
+    fingerprints), so it deletes them too once they are no longer served."""
+    copy = mirrored_secret_name("gw", "web", "cert")
+    calls: list[tuple[str, str, dict[str, str]]] = []
+
+    async def applied_of(kind: str, namespace: str,
+                         labels: dict[str, str]) -> dict[tuple[str, str], str]:
+        calls.append((kind, namespace, labels))
+        return {("Secret", copy): "d1", ("Secret", "not-a-copy"): "d2"}
+
+    monkeypatch.setattr(apply, "applied_of", applied_of)
+    monkeypatch.setattr(gateways, "STATE", gateways.GatewayState())
+    labels = objects.labels(objects.owner_of(g.parse_gateway(GRANTED)))
+    applied: dict[tuple[str, str], str] = {("ConfigMap", "gw-gw"): "c"}
+    asyncio.run(gateways._seed_copies(("infra", "gw"), labels, applied))
+    asyncio.run(gateways._seed_copies(("infra", "gw"), labels, applied))
+    assert applied == {("ConfigMap", "gw-gw"): "c", ("Secret", copy): "d1"}
+    assert calls == [("Secret", "infra", labels)]  # listed once
+    assert labels["roundhouse.dev/owner-kind"] == "Gateway"
+    assert gateways.stale_copies(applied, []) == [copy]

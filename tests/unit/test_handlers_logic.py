@@ -693,8 +693,9 @@ def test_an_endpoint_change_renders_and_writes_the_proxy_configmap_alone(
 
 
 def test_a_run_that_reports_its_cost_is_spaced_by_that_not_its_wall_time() -> None:
-    """A reconcile that waited 80 ms for the API server but rendered for 1 ms (its
-    returned cost) does not hold back the next change by 160 ms."""
+    """A reconcile that waited 400 ms for the API server but rendered for 1 ms (its
+    returned cost) does not hold back the next change by 800 ms. The times are long so
+    that a loaded machine's scheduling delays (tens of ms) cannot decide the outcome."""
     async def scenario() -> list[float]:
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -703,24 +704,24 @@ def test_a_run_that_reports_its_cost_is_spaced_by_that_not_its_wall_time() -> No
 
         async def queued() -> float:
             starts.append(loop.time() - start)
-            await asyncio.sleep(0.08)  # waiting on the API, no CPU
+            await asyncio.sleep(0.4)  # waiting on the API, no CPU
             return 0.001
 
         debouncer.schedule("lb", queued)
-        await asyncio.sleep(0.09)  # the first run is over
+        await asyncio.sleep(0.45)  # the first run is over
         debouncer.schedule("lb", queued)
-        await asyncio.sleep(0.15)
+        await asyncio.sleep(0.75)
         return starts
 
     starts = asyncio.run(scenario())
     assert len(starts) == 2
-    assert starts[1] - starts[0] < 0.13, starts  # at 2 x wall time it would be >= 0.16
+    assert starts[1] - starts[0] < 0.7, starts  # at 2 x wall time it would be >= 0.8
 
 
 def test_a_run_that_rendered_nothing_does_not_hold_back_the_next() -> None:
     """Runs that report no cost (an agent's report after a flip) go back to back; the
     spacing counts from the last run that rendered, whatever ran since."""
-    spacing = 0.3
+    spacing = 0.6  # long, so that a loaded machine's scheduling delays decide nothing
 
     async def scenario() -> list[tuple[str, float]]:
         loop = asyncio.get_running_loop()
@@ -748,21 +749,26 @@ def test_a_run_that_rendered_nothing_does_not_hold_back_the_next() -> None:
     starts = dict(asyncio.run(scenario()))
     assert list(starts) == ["free0", "free1", "free2", "render", "free-after-render",
                             "render-later"], starts
-    assert starts["render"] < 0.15, starts  # three free runs held nothing back
+    assert starts["render"] < spacing / 2, starts  # three free runs held nothing back
     assert starts["free-after-render"] - starts["render"] >= spacing - 0.005, starts
-    # Spaced from the render, not from the free run in between (that would be 0.3 more).
-    assert starts["render-later"] - starts["free-after-render"] < spacing - 0.05, starts
+    # Spaced from the render, not from the free run in between (that would be a whole
+    # spacing after the free run).
+    assert starts["render-later"] - starts["free-after-render"] < spacing / 2, starts
 
 
 def test_a_reconcile_records_its_rendering_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    writes: list[str] = []
+
     async def fake_apply(obj: dict[str, Any]) -> None:
-        await asyncio.sleep(0.02)  # API time: not rendering
+        writes.append(obj["kind"])
+        await asyncio.sleep(0.1)  # API time: not rendering
 
     idx = _offline(monkeypatch, fake_apply)
     rec = Reconciler()
     key = ("LoadBalancer", "default", "web")
     asyncio.run(rec.reconcile("LoadBalancer", lb_object(), idx))
-    assert 0 < rec.render_seconds[key] < 0.16  # eight writes of 20 ms each are not in it
+    assert len(writes) >= 6, writes  # so the API time (>= 0.6 s) cannot fit under 0.5
+    assert 0 < rec.render_seconds[key] < 0.5, writes  # the writes' 100 ms are not in it
     asyncio.run(rec.reconcile("LoadBalancer", lb_object(), idx))
     assert rec.render_seconds[key] == 0.0  # nothing changed: nothing rendered
     rec.forget(*key)

@@ -267,7 +267,7 @@ def _listener_certificates(gw: g.Gateway, index: int, li: g.GatewayListener,
                                            "allows it")
             continue
         local: list[Problem] = []
-        cert = pair_certificate(secret_key(gw.namespace, ref.namespace, ref.name), False, at,
+        cert = pair_certificate(secret_key(gw, ref.namespace, ref.name), False, at,
                                 ref.namespace, cluster, local)
         if cert is None:
             problems.extend(local)
@@ -281,17 +281,21 @@ def _listener_certificates(gw: g.Gateway, index: int, li: g.GatewayListener,
     return resolved, certs
 
 
-def secret_key(gateway_namespace: str, namespace: str, name: str) -> str:
+def secret_key(gw: g.Gateway, namespace: str, name: str) -> str:
     """The key of a Secret in ClusterState.secrets: its name in the Gateway's namespace
-    (where the agent reads it), else a copy's name there (see graph.names)."""
-    return name if namespace == gateway_namespace else mirrored_secret_name(namespace, name)
+    (where the agent reads it), else the name of the Gateway's copy there."""
+    return name if namespace == gw.namespace else mirrored_secret_name(gw.name, namespace, name)
 
 
-def mirrored_secret_name(namespace: str, name: str) -> str:
-    """The copy, in the Gateway's namespace, of a certificate Secret a ReferenceGrant lets
-    it use from another namespace (the agent reads Secrets of its own namespace only)."""
-    digest = hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()[:10]
-    return f"rh-gw-cert-{digest}"
+MIRRORED_SECRET_PREFIX = "rh-gw-cert-"
+
+
+def mirrored_secret_name(gateway: str, namespace: str, name: str) -> str:
+    """A Gateway's copy, in its namespace, of a certificate Secret a ReferenceGrant lets
+    it use from another namespace (the agent reads Secrets of its own namespace only).
+    One copy per Gateway: each owns (and deletes) its own, however many share a source."""
+    digest = hashlib.sha256(f"{gateway}:{namespace}/{name}".encode()).hexdigest()[:10]
+    return f"{MIRRORED_SECRET_PREFIX}{digest}"
 
 
 def service_key(namespace: str, name: str) -> str:
@@ -337,7 +341,7 @@ def gateway_cluster_state(
             # Another namespace's Secret is served from a copy in the Gateway's (the
             # proxy's agent reads its own namespace only): the build decides whether a
             # ReferenceGrant allows it, the operator makes the copy.
-            key = secret_key(gw.namespace, ref.namespace, ref.name)
+            key = secret_key(gw, ref.namespace, ref.name)
             secrets[key] = dataclasses.replace(entry, name=key)
     return ClusterState(services, found_slices, secrets, previous_slots), reads
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,15 +135,25 @@ def agent_status_config_map(owner: Owner) -> dict[str, Any]:
     }
 
 
-def service(owner: Owner, graph: ProxyGraph, proxy: ProxySpec) -> dict[str, Any]:
+def service(owner: Owner, graph: ProxyGraph, proxy: ProxySpec,
+            declared_ports: Iterable[int] = ()) -> dict[str, Any]:
+    """`declared_ports`: every port the resource declares a listener on. A listener the
+    graph dropped (no usable certificate, an invalid Gateway listener) keeps its port:
+    the Service stays valid with every listener dropped (the API server refuses one with
+    no ports), and its ports do not come and go while the user mends a listener."""
+    ports = [{"name": f.name.removeprefix("fe_"), "port": f.port, "targetPort": f.port,
+              "protocol": "TCP"} for f in graph.frontends]
+    taken = {p["name"] for p in ports}
+    for port in sorted(set(declared_ports) - {f.port for f in graph.frontends}):
+        name = f"port-{port}"
+        while name in taken:  # a listener already has that name
+            name += "x"
+        taken.add(name)
+        ports.append({"name": name, "port": port, "targetPort": port, "protocol": "TCP"})
     spec: dict[str, Any] = {
         "type": proxy.service_type,
         "selector": selector(owner),
-        "ports": [
-            {"name": f.name.removeprefix("fe_"), "port": f.port, "targetPort": f.port,
-             "protocol": "TCP"}
-            for f in graph.frontends
-        ],
+        "ports": ports,
     }
     if proxy.service_type != "ClusterIP":
         # Local keeps the client's address visible to HAProxy (SourceIP persistence, XFF,
