@@ -15,10 +15,12 @@ the backends through the per-Pod veths of netns.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -204,6 +206,7 @@ class ProxyStandIn:
             time.sleep(0.1)
 
     def stop(self) -> None:
+        workers = self._all_workers()
         for proc in (self.agent, self.haproxy):
             if proc is None or proc.poll() is not None:
                 continue
@@ -213,10 +216,23 @@ class ProxyStandIn:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+        # Every env binds the same host port (SO_REUSEPORT): a worker outliving its master
+        # would take a share of the next test's connections. Gone before the next starts.
+        _wait_gone(workers, 10)
         if self.holder is not None and self.holder.poll() is None:
             self.holder.kill()  # the mount namespace goes with its last process
             self.holder.wait(10)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _all_workers(self) -> list[int]:
+        """The current and old workers' pids, when the master still answers."""
+        if self.haproxy is None or self.haproxy.poll() is not None:
+            return []
+        try:
+            _, workers, old = self.show_proc()
+        except (OSError, RuntimeAPIError):
+            return []
+        return [*workers, *old]
 
     def __enter__(self) -> ProxyStandIn:
         return self.start()
@@ -259,3 +275,27 @@ class ProxyStandIn:
             text = path.read_text(errors="replace") if path.exists() else ""
             out.append(f"---- {path.name} ----\n" + "\n".join(text.splitlines()[-lines:]))
         return "\n".join(out)
+
+
+def _wait_gone(pids: list[int], timeout: float) -> None:
+    """Wait for HAProxy processes to exit; SIGKILL those still there after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while (alive := [p for p in pids if _haproxy_running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while any(_haproxy_running(p) for p in alive) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _haproxy_running(pid: int) -> bool:
+    """An HAProxy process, alive and not a zombie (a pid reused since is not ours)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    name, _, rest = stat.partition("(")[2].rpartition(")")
+    return name.startswith("haproxy") and rest.split()[:1] != ["Z"]

@@ -540,12 +540,15 @@ def test_connections_per_client_are_capped(env_factory: Callable[..., Env]) -> N
     env = env_factory(replicas=2, limits={"maxConnections": 4000,
                                           "maxConnectionsPerClient": 3})
     wait_for(lambda: traffic.get(env.port).error is None, 90, "traffic")
+    assert env.proxy is not None
+    # The probe's connection counts for this client until HAProxy has seen it close: on a
+    # loaded machine it may see the next three first, and refuse the third as a fourth.
+    wait_for(lambda: _current_connections(env) == 0, 15, "HAProxy done with the probes")
     with contextlib.ExitStack() as stack:
         idle = [stack.enter_context(socket.create_connection(("127.0.0.1", env.port), 5))
                 for _ in range(3)]
         # HAProxy counts them when it accepts them: wait for that, not a fixed pause
         # (0.3 s was not enough on a loaded machine).
-        assert env.proxy is not None
         wait_for(lambda: _current_connections(env) >= 3, 15, "HAProxy holding the three")
         fourth = traffic.get(env.port)
         print(f"a 4th connection while 3 are open: {fourth.error}")
