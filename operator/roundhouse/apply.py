@@ -49,13 +49,15 @@ def apply_error(obj: dict[str, Any], status: int | None, body: str) -> ApplyErro
 
 ChildKey = tuple[str, str]  # (kind, name): unique among one resource's children
 Applied = dict[ChildKey, str]  # what was last applied: child -> fingerprint
-OwnerKey = tuple[str, str, str]  # (kind, namespace, name) of a LoadBalancer or ReverseProxy
+OwnerKey = tuple[str, str, str]  # (kind, namespace, name) of the resource (Gateway too)
 # Each child carries the fingerprint of the form it was applied in, so a new term as leader
 # (a restart, an upgrade, a failover) knows what is in place from one list per kind, and
 # does not re-apply every child of every resource (no-op writes the API server still pays).
 FINGERPRINT = f"{API_GROUP}/applied"
+# Secret: a Gateway's certificate copies (issued Secrets are written without a fingerprint,
+# so they are left out), which a new term must know to delete once no longer served.
 CHILD_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service",
-               "PodDisruptionBudget", "Deployment")
+               "PodDisruptionBudget", "Deployment", "Secret")
 MANAGED_SELECTOR = "app.kubernetes.io/managed-by=roundhouse"
 
 
@@ -97,19 +99,6 @@ async def applied_children(namespaces: Iterable[str]) -> dict[OwnerKey, Applied]
                 if digest and owner[0] and owner[1]:
                     key = (str(owner[0]), str(meta.get("namespace")), str(owner[1]))
                     found.setdefault(key, {})[(kind, str(meta.get("name")))] = digest
-    return found
-
-
-async def applied_of(kind: str, namespace: str, labels: Mapping[str, str]) -> Applied:
-    """What was applied before of `kind` with these labels in a namespace, from the
-    fingerprints: for children outside CHILD_KINDS (a Gateway's certificate copies)."""
-    selector = ",".join(f"{k}={v}" for k, v in labels.items())
-    found: Applied = {}
-    for item in await kube.list_metadata(kind, namespace, selector):
-        meta = item.get("metadata") or {}
-        digest = (meta.get("annotations") or {}).get(FINGERPRINT)
-        if digest:
-            found[(kind, str(meta.get("name")))] = digest
     return found
 
 

@@ -62,8 +62,6 @@ class GatewayState:
     written_routes: dict[Key, list[dict[str, Any]]] = field(default_factory=dict)
     written_gateways: dict[Key, dict[str, Any]] = field(default_factory=dict)
     written_classes: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # Gateways whose certificate copies from before this process led are known
-    copies_seen: set[Key] = field(default_factory=set)
 
     def ours(self, class_name: str) -> bool:
         cls = self.classes.get(class_name)
@@ -159,8 +157,6 @@ async def reconcile(reconciler: Reconciler, namespace: str, name: str, idx: Inde
         copies = await mirrored_secrets(gw, build, idx)
         children = list(desired.children) + copies
         applied = reconciler.last_applied.setdefault(("Gateway", namespace, name), {})
-        owner = objects.owner_of(gw)
-        await _seed_copies(key, objects.labels(owner), applied)
         prints = {apply.child_key(c): apply.fingerprint(c) for c in children}
         failure = None
         try:
@@ -176,6 +172,7 @@ async def reconcile(reconciler: Reconciler, namespace: str, name: str, idx: Inde
                      ", ".join(f"{k} {n}" for k, n in written), namespace, name,
                      desired.rendered.config_hash)
         STATE.reads[key] = reads
+        owner = objects.owner_of(gw)
         programmed = status.programmed(
             status.Want(gw.proxy.replicas, desired.rendered.config_hash,
                         gw.limits.max_connections),
@@ -226,24 +223,12 @@ async def mirrored_secrets(gw: g.Gateway, build: GatewayBuild,
     return out
 
 
-async def _seed_copies(key: Key, labels: Mapping[str, str],
-                       applied: dict[tuple[str, str], str]) -> None:
-    """Once per Gateway and process: the copies an earlier leader applied join what this
-    one knows it applied (the other children are found at start-up, apply.applied_children),
-    so a copy made before a restart is deleted too when it is no longer served."""
-    if key in STATE.copies_seen:
-        return
-    for child, digest in (await apply.applied_of("Secret", key[0], labels)).items():
-        if child[1].startswith(MIRRORED_SECRET_PREFIX):
-            applied.setdefault(child, digest)
-    STATE.copies_seen.add(key)
-
-
 def stale_copies(applied: Mapping[tuple[str, str], str],
                  copies: list[dict[str, Any]]) -> list[str]:
-    """The certificate copies this Gateway applied before and serves no more (its
-    ReferenceGrant revoked, the listener or its reference gone): a private key must not
-    stay behind in the Gateway's namespace once nothing allows it there."""
+    """The certificate copies this Gateway applied before (in this term, or in an earlier
+    one: Reconciler.recall_applied) and serves no more (its ReferenceGrant revoked, the
+    listener or its reference gone): a private key must not stay behind in the Gateway's
+    namespace once nothing allows it there."""
     current = {c["metadata"]["name"] for c in copies}
     return sorted(name for kind, name in applied if kind == "Secret"
                   and name.startswith(MIRRORED_SECRET_PREFIX) and name not in current)
@@ -265,7 +250,6 @@ async def _forget(key: Key) -> None:
     STATE.parents.pop(key, None)
     STATE.reads.pop(key, None)
     STATE.written_gateways.pop(key, None)
-    STATE.copies_seen.discard(key)
 
 
 def _conditions(found: list[Condition], previous: list[Mapping[str, Any]], generation: int,

@@ -410,10 +410,8 @@ def test_a_failed_recall_leaves_every_child_to_be_written(
     assert reconciler.last_applied == {}
 
 
-def test_status_is_compared_with_what_was_written_not_a_lagging_body(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """A trigger's body comes from kopf's index, which can lag behind our own status write:
-    a status equal to that stale body but not to the stored one must still be written."""
+def _recorded_status_writes(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Status writes recorded instead of sent (no Events): the list they go to."""
     writes: list[dict[str, Any]] = []
 
     async def fake_write(kind: str, namespace: str, name: str,
@@ -422,6 +420,14 @@ def test_status_is_compared_with_what_was_written_not_a_lagging_body(
 
     monkeypatch.setattr(apply, "write_status", fake_write)
     monkeypatch.setattr(apply, "post_events", lambda body, events: None)
+    return writes
+
+
+def test_status_is_compared_with_what_was_written_not_a_lagging_body(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trigger's body comes from kopf's index, which can lag behind our own status write:
+    a status equal to that stale body but not to the stored one must still be written."""
+    writes = _recorded_status_writes(monkeypatch)
     reconciler = Reconciler()
     key = ("LoadBalancer", "ns", "web")
     healthy = [Condition("BackendsHealthy", True, "AllReady", "3/3")]
@@ -439,13 +445,7 @@ def test_status_is_compared_with_what_was_written_not_a_lagging_body(
 def test_a_status_written_over_ours_is_written_again(monkeypatch: pytest.MonkeyPatch) -> None:
     """The other way round: a status someone else wrote over ours (the body shows it) is
     written again, though it differs from nothing this process wrote."""
-    writes: list[dict[str, Any]] = []
-
-    async def fake_write(kind: str, namespace: str, name: str, body: dict[str, Any]) -> None:
-        writes.append(body)
-
-    monkeypatch.setattr(apply, "write_status", fake_write)
-    monkeypatch.setattr(apply, "post_events", lambda body, events: None)
+    writes = _recorded_status_writes(monkeypatch)
     reconciler = Reconciler()
     key = ("LoadBalancer", "ns", "web")
     healthy = [Condition("BackendsHealthy", True, "AllReady", "2/2")]
